@@ -1,0 +1,186 @@
+"""The Dictionary contract every variant follows, gradient-trained or not.
+
+A variant is one file in this folder: a config dataclass (subclass of `DictionaryConfig`) and a
+`Dictionary` subclass registered by name with `@register("name")`. The conformance tests pick it
+up by itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from saelab.config import check, option, required
+
+
+@dataclass
+class DictionaryConfig:
+    """Fields every dictionary has. Variants subclass this and add their own fields."""
+
+    d_in: int = required("Width of the input activations.")
+    n_latents: int = required("Number of dictionary atoms (latents).")
+    d_out: int | None = option(None, "Width of the output; defaults to d_in (differs for "
+                                     "transcoders).")
+
+    def __post_init__(self) -> None:
+        if self.d_out is None:
+            self.d_out = self.d_in
+        for name in ("d_in", "n_latents", "d_out"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name,
+                  f"must be a positive integer, got {value!r}")
+
+
+class Output(NamedTuple):
+    """What `dictionary(x)` returns."""
+
+    x_hat: Tensor
+    """Reconstruction [B, d_out]."""
+    codes: Tensor
+    """Dense latent codes [B, n_latents]."""
+
+
+class Loss(NamedTuple):
+    """What `dictionary.loss(x, state)` returns for one training batch."""
+
+    total: Tensor
+    """Scalar to minimise."""
+    terms: dict[str, Tensor]
+    """Named parts of the total (e.g. mse, l1, auxk), detached or not."""
+    metrics: dict[str, float]
+    """Numbers to log (e.g. fvu, l0); plain floats."""
+    active: Tensor
+    """Bool [n_latents]: which latents fired on this batch (dead-latent tracking)."""
+
+
+@dataclass
+class StepState:
+    """What the training loop tells a variant about the current step."""
+
+    step: int = 0
+    """Index of the current optimiser step (0-based)."""
+    total_steps: int = 1
+    """Number of steps the run will take."""
+    dead_mask: Tensor | None = None
+    """Bool [n_latents]: latents that have not fired for the dead window (None: not tracked)."""
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Anything else a variant needs (labels, gradients, ...)."""
+
+
+class Dictionary(nn.Module):
+    """Base of every dictionary: encode, decode, forward, and loss or fit.
+
+    Weights follow one naming scheme so that shared code (training, folding of the input
+    normalisation, conversion) can reach them: `W_dec` [n_latents, d_out] holds the atoms,
+    `b_dec` [d_out] the decoder bias.
+    """
+
+    architecture: ClassVar[str] = ""
+    """Registered name; set by `@register`."""
+    Config: ClassVar[type[DictionaryConfig]] = DictionaryConfig
+    """The config dataclass of this variant."""
+    trained_by_gradient: ClassVar[bool] = True
+    """False for variants trained by `fit(batches)` instead of a loss."""
+    unit_norm_decoder: ClassVar[bool] = True
+    """If True, the trainer keeps the rows of W_dec at unit norm and removes the gradient
+    component parallel to them."""
+    scales_with_input: ClassVar[tuple[str, ...]] = ("b_dec",)
+    """Parameters (and buffers) that are in the units of the input: when the input is scaled by
+    s during training, dividing these by s gives the same dictionary on unscaled inputs."""
+
+    def __init__(self, cfg: DictionaryConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.provenance: dict[str, Any] = {}
+
+    # --- the contract -----------------------------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:
+        """Codes [B, n_latents] for inputs [B, d_in]."""
+        raise NotImplementedError
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Reconstruction [B, d_out] from codes [B, n_latents]."""
+        return codes @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Output:
+        codes = self.encode(x)
+        return Output(self.decode(codes), codes)
+
+    def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
+        """Training loss on a batch `x` [B, d_in] (target [B, d_out] defaults to x)."""
+        raise NotImplementedError(f"{type(self).__name__} is not trained by gradient; use fit()")
+
+    def fit(self, batches: Iterable[Tensor]) -> None:
+        """Train without gradients (for variants with trained_by_gradient = False)."""
+        raise NotImplementedError(f"{type(self).__name__} is trained by gradient; use saelab.fit")
+
+    # --- shared helpers ---------------------------------------------------------------------
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_out(self) -> int:
+        return self.cfg.d_out
+
+    @property
+    def n_latents(self) -> int:
+        return self.cfg.n_latents
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor) -> None:
+        """Initialise data-dependent parameters from a sample [N, d_in] (default: b_dec to the
+        mean of the targets)."""
+        if x.shape[-1] == self.d_out:
+            self.b_dec.copy_(x.mean(0))
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Turn a dictionary trained on `scale * x` into the same dictionary on `x`."""
+        for name in self.scales_with_input:
+            getattr(self, name).div_(scale)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale the rows of W_dec to unit norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Project out the gradient component parallel to each (unit-norm) decoder row."""
+        if self.W_dec.grad is None:
+            return
+        parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
+        self.W_dec.grad.sub_(parallel * self.W_dec)
+
+    def save(self, path) -> None:
+        """Save as a folder: cfg.json + weights.safetensors (atomic)."""
+        from saelab.io.native import save
+
+        save(self, path)
+
+    def extra_repr(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self.cfg, f.name)!r}"
+                           for f in dataclasses.fields(self.cfg))
+        return f"architecture={self.architecture!r}, {fields}"
+
+
+def unit_rows(n: int, d: int, generator: torch.Generator | None = None) -> Tensor:
+    """A random [n, d] matrix with unit-norm rows."""
+    w = torch.randn(n, d, generator=generator)
+    return w / w.norm(dim=1, keepdim=True)
+
+
+def squared_error(x_hat: Tensor, target: Tensor) -> Tensor:
+    """Per-row squared error summed over features, [B]."""
+    return (x_hat - target).pow(2).sum(dim=-1)
+
+
+def fvu(x_hat: Tensor, target: Tensor) -> Tensor:
+    """Fraction of variance unexplained on a batch: squared error over total variance."""
+    total = (target - target.mean(0)).pow(2).sum()
+    return squared_error(x_hat, target).sum() / total.clamp_min(1e-12)

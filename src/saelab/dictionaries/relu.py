@@ -1,0 +1,81 @@
+"""ReLU SAE with an L1 penalty (Bricken et al. 2023, "Towards Monosemanticity"; the
+decoder-norm-weighted form from Anthropic's "Circuits Updates, April 2024").
+
+Codes are ReLU(W_enc (x - b_dec) + b_enc); sparsity comes from an L1 penalty instead of a hard
+k. Two forms:
+- `l1_form="plain"`: L1 of the codes, with the decoder rows held at unit norm (2023 recipe);
+- `l1_form="decoder_norm"`: L1 of code x decoder-row norm, decoder rows left free (2024 recipe).
+The L1 coefficient is warmed up linearly over the first `l1_warmup` fraction of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saelab.config import check, option
+from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState, fvu,
+                                       squared_error, unit_rows)
+from saelab.dictionaries._registry import register
+
+L1_FORMS = ("plain", "decoder_norm")
+
+
+@dataclass
+class ReLUConfig(DictionaryConfig):
+    l1_coeff: float = option(0.05, "Weight of the L1 sparsity penalty (inputs are normalised to "
+                                   "unit mean squared norm during training).")
+    l1_form: str = option("decoder_norm", "'plain' (unit-norm decoder) or 'decoder_norm' "
+                                          "(L1 weighted by decoder-row norms).")
+    l1_warmup: float = option(0.05, "Fraction of training over which the L1 weight ramps up.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.l1_coeff >= 0, "l1_coeff", f"must be >= 0, got {self.l1_coeff}")
+        check(self.l1_form in L1_FORMS, "l1_form",
+              f"must be one of {', '.join(L1_FORMS)}, got {self.l1_form!r}")
+        check(0 <= self.l1_warmup <= 1, "l1_warmup", f"must be in [0, 1], got {self.l1_warmup}")
+
+
+@register("relu")
+class ReLU(Dictionary):
+    """ReLU/L1 SAE. Weights: W_enc [n_latents, d_in], b_enc, W_dec [n_latents, d_out], b_dec."""
+
+    Config = ReLUConfig
+    scales_with_input = ("b_enc", "b_dec")
+
+    def __init__(self, cfg: ReLUConfig):
+        super().__init__(cfg)
+        W = unit_rows(cfg.n_latents, cfg.d_out)
+        if cfg.l1_form == "decoder_norm":
+            W = W * 0.1  # small decoder rows, as the 2024 recipe initialises them
+        self.W_dec = nn.Parameter(W)
+        self.W_enc = nn.Parameter(W.clone() if cfg.d_in == cfg.d_out
+                                  else unit_rows(cfg.n_latents, cfg.d_in))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
+
+    @property
+    def unit_norm_decoder(self) -> bool:  # type: ignore[override]
+        return self.cfg.l1_form == "plain"
+
+    def encode(self, x: Tensor) -> Tensor:
+        xc = x - self.b_dec if self.d_in == self.d_out else x
+        return torch.relu(torch.addmm(self.b_enc, xc, self.W_enc.t()))
+
+    def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
+        target = x if target is None else target
+        codes = self.encode(x)
+        x_hat = self.decode(codes)
+        mse = squared_error(x_hat, target).mean()
+        weights = self.W_dec.norm(dim=1) if self.cfg.l1_form == "decoder_norm" else None
+        l1 = (codes * weights if weights is not None else codes).sum(-1).mean()
+        warm = self.cfg.l1_warmup * state.total_steps
+        ramp = min(1.0, (state.step + 1) / warm) if warm > 0 else 1.0
+        total = mse + ramp * self.cfg.l1_coeff * l1
+        fired = codes > 0
+        metrics = {"fvu": fvu(x_hat.detach(), target).item(),
+                   "l0": fired.sum(-1).float().mean().item(), "l1_weight": ramp * self.cfg.l1_coeff}
+        return Loss(total, {"mse": mse, "l1": l1}, metrics, fired.any(0))

@@ -1,0 +1,85 @@
+"""TopK SAE (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+
+Keeps the k largest pre-activations of each input and zeroes the rest, so the L0 is exactly k
+(at most k after the ReLU) and no sparsity penalty is needed. Dead latents are revived by the AuxK
+auxiliary loss. The encoder works on the input minus the decoder bias, as in the paper.
+Training uses the sparse encode/decode of saelab.ops: the backward touches only active latents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saelab.config import check, option
+from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState, fvu,
+                                       squared_error, unit_rows)
+from saelab.dictionaries._registry import register
+from saelab.ops import sparse_decode, to_dense, topk_encode, topk_relu
+from saelab.ops.auxk import auxk_loss
+
+
+@dataclass
+class TopKConfig(DictionaryConfig):
+    k: int = option(32, "Number of active latents per input.")
+    auxk_coeff: float = option(1 / 32, "Weight of the AuxK dead-latent loss (0 disables it).")
+    auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(isinstance(self.k, int) and 0 < self.k <= self.n_latents, "k",
+              f"must be an integer in [1, n_latents={self.n_latents}], got {self.k!r}")
+        check(self.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {self.auxk_coeff}")
+        if self.auxk_k is None:
+            self.auxk_k = max(1, self.d_in // 2)
+        check(self.auxk_k > 0, "auxk_k", f"must be a positive integer, got {self.auxk_k}")
+
+
+@register("topk")
+class TopK(Dictionary):
+    """TopK SAE with AuxK. Weights: W_enc [n_latents, d_in], b_enc [n_latents],
+    W_dec [n_latents, d_out], b_dec [d_out]."""
+
+    Config = TopKConfig
+    scales_with_input = ("b_enc", "b_dec")
+
+    def __init__(self, cfg: TopKConfig):
+        super().__init__(cfg)
+        W = unit_rows(cfg.n_latents, cfg.d_out)
+        self.W_dec = nn.Parameter(W)
+        # Tied initialisation (encoder = decoder transpose), as in the paper.
+        self.W_enc = nn.Parameter(W.clone() if cfg.d_in == cfg.d_out
+                                  else unit_rows(cfg.n_latents, cfg.d_in))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
+
+    def _centered(self, x: Tensor) -> Tensor:
+        return x - self.b_dec if self.d_in == self.d_out else x
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """Encoder pre-activations [B, n_latents]."""
+        return torch.addmm(self.b_enc, self._centered(x), self.W_enc.t())
+
+    def encode(self, x: Tensor) -> Tensor:
+        return to_dense(topk_relu(self.pre_activations(x), self.cfg.k), self.n_latents)
+
+    def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
+        target = x if target is None else target
+        xc = self._centered(x)
+        codes = topk_encode(xc, self.W_enc, self.b_enc, self.cfg.k)
+        x_hat = sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
+        mse = squared_error(x_hat, target).mean()
+        terms = {"mse": mse}
+        total = mse
+        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
+            terms["auxk"] = auxk_loss(xc, target - x_hat.detach(), self.W_enc, self.b_enc,
+                                      self.W_dec, state.dead_mask, self.cfg.auxk_k)
+            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        fired = codes.values > 0
+        active = torch.zeros(self.n_latents, dtype=torch.bool, device=x.device)
+        active[codes.indices[fired]] = True
+        metrics = {"fvu": fvu(x_hat.detach(), target).item(),
+                   "l0": fired.sum(-1).float().mean().item()}
+        return Loss(total, terms, metrics, active)

@@ -1,0 +1,5 @@
+"""Shared numerical pieces: top-k selection, sparse decode, fused TopK encoder."""
+
+from saelab.ops.sparse import SparseCodes, sparse_decode, to_dense, topk_encode, topk_relu
+
+__all__ = ["SparseCodes", "sparse_decode", "to_dense", "topk_encode", "topk_relu"]

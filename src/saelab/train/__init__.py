@@ -1,0 +1,1 @@
+"""The one training loop, optimiser and schedule, dead-latent tracking, checkpoints."""

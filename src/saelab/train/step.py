@@ -1,0 +1,22 @@
+"""One optimiser step of a gradient-trained dictionary (shared by the loop and the benchmarks)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from saelab.dictionaries._base import Dictionary, Loss, StepState
+
+
+def train_step(dictionary: Dictionary, optimizer: torch.optim.Optimizer, x: Tensor,
+               state: StepState, target: Tensor | None = None) -> Loss:
+    """Loss, backward, decoder-gradient projection, Adam step, decoder renormalisation."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = dictionary.loss(x, state, target)
+    loss.total.backward()
+    if dictionary.unit_norm_decoder:
+        dictionary.remove_parallel_decoder_grad()
+    optimizer.step()
+    if dictionary.unit_norm_decoder:
+        dictionary.normalize_decoder()
+    return loss
