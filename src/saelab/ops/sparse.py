@@ -2,8 +2,18 @@
 
 A dense TopK SAE step costs about six [B, n_latents] x [n_latents, d] products (forward and
 backward of encoder and decoder). Only the forward encoder product is unavoidable: with k active
-latents per row, everything else is O(B k d). These autograd functions do exactly that on the
-CPU with embedding_bag (gather-and-sum of rows) and a sparse-transposed product (scatter-and-sum).
+latents per row, everything else is O(B k d). These autograd functions do exactly that, and all
+of the O(B k d) work is one kernel, embedding_bag (a weighted gather-and-sum of table rows), or
+its per-sample-weight gradient (a gathered dot product):
+
+- decode, forward: gather the k decoder rows of each input (`gather_rows`);
+- decode and encode, weight gradients: the same gather over the transposed pattern, with the
+  B*k entries sorted by latent so that each latent is one bag (`scatter_rows`);
+- decode, gradient of the codes: one dot product per active latent (`row_dots`).
+
+Nothing of size [B, n_latents] is made in the backward, and no sparse tensor either (PyTorch's
+sparse-dense product on the CPU is about 3x slower than the sorted gather, and the native
+embedding_bag weight gradient about 25x).
 """
 
 from __future__ import annotations
@@ -37,32 +47,63 @@ def topk_relu(pre: Tensor, k: int) -> SparseCodes:
     return SparseCodes(values.relu(), indices)
 
 
-def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
-    """out[n, d] with out[indices[b, j]] += weights[b, j] * rows[b]: the transpose of a gather.
-
-    Done as one sparse [n, B] x dense [B, d] product (O(B k d)), not a dense scatter.
-    """
-    b, k = indices.shape
-    sample = torch.arange(b, device=indices.device).repeat_interleave(k)  # [B*k]: row b, k times
-    coords = torch.stack([indices.reshape(-1), sample])
-    sparse = torch.sparse_coo_tensor(coords, weights.reshape(-1).to(rows.dtype), (n, b),
-                                     check_invariants=False)
-    return torch.sparse.mm(sparse, rows)
-
-
 def gather_rows(indices: Tensor, weights: Tensor, table: Tensor) -> Tensor:
     """out[b] = sum_j weights[b, j] * table[indices[b, j]], shape [B, d]."""
-    return F.embedding_bag(indices, table, per_sample_weights=weights.to(table.dtype), mode="sum")
+    return F.embedding_bag(indices, table.contiguous(), per_sample_weights=weights.to(table.dtype),
+                           mode="sum")
+
+
+def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
+    """out[n, d] with out[indices[b, j]] += weights[b, j] * rows[b]: the transpose of
+    `gather_rows`.
+
+    Sorting the B*k entries by latent turns the scatter into a gather: latent i's bag holds the
+    batch rows that selected it, and embedding_bag sums each bag (O(B k d + B k log(B k)));
+    latents that no row selected get zeros. The stable sort keeps each sum in batch order, so the
+    result is deterministic.
+    """
+    b, k = indices.shape
+    flat = indices.reshape(-1)  # [B*k], entry e = (row e // k, slot e % k)
+    order = torch.argsort(flat, stable=True)  # [B*k]: entries grouped by latent
+    offsets = flat.new_zeros(n + 1)  # [n + 1]: bag i is order[offsets[i]:offsets[i + 1]]
+    torch.cumsum(torch.bincount(flat, minlength=n), 0, out=offsets[1:])
+    return F.embedding_bag(torch.div(order, k, rounding_mode="floor"), rows.contiguous(), offsets,
+                           mode="sum", per_sample_weights=weights.reshape(-1)[order].to(rows.dtype),
+                           include_last_offset=True)
+
+
+_HAS_DOTS_KERNEL = hasattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward")
 
 
 def row_dots(indices: Tensor, table: Tensor, rows: Tensor) -> Tensor:
-    """out[b, j] = <table[indices[b, j]], rows[b]>, shape [B, k], in chunks of bounded memory."""
-    out = rows.new_empty(indices.shape)
-    chunk = max(1, (1 << 24) // max(1, indices.shape[1] * table.shape[1]))  # ~64 MB of gathers
-    for start in range(0, indices.shape[0], chunk):
-        idx = indices[start:start + chunk]
-        picked = table[idx]  # [b, k, d]
-        out[start:start + chunk] = torch.bmm(picked, rows[start:start + chunk, :, None])[..., 0]
+    """out[b, j] = <table[indices[b, j]], rows[b]>, shape [B, k].
+
+    This is the gradient of `gather_rows` with respect to its weights, which PyTorch has as one
+    kernel (dot products straight from the table, nothing gathered into memory); where that
+    private kernel is missing, `_row_dots_chunked` does the same with public operations.
+    """
+    if not _HAS_DOTS_KERNEL:
+        return _row_dots_chunked(indices, table, rows)
+    b, k = indices.shape
+    bag_starts = torch.arange(0, b * k, k, device=indices.device)  # [B]: offsets of the bags
+    bag_of_entry = torch.arange(b, device=indices.device).repeat_interleave(k)  # [B*k]
+    out = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        rows.contiguous(), table.contiguous(), indices.reshape(-1), bag_starts, bag_of_entry,
+        0)  # mode 0: sum
+    return out.view(b, k)
+
+
+def _row_dots_chunked(indices: Tensor, table: Tensor, rows: Tensor) -> Tensor:
+    """`row_dots` with public operations: gather a few rows' k table rows at a time (a chunk
+    that stays in a 2 MB cache) and multiply them by the row."""
+    b, k = indices.shape
+    d = table.shape[1]
+    out = rows.new_empty(b, k)
+    chunk = max(1, (1 << 19) // max(1, k * d))  # rows per chunk: ~512K gathered elements
+    for start in range(0, b, chunk):
+        stop = min(b, start + chunk)
+        picked = F.embedding(indices[start:stop], table)  # [c, k, d]
+        torch.bmm(picked, rows[start:stop, :, None], out=out[start:stop, :, None])  # [c, k, 1]
     return out
 
 
@@ -92,6 +133,7 @@ class _TopKEncode(torch.autograd.Function):
     def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int):
         pre = torch.addmm(b_enc, x, W_enc.t())  # [B, n_latents]: the one dense product
         values, indices = pre.topk(k, dim=-1, sorted=False)
+        del pre
         values = values.relu_()
         ctx.save_for_backward(x, W_enc, values, indices)
         ctx.mark_non_differentiable(indices)
@@ -102,8 +144,7 @@ class _TopKEncode(torch.autograd.Function):
         x, W_enc, values, indices = ctx.saved_tensors
         g = grad_values * (values > 0)  # ReLU's gradient on the selected latents
         g_x = gather_rows(indices, g, W_enc) if ctx.needs_input_grad[0] else None
-        g_W = scatter_rows(indices, g, x.contiguous(), W_enc.shape[0]) \
-            if ctx.needs_input_grad[1] else None
+        g_W = scatter_rows(indices, g, x, W_enc.shape[0]) if ctx.needs_input_grad[1] else None
         g_b = None
         if ctx.needs_input_grad[2]:
             g_b = g.new_zeros(W_enc.shape[0]).index_add_(0, indices.reshape(-1), g.reshape(-1))

@@ -1,1 +1,6 @@
 """The one training loop, optimiser and schedule, dead-latent tracking, checkpoints."""
+
+from saelab.train.config import TrainConfig
+from saelab.train.loop import fit
+
+__all__ = ["TrainConfig", "fit"]

@@ -1,0 +1,443 @@
+"""Static HTML feature dashboards: one index page and one small page per feature.
+
+The output folder holds `index.html` (summary, feature-density histogram, feature table),
+`features/NNNNN.html` (one page per feature: activation histogram, logit effect, top contexts)
+and `dashboard.json` (what was written). Pages are plain HTML with a little inline CSS and inline
+SVG charts: no JavaScript, no external URL, so they open from file:// without a server.
+Every piece of text that comes from data (tokens, titles, extra values) is HTML-escaped.
+
+Tokens are rendered with `tokenizer.decode([id])`, one id at a time (cached), which is right for
+byte-level BPE; a SentencePiece word-start marker ('▁') found by `convert_ids_to_tokens` becomes
+a leading space. Newlines show as '↵', tabs as '⇥', other control characters as \\xNN.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from saelab._paths import atomic_path
+from saelab.errors import ConfigError, DataError, OutputExistsError
+from saelab.interpret.top_examples import TopExamples
+
+log = logging.getLogger(__name__)
+
+DENSE_FREQ = 0.1
+"""A latent firing on more than this fraction of rows counts as dense in the summary."""
+SEED = 0
+"""Seed of the random part of the default feature selection."""
+MARKER = "dashboard.json"
+"""File that marks a folder as a saelab dashboard (such a folder may be replaced)."""
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2328;margin:0 auto;
+ max-width:1150px;padding:20px 24px}
+h1{font-size:21px;margin:4px 0 10px}h2{font-size:16px;margin:22px 0 8px}
+a{color:#0969da;text-decoration:none}a:hover{text-decoration:underline}
+table{border-collapse:collapse}th,td{padding:3px 10px;border-bottom:1px solid #eaeef2;
+ text-align:left;vertical-align:top}th{font-weight:600;color:#57606a;font-size:12px}
+.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.muted{color:#6e7781}.nav{font-size:13px;margin-bottom:6px}
+.cards{display:flex;flex-wrap:wrap;gap:18px}
+.card{border:1px solid #d0d7de;border-radius:6px;padding:10px 14px}
+.tok{white-space:pre;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px}
+.pill{white-space:pre;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px;
+ background:#f6f8fa;border:1px solid #d0d7de;border-radius:4px;padding:0 3px}
+.ctx{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px;white-space:pre-wrap;
+ word-break:break-all}
+.hl{border-radius:3px;outline:1px solid #d1661a;color:#000}
+.pos{color:#1a7f37}.neg{color:#cf222e}
+.bar{display:inline-block;height:9px;background:#8c959f;border-radius:2px;vertical-align:middle}
+"""
+
+
+class Context(NamedTuple):
+    """One top example, ready to render."""
+
+    value: float
+    """The latent's activation on the highlighted token."""
+    row_id: int
+    """Global row id of the example."""
+    ctx: int
+    """Context index (row of `tokens`)."""
+    pos: int
+    """Position of the highlighted token inside the context."""
+    token_ids: list[int]
+    """Token ids of the window around the highlighted token."""
+    focus: int
+    """Index of the highlighted token inside `token_ids`."""
+
+
+# --- token text -------------------------------------------------------------------------------
+def visible(text: str) -> str:
+    """Make whitespace and control characters visible ('↵' for newlines); not yet escaped."""
+    out = []
+    for ch in text:
+        if ch == "\n":
+            out.append("↵")
+        elif ch == "\t":
+            out.append("⇥")
+        elif ch == "\r":
+            out.append("␍")
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out) or "∅"
+
+
+class TokenText:
+    """Visible text of single token ids through a tokenizer, cached per id."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        if token_id not in self.cache:
+            self.cache[token_id] = visible(self._decode(token_id))
+        return self.cache[token_id]
+
+    def _decode(self, token_id: int) -> str:
+        if self.tokenizer is None:
+            return f"⟨{token_id}⟩"
+        try:
+            text = self.tokenizer.decode([token_id])
+        except Exception as e:  # noqa: BLE001 (any tokenizer error: show the id instead)
+            log.debug("decode(%d) failed: %s", token_id, e)
+            return f"⟨{token_id}⟩"
+        convert = getattr(self.tokenizer, "convert_ids_to_tokens", None)
+        if convert is not None and not text.startswith(" "):
+            piece = convert(token_id)
+            if isinstance(piece, str) and piece.startswith("▁"):
+                text = " " + text
+        return text
+
+
+def pill(text: str) -> str:
+    """Token text for a standalone token box: a run of only spaces shows as '␣' marks."""
+    return "␣" * min(len(text), 8) if text.strip(" ") == "" else text
+
+
+def esc(value: Any) -> str:
+    """HTML-escape any value (quotes included), formatting floats compactly."""
+    if isinstance(value, float):
+        value = f"{value:.4g}"
+    return html.escape(str(value), quote=True)
+
+
+# --- which features ---------------------------------------------------------------------------
+def select_features(top: TopExamples, n_features: int = 200, seed: int = SEED) -> list[int]:
+    """Default feature selection: live latents only (fire_counts > 0); if more than
+    `n_features`, the ceil(n/2) most frequent plus a seeded random sample of the rest. Returned
+    sorted by firing count, descending (ties by id)."""
+    live = (top.fire_counts > 0).nonzero().flatten()
+    if live.numel() > n_features:
+        by_freq = live[top.fire_counts[live].argsort(descending=True, stable=True)]
+        n_head = (n_features + 1) // 2
+        rest = by_freq[n_head:]
+        gen = torch.Generator().manual_seed(seed)
+        sample = rest[torch.randperm(rest.numel(), generator=gen)[:n_features - n_head]]
+        live = torch.cat([by_freq[:n_head], sample]).sort().values
+    order = top.fire_counts[live].argsort(descending=True, stable=True)
+    return live[order].tolist()
+
+
+def _check_features(features: Sequence[int], n_latents: int) -> list[int]:
+    features = [int(f) for f in features]
+    bad = [f for f in features if not 0 <= f < n_latents]
+    if bad:
+        raise ConfigError(f"features: ids {bad[:5]} are outside [0, {n_latents})")
+    return list(dict.fromkeys(features))  # drop repeats, keep order
+
+
+# --- data gathering ---------------------------------------------------------------------------
+def gather_contexts(top: TopExamples, feature: int, tokens: Tensor, row_ctx: Tensor,
+                    row_pos: Tensor, window: tuple[int, int]) -> list[Context]:
+    """The top examples of `feature` with the token window around each."""
+    before, after = window
+    out = []
+    for value, row in zip(top.values[feature].tolist(), top.row_ids[feature].tolist()):
+        if row < 0:
+            break
+        if row >= row_ctx.numel():
+            raise DataError(f"row id {row} is outside row_ctx (it has {row_ctx.numel()} rows); "
+                            "the top examples do not match this token metadata")
+        ctx, pos = int(row_ctx[row]), int(row_pos[row])
+        start = max(0, pos - before)
+        ids = tokens[ctx, start:pos + after + 1].tolist()
+        out.append(Context(value, row, ctx, pos, ids, pos - start))
+    return out
+
+
+def logit_effects(W_dec: Tensor, unembed: Tensor, features: list[int], k: int = 10,
+                  chunk: int = 64) -> dict[int, tuple[list[tuple[int, float]], ...]]:
+    """Top and bottom `k` tokens of W_dec[f] @ unembed.T for each feature: the direct effect of
+    the decoder direction on the logits (no final norm). Computed `chunk` features at a time."""
+    if unembed.ndim != 2 or unembed.shape[1] != W_dec.shape[1]:
+        raise DataError(f"unembed must be [vocab, d_out={W_dec.shape[1]}], "
+                        f"got {list(unembed.shape)}")
+    k = min(k, unembed.shape[0])
+    out = {}
+    with torch.no_grad():
+        U = unembed.detach()
+        for i in range(0, len(features), chunk):
+            ids = features[i:i + chunk]
+            rows = W_dec.detach()[ids].to(device=U.device, dtype=U.dtype)
+            logits_FV = (rows @ U.t()).float().cpu()
+            hi_v, hi_i = logits_FV.topk(k, dim=1)
+            lo_v, lo_i = logits_FV.topk(k, dim=1, largest=False)
+            for j, f in enumerate(ids):
+                out[f] = (list(zip(hi_i[j].tolist(), hi_v[j].tolist())),
+                          list(zip(lo_i[j].tolist(), lo_v[j].tolist())))
+    return out
+
+
+# --- SVG --------------------------------------------------------------------------------------
+def svg_bars(counts: Sequence[int], edges: Sequence[float], label: Callable[[float], str],
+             x_title: str = "", width: int = 440, height: int = 150,
+             color: str = "#e3823b") -> str:
+    """A bar chart of `counts` over bins `edges` (len(counts) + 1) as inline SVG."""
+    n, top = len(counts), max(max(counts, default=0), 1)
+    pad_l, pad_b, pad_t = 8, 20, 14
+    bw = (width - 2 * pad_l) / max(n, 1)
+    plot_h = height - pad_b - pad_t
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            'role="img" font-size="11" font-family="system-ui,sans-serif">')
+    parts = [head]
+    for i, c in enumerate(counts):
+        h = plot_h * c / top
+        tip = esc(f"{label(edges[i])} – {label(edges[i + 1])}: {c}")
+        parts.append(f'<rect x="{pad_l + i * bw:.1f}" y="{pad_t + plot_h - h:.1f}" '
+                     f'width="{max(bw - 1, 0.5):.1f}" height="{h:.1f}" fill="{color}">'
+                     f'<title>{tip}</title></rect>')
+    base = pad_t + plot_h
+    parts.append(f'<line x1="{pad_l}" y1="{base}" x2="{width - pad_l}" y2="{base}" '
+                 'stroke="#8c959f"/>')
+    ticks = sorted({0, n // 2, n}) if n else [0]
+    for t in ticks:
+        anchor = "start" if t == 0 else "end" if t == n else "middle"
+        parts.append(f'<text x="{pad_l + t * bw:.1f}" y="{height - 5}" text-anchor="{anchor}" '
+                     f'fill="#57606a">{esc(label(edges[t]))}</text>')
+    parts.append(f'<text x="{pad_l}" y="10" fill="#57606a">max {top}</text>'
+                 f'<text x="{width - pad_l}" y="10" text-anchor="end" fill="#57606a">'
+                 f"{esc(x_title)}</text></svg>")
+    return "".join(parts)
+
+
+def activation_histogram(top: TopExamples, feature: int) -> str:
+    """SVG histogram of a feature's positive activations, cropped to its occupied bins."""
+    counts = top.hist_counts[feature]
+    nz = counts.nonzero().flatten()
+    if nz.numel() == 0:
+        return '<p class="muted">never fired</p>'
+    hi = int(nz[-1]) + 1
+    lo = max(0, min(int(nz[0]), hi - 8))  # show at least 8 bins
+    edges = top.hist_edges[lo:hi + 1].tolist()
+    return svg_bars(counts[lo:hi].tolist(), edges, lambda v: f"{v:.3g}", "activation")
+
+
+def density_histogram(top: TopExamples, bins_per_decade: int = 4) -> str:
+    """SVG histogram of log10 firing frequency over the live latents."""
+    live = top.fire_counts[top.fire_counts > 0].double()
+    if live.numel() == 0 or top.n_rows == 0:
+        return '<p class="muted">no live latents</p>'
+    logf = (live / top.n_rows).log10()
+    low = float(torch.floor(logf.min()))
+    n = max(1, round(-low * bins_per_decade))
+    edges = torch.linspace(low, 0.0, n + 1, dtype=torch.float64)
+    idx = torch.bucketize(logf, edges[1:-1], right=True)
+    counts = torch.bincount(idx, minlength=n).tolist()
+    return svg_bars(counts, edges.tolist(), lambda v: f"1e{v:.2g}", "firing frequency",
+                    color="#6e7781")
+
+
+# --- HTML -------------------------------------------------------------------------------------
+def page(title: str, body: str) -> str:
+    """A whole HTML document with the inline stylesheet; `title` is escaped here."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n"
+            "</body></html>\n")
+
+
+def context_html(c: Context, text: TokenText, max_act: float) -> str:
+    """One context: escaped tokens, the active one highlighted with its activation."""
+    alpha = 0.25 + 0.75 * min(1.0, c.value / max_act) if max_act > 0 else 1.0
+    spans = []
+    for i, tid in enumerate(c.token_ids):
+        tok = esc(text(tid))
+        if i == c.focus:
+            spans.append(f'<span class="hl" style="background:rgba(255,140,40,{alpha:.2f})" '
+                         f'title="{esc(f"token {tid}, activation {c.value:.4g}")}">{tok}</span>')
+        else:
+            spans.append(f'<span title="token {tid}">{tok}</span>')
+    return "".join(spans)
+
+
+def logits_table(effects: tuple[list[tuple[int, float]], ...], text: TokenText) -> str:
+    """Two columns: tokens the decoder direction promotes and suppresses."""
+    hi, lo = effects
+    rows = ["<tr><th>promoted</th><th></th><th>suppressed</th><th></th></tr>"]
+    for (ti, vi), (tj, vj) in zip(hi, lo):
+        rows.append(f'<tr><td><span class="pill">{esc(pill(text(ti)))}</span></td>'
+                    f'<td class="num pos">{vi:+.3f}</td>'
+                    f'<td><span class="pill">{esc(pill(text(tj)))}</span></td>'
+                    f'<td class="num neg">{vj:+.3f}</td></tr>')
+    return f"<table>{''.join(rows)}</table>"
+
+
+def feature_page(f: int, prev_next: tuple[int | None, int | None], top: TopExamples,
+                 contexts: list[Context], effects: tuple | None, text: TokenText,
+                 title: str) -> str:
+    """The HTML page of one feature."""
+    freq = int(top.fire_counts[f]) / max(top.n_rows, 1)
+    max_act = float(top.max_act[f])
+    prev, nxt = prev_next
+    nav = ['<a href="../index.html">index</a>']
+    nav += [f'<a href="{p:05d}.html">{label} {p}</a>' for p, label in
+            ((prev, "← feature"), (nxt, "feature →")) if p is not None]
+    hist = (f'<div class="card"><b>Activation histogram</b> <span class="muted">(log-spaced '
+            f'bins)</span><br>{activation_histogram(top, f)}</div>')
+    cards = [hist]
+    if effects is not None:
+        cards.append(f'<div class="card"><b>Logit effect</b> <span class="muted">'
+                     f'(W_dec · unembed)</span>{logits_table(effects, text)}</div>')
+    rows = [f'<tr><td class="num">{c.value:.3f}</td><td class="ctx">'
+            f'{context_html(c, text, max_act)}</td><td class="muted num">{c.ctx}:{c.pos}</td>'
+            f"</tr>" for c in contexts]
+    ctx_table = (f"<table><tr><th>activation</th><th>context</th><th>doc:pos</th></tr>"
+                 f"{''.join(rows)}</table>" if rows else '<p class="muted">no examples</p>')
+    body = (f'<div class="nav">{" · ".join(nav)}</div><h1>Feature {f}</h1>'
+            f'<p>fires on <b>{freq:.3%}</b> of rows ({int(top.fire_counts[f])} / {top.n_rows}) '
+            f"· max activation <b>{max_act:.4g}</b></p>"
+            f'<div class="cards">{"".join(cards)}</div>'
+            f"<h2>Top activations</h2>{ctx_table}")
+    return page(f"{title} · feature {f}", body)
+
+
+def summary_html(dictionary, top: TopExamples, n_shown: int, extra: dict | None) -> str:
+    """Header table: dictionary, rows, dead and dense counts, and the `extra` entries."""
+    n = top.fire_counts.numel()
+    freq = top.fire_counts.double() / max(top.n_rows, 1)
+    dead, dense = int((top.fire_counts == 0).sum()), int((freq > DENSE_FREQ).sum())
+    arch = getattr(dictionary, "architecture", "") or type(dictionary).__name__
+    items: list[tuple[str, Any]] = [
+        ("architecture", f"{arch} · d_in {dictionary.d_in} · latents {n}"),
+        ("rows seen", top.n_rows),
+        ("dead latents", f"{dead} ({dead / max(n, 1):.1%})"),
+        (f"dense latents (> {DENSE_FREQ:.0%})", f"{dense} ({dense / max(n, 1):.1%})"),
+        ("features shown", n_shown)]
+    for key in ("model", "hookpoint", "site", "dataset"):
+        if getattr(dictionary, "provenance", {}).get(key):
+            items.append((key, dictionary.provenance[key]))
+    items += list((extra or {}).items())
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items)
+    return f"<table>{rows}</table>"
+
+
+def index_page(title: str, summary: str, density: str, features: list[int], top: TopExamples,
+               previews: dict[int, str], promoted: dict[int, list[str]]) -> str:
+    """The index: summary, density histogram and one table row per feature (`previews` and
+    `promoted` hold already-escaped token text)."""
+    top_freq = max((int(top.fire_counts[f]) for f in features), default=1) or 1
+    rows = []
+    for f in features:
+        count = int(top.fire_counts[f])
+        bar = 60 * count / top_freq
+        logits = " ".join(f'<span class="pill">{t}</span>' for t in promoted.get(f, []))
+        rows.append(f'<tr><td><a href="features/{f:05d}.html">{f}</a></td>'
+                    f'<td class="num">{count / max(top.n_rows, 1):.3%}</td>'
+                    f'<td><span class="bar" style="width:{bar:.1f}px"></span></td>'
+                    f'<td class="num">{float(top.max_act[f]):.3g}</td>'
+                    f'<td><span class="pill">{previews.get(f, "")}</span></td><td>{logits}</td>'
+                    "</tr>")
+    table = ("<table><tr><th>feature</th><th>frequency</th><th></th><th>max act</th>"
+             "<th>top token</th><th>top logits</th></tr>" + "".join(rows) + "</table>")
+    body = (f"<h1>{esc(title)}</h1><div class=\"cards\"><div class=\"card\">{summary}</div>"
+            f'<div class="card"><b>Feature density</b> <span class="muted">(log10 firing '
+            f"frequency of live latents)</span><br>{density}</div></div>"
+            f"<h2>Features</h2>{table}")
+    return page(title, body)
+
+
+# --- entry point ------------------------------------------------------------------------------
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace a non-empty folder that is not a saelab dashboard."""
+    if out_dir.exists() and not (out_dir / MARKER).is_file() and (
+            not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OutputExistsError(f"{out_dir} exists and is not a saelab dashboard; "
+                                "choose another output folder or remove it")
+
+
+def _check_inputs(top: TopExamples, tokens: Tensor, row_ctx: Tensor, row_pos: Tensor,
+                  n_latents: int) -> None:
+    if top.values.shape[0] != n_latents:
+        raise DataError(f"top examples have {top.values.shape[0]} latents, the dictionary "
+                        f"{n_latents}")
+    if tokens.ndim != 2 or row_ctx.shape != row_pos.shape or row_ctx.ndim != 1:
+        raise DataError(f"need tokens [N_ctx, T] and row_ctx, row_pos [N_rows]; got "
+                        f"{list(tokens.shape)}, {list(row_ctx.shape)}, {list(row_pos.shape)}")
+
+
+def write_dashboard(out_dir: str | os.PathLike, dictionary, top: TopExamples, tokens: Tensor,
+                    row_ctx: Tensor, row_pos: Tensor, tokenizer: Any,
+                    unembed: Tensor | None = None, features: list[int] | None = None,
+                    n_features: int = 200, window: tuple[int, int] = (12, 4),
+                    title: str = "saelab dashboard", extra: dict | None = None) -> Path:
+    """Write a static HTML dashboard of `features` (default: `select_features(top,
+    n_features)`) to `out_dir`, replacing a previous dashboard there atomically.
+
+    tokens [N_ctx, T] int64 holds every context; row_ctx and row_pos [N_rows] map a global row
+    id to its context and position. `window` = (tokens before, tokens after) the active one.
+    `unembed` [vocab, d_out] adds each feature's top and bottom 10 logit effects. `tokenizer`
+    needs `decode(list[int])` (None shows token ids). `extra` (e.g. headline metrics) is shown
+    in the summary table. Returns `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    _check_inputs(top, tokens, row_ctx, row_pos, dictionary.n_latents)
+    chosen = (_check_features(features, dictionary.n_latents) if features is not None
+              else select_features(top, n_features))
+    text = TokenText(tokenizer)
+    effects = ({} if unembed is None else
+               logit_effects(dictionary.W_dec, unembed, chosen))
+    with atomic_path(out_dir) as tmp:
+        (tmp / "features").mkdir(parents=True)
+        previews = _write_feature_pages(tmp, chosen, top, tokens, row_ctx, row_pos, window,
+                                        effects, text, title)
+        promoted = {f: [esc(pill(text(t))) for t, _ in e[0][:3]] for f, e in effects.items()}
+        summary = summary_html(dictionary, top, len(chosen), extra)
+        (tmp / "index.html").write_text(index_page(title, summary, density_histogram(top),
+                                                   chosen, top, previews, promoted),
+                                        encoding="utf-8")
+        meta = {"title": title, "n_rows": top.n_rows, "n_latents": dictionary.n_latents,
+                "features": chosen, "extra": extra or {}}
+        (tmp / MARKER).write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
+    log.info("wrote a dashboard of %d features to %s", len(chosen), out_dir)
+    return out_dir
+
+
+def _write_feature_pages(root: Path, chosen: list[int], top: TopExamples, tokens: Tensor,
+                         row_ctx: Tensor, row_pos: Tensor, window: tuple[int, int],
+                         effects: dict, text: TokenText, title: str) -> dict[int, str]:
+    """Write features/NNNNN.html for each chosen feature; return each one's escaped top token."""
+    previews = {}
+    for i, f in enumerate(chosen):
+        contexts = gather_contexts(top, f, tokens, row_ctx, row_pos, window)
+        if contexts:
+            c = contexts[0]
+            previews[f] = esc(pill(text(c.token_ids[c.focus])))
+        neighbours = (chosen[i - 1] if i > 0 else None,
+                      chosen[i + 1] if i + 1 < len(chosen) else None)
+        html_text = feature_page(f, neighbours, top, contexts, effects.get(f), text, title)
+        (root / "features" / f"{f:05d}.html").write_text(html_text, encoding="utf-8")
+    return previews

@@ -1,0 +1,135 @@
+"""Load a model and its tokenizer by packaged alias, local folder or Hugging Face Hub name.
+
+    >>> lm = load("smollm2-135m")        # packaged: works offline
+    >>> lm.layer_template.format(15)     # 'model.layers.15', a name from lm.model.named_modules()
+
+Packaged aliases (see PACKAGED) load from pip packages without a network. Any other string is
+a local folder or a Hub name loaded through transformers: AutoModelForCausalLM for causal LMs,
+AutoModel for encoders.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from saelab.errors import ConfigError
+from saelab.models import _hub, _introspect
+from saelab.models._packaged import PACKAGED, packaged_folder, resolve_alias, tokenizer_source
+
+__all__ = ["PACKAGED", "LoadedModel", "load", "load_tokenizer"]
+
+logger = logging.getLogger(__name__)
+
+
+class LoadedModel(NamedTuple):
+    """A model ready to capture activations from, with what saelab needs to know about it."""
+
+    model: nn.Module
+    """The model, in eval mode, with every parameter's requires_grad off."""
+    tokenizer: Any
+    """Its transformers tokenizer (None if the checkpoint ships none)."""
+    name: str
+    """The packaged alias, or the folder / Hub name the model was loaded from."""
+    kind: str
+    """"causal_lm" (next-token model with an unembedding) or "encoder"."""
+    n_layers: int
+    """Number of blocks (decoder or encoder layers)."""
+    d_model: int
+    """Width of the residual stream."""
+    layer_template: str
+    """Module name of block i with `{}` for i, as in `model.named_modules()` ("model.layers.{}")."""
+    unembed: torch.Tensor | None
+    """Output embedding [vocab, d_model] of a causal LM (to read a direction as tokens); None for
+    encoders. Shares storage with the model's weight."""
+    final_norm: nn.Module | None
+    """The norm applied to the last block's output before the unembedding, or None."""
+
+
+def load(name_or_path: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a model and its tokenizer: a packaged alias, a local folder or a Hub name.
+
+    Raises MissingDependencyError (naming the pip command) when a packaged model's package is
+    absent, and ConfigError when the name is neither a folder nor a model the Hub (or, offline,
+    the local Hugging Face cache) has.
+    """
+    alias = resolve_alias(name_or_path)
+    if alias is not None:
+        folder, kwargs, name = str(packaged_folder(alias)), {}, alias
+    else:
+        kwargs = _hub.from_pretrained_kwargs(name_or_path)
+        folder, name = _hub.local_path(name_or_path), name_or_path
+    config = _load_config(folder, name, kwargs)
+    causal = _introspect.is_causal_lm(config)
+    model = _load_weights(folder, name, config, causal, dtype, kwargs)
+    model.eval().requires_grad_(False)
+    tokenizer = _load_tokenizer(folder, name, kwargs, required=False)
+    return _describe(model, tokenizer, name, causal)
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """Load only the tokenizer of a model (fast: no weights are read)."""
+    alias = resolve_alias(name_or_path)
+    if alias is not None:
+        folder, kwargs = tokenizer_source(alias)
+    else:
+        kwargs = _hub.from_pretrained_kwargs(name_or_path)
+        folder = _hub.local_path(name_or_path)
+    return _load_tokenizer(folder, alias or name_or_path, kwargs, required=True)
+
+
+def _load_config(folder: str, name: str, kwargs: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _error(name, folder, e, kwargs) from None
+
+
+def _load_weights(folder: str, name: str, config: Any, causal: bool, dtype: torch.dtype,
+                  kwargs: dict[str, Any]) -> nn.Module:
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    auto = AutoModelForCausalLM if causal else AutoModel
+    logger.info("loading %s as %s", name, "a causal LM" if causal else "an encoder")
+    try:
+        return auto.from_pretrained(folder, config=config, dtype=dtype, **kwargs)
+    except OSError as e:
+        raise _error(name, folder, e, kwargs) from None
+
+
+def _load_tokenizer(folder: str, name: str, kwargs: dict[str, Any], required: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError) as e:
+        if required:
+            raise _error(name, folder, e, kwargs) from None
+        logger.warning("model %s has no usable tokenizer (%s); tokenizer is None", name, e)
+        return None
+
+
+def _error(name: str, folder: str, error: Exception, kwargs: dict[str, Any]) -> ConfigError:
+    if Path(folder).is_dir():
+        return ConfigError(f"folder {folder} is not a model that transformers can load: {error}")
+    return _hub.load_error(name, error, offline=bool(kwargs.get("local_files_only")))
+
+
+def _describe(model: nn.Module, tokenizer: Any, name: str, causal: bool) -> LoadedModel:
+    layers_name, count = _introspect.layer_list(model, _introspect.n_layers(model.config))
+    unembed = None
+    if causal and model.get_output_embeddings() is not None:
+        unembed = model.get_output_embeddings().weight.detach()
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name=name,
+        kind="causal_lm" if causal else "encoder",
+        n_layers=count, d_model=_introspect.d_model(model),
+        layer_template=layers_name + ".{}", unembed=unembed,
+        final_norm=_introspect.final_norm(model, layers_name) if causal else None,
+    )

@@ -1,0 +1,155 @@
+"""Reading an activation store: manifest checks, shards one at a time, shuffled batches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from saelab.errors import ConfigError, FormatError
+from saelab.store.shuffle import ShuffledBatches
+
+MANIFEST = "manifest.json"
+CONTEXTS = "contexts.safetensors"
+FORMAT = "saelab-activations"
+
+
+def acts_name(key: str) -> str:
+    """Tensor name of a hookpoint's activations inside a shard."""
+    return f"acts/{key}"
+
+
+def is_store(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise FormatError(f"{path} is not an activation store: no {MANIFEST} in it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path / MANIFEST} is corrupt ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise FormatError(f"{path / MANIFEST} is not a saelab activation store manifest")
+    return manifest
+
+
+class ActivationStore:
+    """A folder of activation shards. Memory stays bounded: one shard (or one shuffle buffer)
+    is in memory at a time."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        for shard in self.manifest["shards"]:
+            file = self.path / shard["file"]
+            if not file.is_file():
+                raise FormatError(f"store {self.path}: shard {shard['file']} is missing")
+            if file.stat().st_size != shard["bytes"]:
+                raise FormatError(f"store {self.path}: shard {shard['file']} has "
+                                  f"{file.stat().st_size} bytes, the manifest says "
+                                  f"{shard['bytes']} (truncated or replaced)")
+
+    def __repr__(self) -> str:
+        return (f"ActivationStore({str(self.path)!r}, model={self.model!r}, "
+                f"hookpoints={self.hookpoints}, rows={self.n_rows})")
+
+    # --- what is in it ------------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        return self.manifest["model"]
+
+    @property
+    def hookpoints(self) -> list[str]:
+        return list(self.manifest["hookpoints"])
+
+    @property
+    def n_rows(self) -> int:
+        return sum(s["rows"] for s in self.manifest["shards"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    def d(self, key: str) -> int:
+        return int(self.manifest["d"][self.hookpoint(key)])
+
+    def hookpoint(self, key: str | None = None) -> str:
+        """`key` checked against the store, or the store's only hookpoint when None."""
+        if key is None:
+            if len(self.hookpoints) != 1:
+                raise ConfigError(f"store {self.path} holds several hookpoints "
+                                  f"({', '.join(self.hookpoints)}); name one")
+            return self.hookpoints[0]
+        if key not in self.hookpoints:
+            raise ConfigError(f"store {self.path} has no hookpoint {key!r}; it holds "
+                              f"{', '.join(self.hookpoints)}")
+        return key
+
+    def mean_squared_norm(self, key: str | None = None) -> float:
+        s = self.manifest["stats"][self.hookpoint(key)]
+        return s["sum_sq_norm"] / max(1, s["count"])
+
+    def mean(self, key: str | None = None) -> Tensor:
+        s = self.manifest["stats"][self.hookpoint(key)]
+        return torch.tensor(s["sum"], dtype=torch.float64).div(max(1, s["count"])).float()
+
+    # --- reading ------------------------------------------------------------------------
+    def read_shard(self, i: int, names: list[str]) -> list[Tensor]:
+        """Tensors `names` of shard i (activations as float32)."""
+        file = self.path / self.manifest["shards"][i]["file"]
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                out = [f.get_tensor(n) for n in names]
+        except (SafetensorError, OSError) as e:
+            raise FormatError(f"shard {file} is unreadable (corrupt?): {e}") from None
+        except KeyError as e:
+            raise FormatError(f"shard {file} lacks tensor {e}") from None
+        return [t.float() if t.is_floating_point() else t for t in out]
+
+    def iter_rows(self, key: str | None = None, batch_size: int = 4096
+                  ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Sequential (acts [b, d], row_ids [b]) batches over the whole store, in order."""
+        name = acts_name(self.hookpoint(key))
+        offset = 0
+        for i, shard in enumerate(self.manifest["shards"]):
+            (acts,) = self.read_shard(i, [name])
+            for s in range(0, acts.shape[0], batch_size):
+                chunk = acts[s:s + batch_size]
+                yield chunk, torch.arange(offset + s, offset + s + chunk.shape[0])
+            offset += shard["rows"]
+
+    def row_index(self) -> dict[str, Tensor]:
+        """Per-row metadata over the whole store: `ctx` (context index), `pos`, `token`."""
+        parts = [self.read_shard(i, ["ctx", "pos", "token"])
+                 for i in range(len(self.manifest["shards"]))]
+        if not parts:
+            return {n: torch.zeros(0, dtype=torch.long) for n in ("ctx", "pos", "token")}
+        return {n: torch.cat([p[j] for p in parts]).long()
+                for j, n in enumerate(("ctx", "pos", "token"))}
+
+    def contexts(self) -> dict[str, Tensor]:
+        """`tokens` [N_ctx, T] and `doc_ids` [N_ctx, T] of every captured context."""
+        try:
+            with safe_open(str(self.path / CONTEXTS), framework="pt") as f:
+                return {n: f.get_tensor(n) for n in f.keys()}
+        except (SafetensorError, OSError) as e:
+            raise FormatError(f"{self.path / CONTEXTS} is unreadable: {e}") from None
+
+    def shuffled(self, batch_size: int, key: str | None = None, target: str | None = None,
+                 seed: int = 0, buffer_rows: int = 1 << 19) -> ShuffledBatches:
+        """Shuffled batches of (acts,) or (acts, target acts) for training."""
+        names = [acts_name(self.hookpoint(key))]
+        if target is not None:
+            names.append(acts_name(self.hookpoint(target)))
+        sizes = [s["rows"] for s in self.manifest["shards"]]
+        if sum(sizes) < batch_size:
+            raise ConfigError(f"store {self.path} holds {sum(sizes)} rows, fewer than one batch "
+                              f"of {batch_size}")
+        return ShuffledBatches(sizes, lambda i: tuple(self.read_shard(i, names)), batch_size,
+                               buffer_rows, seed)

@@ -1,0 +1,190 @@
+"""Writing an activation store from a model: capture, filter, shard, resume.
+
+The folder holds `manifest.json`, `contexts.safetensors` (the token ids of every context, so that
+interpretation can show the text behind a row) and shards `NNNNN.safetensors` with, for every
+hookpoint, `acts/<key>` [rows, d], and per row `ctx` (context index), `pos` and `token`.
+Shards and manifest are written atomically, and the manifest only ever names finished shards: a
+killed capture resumes from the last finished shard when run again with the same settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from saelab._paths import write_json, write_safetensors
+from saelab.capture import Capture
+from saelab.capture.exclude import Exclusion
+from saelab.errors import DataError, OutputExistsError
+from saelab.store.reader import (CONTEXTS, FORMAT, MANIFEST, ActivationStore, acts_name,
+                                 is_store, read_manifest)
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _sha256(data: bytes | Path) -> str:
+    h = hashlib.sha256()
+    if isinstance(data, Path):
+        with open(data, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    else:
+        h.update(data)
+    return h.hexdigest()
+
+
+def _prepare_folder(out: Path, fingerprint: dict, overwrite: bool) -> dict | None:
+    """The manifest to resume from, None for a fresh start; refuses to clobber other data."""
+    if is_store(out):
+        manifest = read_manifest(out)
+        if manifest.get("config") == fingerprint and not overwrite:
+            return manifest
+        if not overwrite:
+            raise OutputExistsError(f"{out} already holds an activation store captured with "
+                                    f"other settings; pass overwrite (--overwrite) to replace "
+                                    f"it, or choose another folder")
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out} exists and is not an activation store; choose an empty "
+                                f"folder or pass overwrite (--overwrite)")
+    if out.exists():
+        shutil.rmtree(out)
+    return None
+
+
+class _Accumulator:
+    """Rows waiting to be written, plus running statistics per hookpoint."""
+
+    def __init__(self, keys: list[str], stats: dict):
+        self.keys = keys
+        self.parts: list[dict[str, Tensor]] = []
+        self.rows = 0
+        self.stats = stats
+
+    def add(self, rows: dict[str, Tensor]) -> None:
+        self.parts.append(rows)
+        self.rows += rows["ctx"].shape[0]
+        for key in self.keys:
+            a = rows[acts_name(key)].double()
+            s = self.stats.setdefault(key, {"count": 0, "sum_sq_norm": 0.0,
+                                            "sum": [0.0] * a.shape[1]})
+            s["count"] += a.shape[0]
+            s["sum_sq_norm"] += float(a.pow(2).sum())
+            s["sum"] = (torch.tensor(s["sum"], dtype=torch.float64) + a.sum(0)).tolist()
+
+    def take(self) -> dict[str, Tensor]:
+        out = {n: torch.cat([p[n] for p in self.parts]) for n in self.parts[0]}
+        self.parts, self.rows = [], 0
+        return out
+
+
+def _rows_of_batch(acts: dict[str, Tensor], tokens: Tensor, first_ctx: int,
+                   exclusion: Exclusion, dtype: torch.dtype) -> tuple[dict[str, Tensor], int]:
+    """Kept rows of one batch of contexts as flat tensors, and how many were dropped."""
+    keep = exclusion.keep_mask(tokens, acts)  # [B, T]
+    ctx, pos = keep.nonzero(as_tuple=True)
+    rows = {acts_name(k): a[ctx, pos].to(dtype) for k, a in acts.items()}
+    rows.update(ctx=(ctx + first_ctx).long(), pos=pos.int(), token=tokens[ctx, pos].long())
+    return rows, int((~keep).sum())
+
+
+def capture_to_store(model: nn.Module, tokens: Tensor, hookpoints: list[str], out: str | Path, *,
+                     model_name: str, doc_ids: Tensor | None = None,
+                     special_ids: list[int] | None = None, norm_factor: float | None = 5.0,
+                     batch_contexts: int = 8, shard_rows: int = 1 << 16, dtype: str = "float32",
+                     overwrite: bool = False, progress: bool = True) -> ActivationStore:
+    """Capture the activations of `hookpoints` for every context in `tokens` [N, T] into a store.
+
+    Special tokens and rows whose norm is above `norm_factor` x the median are left out (see
+    saelab.capture.exclude). Returns the finished store; a rerun with the same arguments resumes
+    an interrupted capture or returns the finished one at once.
+    """
+    out = Path(out)
+    if dtype not in DTYPES:
+        raise DataError(f"unknown store dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    with Capture(model, hookpoints) as cap:
+        keys = [hp.key for hp in cap.hookpoints]
+        fingerprint = {"model": model_name, "hookpoints": keys, "context_len": tokens.shape[1],
+                       "n_contexts": tokens.shape[0], "dtype": dtype,
+                       "tokens_sha256": _sha256(tokens.contiguous().numpy().tobytes()),
+                       "special_ids": sorted(special_ids or []), "norm_factor": norm_factor}
+        manifest = _prepare_folder(out, fingerprint, overwrite)
+        if manifest is None:
+            manifest = _new_store(out, tokens, doc_ids, fingerprint)
+        elif manifest.get("complete"):
+            log.info("store %s is already complete", out)
+            return ActivationStore(out)
+        else:
+            log.info("resuming capture into %s at context %d", out, manifest["contexts_done"])
+        _capture_loop(cap, tokens, out, manifest, DTYPES[dtype], batch_contexts, shard_rows,
+                      progress)
+    return ActivationStore(out)
+
+
+def _new_store(out: Path, tokens: Tensor, doc_ids: Tensor | None, fingerprint: dict) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = {"tokens": tokens.long()}
+    if doc_ids is not None:
+        ctx["doc_ids"] = doc_ids.long()
+    write_safetensors(out / CONTEXTS, ctx)
+    exclusion = Exclusion(fingerprint["special_ids"], fingerprint["norm_factor"])
+    manifest = {"format": FORMAT, "version": 1, "model": fingerprint["model"],
+                "hookpoints": fingerprint["hookpoints"], "d": {}, "dtype": fingerprint["dtype"],
+                "context_len": fingerprint["context_len"],
+                "n_contexts": fingerprint["n_contexts"], "contexts_done": 0, "complete": False,
+                "shards": [], "stats": {}, "excluded_rows": 0,
+                "exclusion": exclusion.to_json(), "config": fingerprint}
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _capture_loop(cap: Capture, tokens: Tensor, out: Path, manifest: dict, dtype: torch.dtype,
+                  batch_contexts: int, shard_rows: int, progress: bool) -> None:
+    exclusion = Exclusion(**manifest["exclusion"])
+    acc = _Accumulator(manifest["hookpoints"], manifest["stats"])
+    done = manifest["contexts_done"]
+    n, T = tokens.shape
+    bar = tqdm(total=n * T, initial=done * T, unit="tok", unit_scale=True, desc="capture",
+               disable=not progress)
+    for start in range(done, n, batch_contexts):
+        batch = tokens[start:start + batch_contexts]
+        acts = cap.run(input_ids=batch)
+        for key, a in acts.items():
+            if not torch.isfinite(a).all():
+                raise DataError(f"non-finite activations (NaN or inf) at hookpoint {key!r} in "
+                                f"contexts {start}-{start + len(batch) - 1}; check the model's "
+                                f"dtype and inputs")
+            manifest["d"][key] = a.shape[-1]
+        exclusion.calibrate(batch, acts)
+        rows, dropped = _rows_of_batch(acts, batch, start, exclusion, dtype)
+        acc.add(rows)
+        manifest["excluded_rows"] += dropped
+        bar.update(batch.numel())
+        last = start + len(batch) >= n
+        if acc.rows >= shard_rows or (last and acc.rows):
+            _flush(out, manifest, acc, exclusion, contexts_done=start + len(batch))
+    bar.close()
+    manifest["complete"] = True
+    manifest["contexts_done"] = n
+    write_json(out / MANIFEST, manifest)
+
+
+def _flush(out: Path, manifest: dict, acc: _Accumulator, exclusion: Exclusion,
+           contexts_done: int) -> None:
+    """Write the waiting rows as the next shard, then the manifest that names it."""
+    rows = acc.take()
+    name = f"{len(manifest['shards']):05d}.safetensors"
+    write_safetensors(out / name, rows)
+    manifest["shards"].append({"file": name, "rows": int(rows["ctx"].shape[0]),
+                               "bytes": (out / name).stat().st_size,
+                               "sha256": _sha256(out / name)})
+    manifest["contexts_done"] = contexts_done
+    manifest["exclusion"] = exclusion.to_json()
+    manifest["stats"] = acc.stats
+    write_json(out / MANIFEST, manifest)

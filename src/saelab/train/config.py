@@ -1,0 +1,60 @@
+"""TrainConfig: every setting of a training run (drives the API, the CLI and the saved state)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from saelab.config import check, option
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run."""
+
+    steps: int | None = option(None, "Optimiser steps; default: `epochs` passes over the data.")
+    epochs: float = option(1.0, "Passes over the data when `steps` is not given.")
+    batch_size: int = option(4096, "Activation vectors per optimiser step.")
+    lr: float | None = option(None, "Adam learning rate; default 4e-3 * sqrt(batch_size / 4096) "
+                                    "(inputs are normalised, so one rate fits most layers).")
+    warmup_steps: int = option(100, "Linear learning-rate warm-up (capped at 10% of the run).")
+    decay_start: float = option(0.8, "Fraction of the run after which the rate decays to 0.")
+    seed: int = option(0, "Seed of initialisation, data order and sampling.")
+    out: str | None = option(None, "Run folder: checkpoints, metrics.jsonl and the final sae/. "
+                                   "A folder holding a checkpoint of the same run is resumed.")
+    checkpoint_every: int = option(500, "Steps between checkpoints (needs `out`).")
+    log_every: int = option(25, "Steps between lines of metrics.jsonl.")
+    dead_after_tokens: int = option(2_000_000, "A latent that has not fired for this many "
+                                               "training vectors counts as dead (AuxK revives it).")
+    normalize: bool = option(True, "Scale inputs to unit mean squared norm while training; "
+                                   "the scale is folded back into the saved weights.")
+    init_b_dec: bool = option(True, "Initialise the decoder bias to the data mean.")
+    hookpoint: str | None = option(None, "Hookpoint of the store to train on (default: its only "
+                                         "one).")
+    target_hookpoint: str | None = option(None, "Hookpoint to reconstruct instead of the input "
+                                                "(transcoders).")
+    buffer_rows: int = option(1 << 19, "Rows held in the shuffle buffer when reading a store.")
+    progress: bool = option(True, "Show a progress bar.")
+    overwrite: bool = option(False, "Replace a different run already in `out`.")
+
+    def __post_init__(self) -> None:
+        check(self.steps is None or self.steps > 0, "steps", f"must be > 0, got {self.steps}")
+        check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        check(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(0 <= self.decay_start <= 1, "decay_start", f"must be in [0, 1], got "
+                                                         f"{self.decay_start}")
+        check(self.checkpoint_every > 0, "checkpoint_every", "must be > 0")
+        check(self.log_every > 0, "log_every", "must be > 0")
+        check(self.dead_after_tokens > 0, "dead_after_tokens", "must be > 0")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else 4e-3 * math.sqrt(self.batch_size / 4096)
+
+    def run_identity(self) -> dict:
+        """The fields that define the run (a checkpoint resumes only if these match)."""
+        keep = ("steps", "epochs", "batch_size", "lr", "warmup_steps", "decay_start", "seed",
+                "dead_after_tokens", "normalize", "init_b_dec", "hookpoint", "target_hookpoint",
+                "buffer_rows")
+        return {k: getattr(self, k) for k in keep}

@@ -1,0 +1,109 @@
+"""Turning what the user passes to `fit` (a tensor, a store folder, an iterable of batches) into
+one kind of training data: batches from any position, batches per epoch, and the input scale."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+import torch
+from torch import Tensor
+
+from saelab.errors import ConfigError, DataError
+from saelab.store import ActivationStore, is_store, tensor_batches
+
+Batch = tuple[Tensor, ...]
+
+
+class TrainData(NamedTuple):
+    """Training data, whatever its origin."""
+
+    batches: Callable[[int], Iterator[Batch]]
+    """Batches from a global batch index on (deterministic)."""
+    per_epoch: int | None
+    """Batches in one pass, if known."""
+    mean_sq_norm: float | None
+    """Mean squared norm of the inputs, if known without reading batches."""
+    describe: dict
+    """Provenance (kind, rows, path, hookpoint, ...)."""
+
+
+def _as_rows(batch) -> Batch:
+    return (batch,) if isinstance(batch, Tensor) else tuple(batch)
+
+
+def check_batch(batch: Batch, d_in: int, d_out: int, step: int, where: str) -> None:
+    """Shape and finiteness checks with a message naming the step and the source."""
+    x = batch[0]
+    if x.ndim != 2 or x.shape[1] != d_in:
+        raise DataError(f"batch at step {step} from {where} has shape {tuple(x.shape)}; the "
+                        f"dictionary expects [batch, d_in={d_in}]")
+    if len(batch) > 1 and (batch[1].ndim != 2 or batch[1].shape[1] != d_out):
+        raise DataError(f"target batch at step {step} from {where} has shape "
+                        f"{tuple(batch[1].shape)}; expected [batch, d_out={d_out}]")
+    for t in batch:
+        if not torch.isfinite(t).all():
+            raise DataError(f"non-finite activations (NaN or inf) in the batch at step {step} "
+                            f"from {where}; clean or re-capture the data")
+
+
+def from_store(store: ActivationStore, d_in: int, cfg) -> TrainData:
+    key = store.hookpoint(cfg.hookpoint)
+    if store.d(key) != d_in:
+        raise DataError(f"store {store.path} has d={store.d(key)} at {key!r}, but the dictionary "
+                        f"has d_in={d_in}; create the dictionary with d_in={store.d(key)}")
+    shuffled = store.shuffled(cfg.batch_size, key, cfg.target_hookpoint, cfg.seed,
+                              cfg.buffer_rows)
+    describe = {"kind": "store", "path": str(store.path), "model": store.model,
+                "hookpoint": key, "rows": store.n_rows,
+                "exclusion": store.manifest.get("exclusion")}
+    if cfg.target_hookpoint:
+        describe["target_hookpoint"] = cfg.target_hookpoint
+    return TrainData(shuffled.iterate, shuffled.batches_per_epoch(),
+                     store.mean_squared_norm(key), describe)
+
+
+def from_tensor(rows: Batch, d_in: int, cfg) -> TrainData:
+    x = rows[0]
+    if x.ndim != 2 or x.shape[1] != d_in:
+        raise DataError(f"data has shape {tuple(x.shape)}; the dictionary expects "
+                        f"[N, d_in={d_in}]")
+    if x.shape[0] < cfg.batch_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {x.shape[0]} rows of "
+                          f"data; lower batch_size")
+    sample = x[:1 << 16].float()
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).any(1).nonzero()[0].item()
+        raise DataError(f"data holds non-finite values (NaN or inf), first in row {bad}")
+    shuffled = tensor_batches(rows, cfg.batch_size, cfg.seed)
+    describe = {"kind": "tensor", "rows": int(x.shape[0]),
+                "checksum": [float(sample.sum()), float(sample.pow(2).sum())]}
+    return TrainData(shuffled.iterate, shuffled.batches_per_epoch(),
+                     float(sample.pow(2).sum(-1).mean()), describe)
+
+
+def from_iterable(data: Iterable) -> TrainData:
+    def batches(start: int) -> Iterator[Batch]:
+        return (_as_rows(b) for b in itertools.islice(iter(data), start, None))
+
+    per_epoch = len(data) if hasattr(data, "__len__") else None
+    return TrainData(batches, per_epoch, None, {"kind": "iterable"})
+
+
+def as_train_data(data, d_in: int, cfg) -> TrainData:
+    """Dispatch on the kind of `data`."""
+    if isinstance(data, (str, Path)):
+        if not is_store(data):
+            raise DataError(f"{data} is not an activation store (no manifest.json); capture one "
+                            f"with `saelab capture`")
+        data = ActivationStore(data)
+    if isinstance(data, ActivationStore):
+        return from_store(data, d_in, cfg)
+    if isinstance(data, Tensor) or (isinstance(data, tuple) and data
+                                    and all(isinstance(t, Tensor) for t in data)):
+        return from_tensor(_as_rows(data), d_in, cfg)
+    if isinstance(data, Iterable):
+        return from_iterable(data)
+    raise DataError(f"cannot train on a {type(data).__name__}: pass a tensor [N, d_in], an "
+                    f"activation store folder, or an iterable of batches")

@@ -1,0 +1,206 @@
+"""The one training loop: `fit(dictionary, data, config)`.
+
+Reads batches (from a tensor, an activation store or any iterable), normalises them to unit mean
+squared norm, takes Adam steps with warm-up and decay, keeps decoder rows at unit norm, tracks
+dead latents, logs metrics as JSON lines, checkpoints, and resumes exactly: a run resumed from
+its checkpoint ends with the same weights as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from saelab.config import to_dict
+from saelab.dictionaries._base import Dictionary, StepState
+from saelab.errors import ConfigError, DataError, OutputExistsError
+from saelab.train import checkpoint as ckpt
+from saelab.train.config import TrainConfig
+from saelab.train.data import TrainData, as_train_data, check_batch
+from saelab.train.optim import lr_factor, make_optimizer
+from saelab.train.step import train_step
+
+log = logging.getLogger(__name__)
+
+
+class _Run:
+    """State of a run that is not in the dictionary: optimiser, counters, scale, files."""
+
+    def __init__(self, dictionary: Dictionary, cfg: TrainConfig, data: TrainData, steps: int):
+        self.dictionary, self.cfg, self.data, self.steps = dictionary, cfg, data, steps
+        self.optimizer = make_optimizer(dictionary.parameters(), cfg.learning_rate)
+        self.since_fired = torch.zeros(dictionary.n_latents, dtype=torch.long)
+        self.scale = 1.0
+        self.step = 0
+        self.out = Path(cfg.out) if cfg.out else None
+        self.identity = {"train": cfg.run_identity(), "steps": steps,
+                         "dictionary": {"architecture": dictionary.architecture,
+                                        **to_dict(dictionary.cfg)},
+                         "data": data.describe}
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.out / "checkpoint" if self.out else None
+
+    def info(self) -> dict:
+        return {"step": self.step, "scale": self.scale, "identity": self.identity}
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.since_fired >= self.cfg.dead_after_tokens
+
+
+def _total_steps(cfg: TrainConfig, data: TrainData) -> int:
+    if cfg.steps is not None:
+        return cfg.steps
+    if data.per_epoch is None:
+        raise ConfigError("steps: the data is an iterable of unknown length; give steps")
+    if data.per_epoch == 0:
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the data")
+    return max(1, math.ceil(cfg.epochs * data.per_epoch))
+
+
+def _prepare_out(run: _Run) -> bool:
+    """Resume from a checkpoint of the same run (True), start fresh (False), or refuse."""
+    if run.out is None:
+        return False
+    info = ckpt.read_info(run.checkpoint_dir)
+    if info is not None and info.get("identity") == json.loads(json.dumps(run.identity)):
+        run.since_fired = ckpt.load_checkpoint(run.checkpoint_dir, run.dictionary, run.optimizer)
+        run.step, run.scale = info["step"], info["scale"]
+        log.info("resuming %s at step %d of %d", run.out, run.step, run.steps)
+        return True
+    if run.out.exists() and any(run.out.iterdir()):
+        if not run.cfg.overwrite:
+            raise OutputExistsError(f"{run.out} already holds a run with other settings (or "
+                                    f"other files); pass overwrite=True (--overwrite) to "
+                                    f"replace it, or choose another folder")
+        shutil.rmtree(run.out)
+    run.out.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def _initialise(run: _Run) -> None:
+    """Input scale and data-dependent initialisation, from the data (fresh runs only)."""
+    first = next(run.data.batches(0))
+    check_batch(first, run.dictionary.d_in, run.dictionary.d_out, 0, run.data.describe["kind"])
+    msn = run.data.mean_sq_norm
+    if msn is None:
+        msn = float(first[0].float().pow(2).sum(-1).mean())
+    if run.cfg.normalize:
+        if not msn > 0:
+            raise DataError("the data is all zeros: nothing to learn")
+        run.scale = 1.0 / math.sqrt(msn)
+    if run.cfg.init_b_dec:
+        run.dictionary.init_from_data(first[-1].float() * run.scale)
+
+
+def _trim_metrics(run: _Run) -> None:
+    """Drop metric lines past the resumed step (they will be logged again)."""
+    file = run.out / "metrics.jsonl"
+    if file.exists():
+        lines = [ln for ln in file.read_text().splitlines()
+                 if ln.strip() and json.loads(ln)["step"] < run.step]
+        file.write_text("".join(ln + "\n" for ln in lines))
+
+
+def fit(dictionary: Dictionary, data, config: TrainConfig | None = None) -> Dictionary:
+    """Train `dictionary` on `data` (tensor [N, d_in], store folder, or iterable of batches).
+
+    Returns the dictionary, trained, in the units of the raw data. With `config.out`, writes
+    checkpoints, metrics.jsonl and the final `sae/` folder there, and resumes a killed run.
+    """
+    cfg = config or TrainConfig()
+    if not dictionary.trained_by_gradient:
+        dictionary.fit(b[0] for b in as_train_data(data, dictionary.d_in, cfg).batches(0))
+        return dictionary
+    torch.manual_seed(cfg.seed)
+    train_data = as_train_data(data, dictionary.d_in, cfg)
+    run = _Run(dictionary, cfg, train_data, _total_steps(cfg, train_data))
+    if not _prepare_out(run):
+        _initialise(run)
+    if run.out:
+        _trim_metrics(run)
+    _loop(run)
+    return _finish(run)
+
+
+def _loop(run: _Run) -> None:
+    cfg, sae = run.cfg, run.dictionary
+    sae.train()
+    base_lr = cfg.learning_rate
+    warmup = min(cfg.warmup_steps, run.steps // 10)
+    metrics_file = open(run.out / "metrics.jsonl", "a") if run.out else None
+    bar = tqdm(total=run.steps, initial=run.step, desc=f"train {sae.architecture}",
+               disable=not cfg.progress, unit="step")
+    batches = run.data.batches(run.step)
+    try:
+        while run.step < run.steps:
+            batch = next(batches, None)
+            if batch is None:
+                log.warning("data ran out at step %d of %d", run.step, run.steps)
+                break
+            check_batch(batch, sae.d_in, sae.d_out, run.step, run.data.describe["kind"])
+            for group in run.optimizer.param_groups:
+                group["lr"] = base_lr * lr_factor(run.step, run.steps, warmup, cfg.decay_start)
+            loss = _one_step(run, batch)
+            run.step += 1
+            bar.update(1)
+            if run.step % cfg.log_every == 0 or run.step == run.steps:
+                row = _log_row(run, loss, batch[0].shape[0])
+                bar.set_postfix(fvu=f"{row.get('fvu', float('nan')):.3f}",
+                                l0=f"{row.get('l0', float('nan')):.1f}",
+                                dead=f"{row['dead_fraction']:.3f}")
+                if metrics_file:
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+            if run.out and (run.step % cfg.checkpoint_every == 0 or run.step == run.steps):
+                ckpt.save_checkpoint(run.checkpoint_dir, sae, run.optimizer, run.since_fired,
+                                     run.info())
+    finally:
+        bar.close()
+        if metrics_file:
+            metrics_file.close()
+
+
+def _one_step(run: _Run, batch):
+    x = batch[0].float() * run.scale
+    target = batch[1].float() * run.scale if len(batch) > 1 else None
+    state = StepState(run.step, run.steps, run.dead_mask())
+    loss = train_step(run.dictionary, run.optimizer, x, state, target)
+    if not torch.isfinite(loss.total):
+        raise DataError(f"the loss became {loss.total.item()} at step {run.step}; lower the "
+                        f"learning rate (lr) or check the data"
+                        + (f" (last checkpoint in {run.checkpoint_dir})" if run.out else ""))
+    run.since_fired += x.shape[0]
+    run.since_fired[loss.active.cpu()] = 0
+    return loss
+
+
+def _log_row(run: _Run, loss, batch_rows: int) -> dict:
+    row = {"step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
+           "loss": loss.total.item(), "tokens": run.step * batch_rows,
+           "dead_fraction": float(run.dead_mask().float().mean())}
+    row.update({k: float(v.detach()) for k, v in loss.terms.items()})
+    row.update(loss.metrics)
+    return row
+
+
+def _finish(run: _Run) -> Dictionary:
+    """Fold the input scale into the weights, record provenance, save `out/sae`."""
+    sae = run.dictionary
+    sae.eval()
+    if run.cfg.normalize and run.scale != 1.0:
+        sae.fold_input_scale(run.scale)
+    sae.provenance.update({"train": to_dict(run.cfg), "steps": run.step,
+                           "vectors_seen": run.step * run.cfg.batch_size,
+                           "input_scale": run.scale, **{f"data_{k}": v for k, v in
+                                                        run.data.describe.items()}})
+    if run.out:
+        sae.save(run.out / "sae")
+    return sae
