@@ -121,11 +121,15 @@ def test_top_examples_save_load_round_trip(sae, data, tmp_path):
         TopExamples.load(tmp_path / "junk.safetensors")
 
 
-def test_collect_rejects_bad_shapes(sae):
+def test_collect_rejects_bad_shapes_and_nan(sae):
     with pytest.raises(DataError):
         collect_top_examples(sae, [(torch.randn(4, 15), torch.arange(4))])
     with pytest.raises(DataError):
         collect_top_examples(sae, [(torch.randn(4, 16), torch.arange(3))])
+    bad = torch.randn(4, 16)
+    bad[2, 5] = float("nan")
+    with pytest.raises(DataError):
+        collect_top_examples(sae, [(bad, torch.arange(4))])
 
 
 # --- dashboard --------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ Which tokens (see `boundary_tokens`):
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm

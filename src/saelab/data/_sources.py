@@ -6,8 +6,9 @@ import importlib.util
 import itertools
 import json
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from saelab.errors import DataError, MissingDependencyError
 
@@ -82,7 +83,7 @@ def _wikipedia_file() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependencyError(f"the packaged Wikipedia summaries need the Python package "
                                      f"{_WIKI_PACKAGE}: run `{_WIKI_INSTALL}`")
-    path = Path(list(spec.submodule_search_locations)[0]) / _WIKI_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / _WIKI_FILE
     if not path.is_file():
         raise DataError(f"{path} is missing: reinstall with `{_WIKI_INSTALL}`")
     return path

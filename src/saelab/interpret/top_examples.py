@@ -107,21 +107,23 @@ def log_edges(lo: float, hi: float, n_bins: int) -> Tensor:
 
 
 def _merge_top(state: _State, codes_BL: Tensor, row_ids_B: Tensor) -> None:
-    """Merge one batch's positive codes into the running top-n per latent."""
+    """Merge one batch's positive codes into the running top-n per latent and its maximum."""
     n_top = state.values.shape[1]
     k = min(n_top, codes_BL.shape[0])
-    # Non-firing codes must never displace an empty slot: they become -inf.
-    masked_BL = codes_BL.masked_fill(codes_BL <= 0, -math.inf)
-    batch_vals_KL, batch_idx_KL = masked_BL.topk(k, dim=0)
+    batch_vals_KL, batch_idx_KL = codes_BL.topk(k, dim=0)
+    state.max_act = torch.maximum(state.max_act, batch_vals_KL[0])
+    # Non-firing codes (<= 0) must never fill a slot: they become -inf with row id -1.
+    empty_KL = batch_vals_KL <= 0
+    batch_vals_KL = batch_vals_KL.masked_fill(empty_KL, -math.inf)
+    batch_ids_KL = row_ids_B[batch_idx_KL].masked_fill(empty_KL, -1)
     cand_vals = torch.cat([state.values, batch_vals_KL.t()], dim=1)  # [L, n_top + k]
-    batch_ids_KL = row_ids_B[batch_idx_KL].masked_fill(batch_vals_KL == -math.inf, -1)
     cand_ids = torch.cat([state.row_ids, batch_ids_KL.t()], dim=1)
     state.values, order = cand_vals.topk(n_top, dim=1)
     state.row_ids = cand_ids.gather(1, order)
 
 
 def _update_hist(state: _State, codes_BL: Tensor, n_bins: int) -> None:
-    """Count the positive codes of a batch: firing counts, maximum and histogram."""
+    """Count the positive codes of a batch: firing counts and histogram."""
     rows, lats = (codes_BL > 0).nonzero(as_tuple=True)
     if lats.numel() == 0:
         return
@@ -130,7 +132,6 @@ def _update_hist(state: _State, codes_BL: Tensor, n_bins: int) -> None:
         hi = 10.0 * vals.max().item()
         state.edges = log_edges(hi / 10**DEFAULT_DECADES, hi, n_bins).to(codes_BL.device)
     state.fire_counts += torch.bincount(lats, minlength=state.fire_counts.numel())
-    state.max_act = torch.maximum(state.max_act, codes_BL.max(dim=0).values)
     # Bin i holds edges[i] <= v < edges[i+1]; out-of-range codes go to the end bins.
     bins = torch.bucketize(vals.double(), state.edges[1:-1], right=True)
     flat = lats * n_bins + bins
@@ -143,6 +144,8 @@ def _check_batch(acts: Tensor, row_ids: Tensor, d_in: int) -> None:
         raise DataError(f"activations must be [B, d_in={d_in}], got {list(acts.shape)}")
     if row_ids.shape != (acts.shape[0],):
         raise DataError(f"row_ids must be [B={acts.shape[0]}], got {list(row_ids.shape)}")
+    if not torch.isfinite(acts).all():
+        raise DataError(f"NaN or inf activations in the batch of rows {row_ids[:3].tolist()}...")
 
 
 def _device_dtype(dictionary: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -172,9 +175,6 @@ def collect_top_examples(dictionary, batches: Iterable[tuple[Tensor, Tensor]], n
     for acts, row_ids in tqdm(batches, disable=not progress, desc="top examples", unit="batch"):
         _check_batch(acts, row_ids, dictionary.d_in)
         codes_BL = dictionary.encode(acts.to(device=device, dtype=dtype)).float()
-        if torch.isnan(codes_BL).any():
-            raise DataError(f"NaN codes in the batch of rows {row_ids[:3].tolist()}...; "
-                            "check the activations for NaN or inf")
         _merge_top(state, codes_BL, row_ids.to(device=device, dtype=torch.int64))
         _update_hist(state, codes_BL, n_bins)
         state.n_rows += acts.shape[0]

@@ -106,13 +106,23 @@ def _load_weights(folder: str, name: str, config: Any, causal: bool, dtype: torc
 def _load_tokenizer(folder: str, name: str, kwargs: dict[str, Any], required: bool) -> Any:
     from transformers import AutoTokenizer
 
+    if not required and Path(folder).is_dir() and not _has_tokenizer_files(Path(folder)):
+        logger.warning("model folder %s holds no tokenizer: tokenizer is None", folder)
+        return None
     try:
         return AutoTokenizer.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as e:
         if required:
             raise _error(name, folder, e, kwargs) from None
-        logger.warning("model %s has no usable tokenizer (%s); tokenizer is None", name, e)
+        logger.warning("model %s has no usable tokenizer (%s): tokenizer is None",
+                       name, str(e).strip().splitlines()[0])
         return None
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+             "tokenizer.model", "spiece.model")
+    return any((folder / n).is_file() for n in names)
 
 
 def _error(name: str, folder: str, error: Exception, kwargs: dict[str, Any]) -> ConfigError:

@@ -70,7 +70,7 @@ def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise _missing(SMOLLM2, _SMOLLM2_PACKAGE, _SMOLLM2_INSTALL)
-    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_GGUF
     if not path.is_file():
         raise FormatError(f"{path} is missing: reinstall the package with `{_SMOLLM2_INSTALL}`")
     return path
@@ -117,7 +117,7 @@ def convert_gguf(gguf_path: Path, out: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    logger.info("converting %s once to %s (about 20 s; later loads read the cache)",
+    logger.info("converting %s once to %s (20-30 s; later loads read the cache)",
                 gguf_path.name, out)
     start = time.perf_counter()
     folder, name = str(gguf_path.parent), gguf_path.name
