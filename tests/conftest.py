@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random transformers, planted-dictionary data.
+
+The Hugging Face Hub is never contacted from tests (HF_HUB_OFFLINE is set here)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class Planted(NamedTuple):
+    """Activations that are sparse non-negative combinations of known unit directions."""
+
+    x: torch.Tensor
+    """Data [N, d]."""
+    atoms: torch.Tensor
+    """Planted unit directions [n_atoms, d]."""
+
+
+def planted_data(n: int = 20_000, d: int = 32, n_atoms: int = 128, active: int = 3,
+                 seed: int = 0, noise: float = 0.0, offset: float = 0.0) -> Planted:
+    g = torch.Generator().manual_seed(seed)
+    atoms = torch.randn(n_atoms, d, generator=g)
+    atoms /= atoms.norm(dim=1, keepdim=True)
+    idx = torch.stack([torch.randperm(n_atoms, generator=g)[:active] for _ in range(n)])
+    mags = torch.rand(n, active, generator=g) + 0.5
+    codes = torch.zeros(n, n_atoms).scatter_(1, idx, mags)
+    x = codes @ atoms + noise * torch.randn(n, d, generator=g) + offset
+    return Planted(x, atoms)
+
+
+@pytest.fixture(scope="session")
+def planted() -> Planted:
+    return planted_data()
+
+
+def tiny_llama(vocab: int = 64, hidden: int = 32, layers: int = 4, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=256)
+    return LlamaForCausalLM(cfg).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    return tiny_llama()
+
+
+@pytest.fixture
+def tokens():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(2, 64, (24, 16), generator=g)
