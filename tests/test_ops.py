@@ -256,6 +256,32 @@ def test_row_dots_equals_gathered_dot_products(impl):
                                want)
 
 
+@pytest.mark.parametrize("b", [1, 64])  # 64 rows: oneDNN's product where available
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_equals_float64_product(b, with_bias):
+    x, W, bias, _ = _problem(b=b, d=24, n=40, seed=12)
+    want = x @ W.t() + (bias if with_bias else 0)
+    args32 = [t.detach().float() for t in (x, W, bias)]
+    got = S.linear(args32[0], args32[1], args32[2] if with_bias else None)
+    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-5, atol=1e-5)
+    strided = S.linear(args32[0].t().contiguous().t(), args32[1].t().contiguous().t(),
+                       args32[2] if with_bias else None)
+    torch.testing.assert_close(strided, got)
+
+
+def test_linear_records_gradients_where_needed():
+    x, W, bias, _ = _problem(b=64, d=24, n=40, seed=13, dtype=torch.float32)
+    out = S.linear(x, W, bias)
+    assert out.grad_fn is not None
+    probe = torch.randn(out.shape)
+    got = _grads(out, (x, W, bias), probe)
+    want = _grads(x @ W.t() + bias, (x, W, bias), probe)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        torch.testing.assert_close(S.linear(x, W, bias), out.detach())
+
+
 # --- cost ------------------------------------------------------------------------------------
 
 class _LargestOutput(TorchDispatchMode):

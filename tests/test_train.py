@@ -160,3 +160,12 @@ def test_learning_rate_warms_up_and_decays():
     assert lr_factor(50, 100, 10, 0.8) == 1.0
     assert lr_factor(90, 100, 10, 0.8) == pytest.approx(0.5)
     assert lr_factor(99, 100, 10, 0.8) == pytest.approx(0.05)
+
+
+def test_store_of_another_width_is_refused(tiny_lm, tokens, tmp_path):
+    from saelab.store import capture_to_store
+
+    store = capture_to_store(tiny_lm, tokens, ["model.layers.1"], tmp_path / "s",
+                             model_name="tiny", progress=False)
+    with pytest.raises(DataError, match="d_in=16"):
+        saelab.fit(saelab.create("topk", d_in=16, n_latents=32, k=2), store.path, cfg())

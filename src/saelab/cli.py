@@ -131,9 +131,9 @@ def cmd_eval(args) -> int:
 
     sae = saelab.load(args.sae)
     store = ActivationStore(args.store)
-    hookpoint = store.hookpoint(args.hookpoint or sae.provenance.get("hookpoint")
-                                if (args.hookpoint or sae.provenance.get("hookpoint"))
-                                in store.hookpoints else args.hookpoint)
+    trained_on = sae.provenance.get("hookpoint")
+    hookpoint = store.hookpoint(args.hookpoint or
+                                (trained_on if trained_on in store.hookpoints else None))
     kwargs: dict = {}
     if args.splice_tokens > 0:
         from saelab.models import load

@@ -93,7 +93,7 @@ def dashboard(sae, store, out: str | Path, lm=None, n_features: int = 200, n_top
     from saelab.store import ActivationStore
 
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
-    key = sae.provenance.get("data_hookpoint")
+    key = sae.provenance.get("hookpoint")
     key = key if key in store.hookpoints else None
     top = collect_top_examples(sae, store.iter_rows(key), n_top=n_top, progress=progress)
     rows = store.row_index()
@@ -175,7 +175,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                                    dead_after_tokens=min(2_000_000, train_store.n_rows),
                                    progress=cfg.progress)
     sae = saelab.fit(sae, train_store, train_cfg)
-    sae.provenance.update(model=lm.name, hookpoint=hookpoint, dataset=cfg.dataset)
+    sae.provenance.update(dataset=cfg.dataset)
     sae.save(out / "sae")
     t_train = time.time()
 

@@ -201,6 +201,9 @@ def _finish(run: _Run) -> Dictionary:
                            "vectors_seen": run.step * run.cfg.batch_size,
                            "input_scale": run.scale, **{f"data_{k}": v for k, v in
                                                         run.data.describe.items()}})
+    if run.data.describe["kind"] == "store":
+        sae.provenance.setdefault("model", run.data.describe["model"])
+        sae.provenance.setdefault("hookpoint", run.data.describe["hookpoint"])
     if run.out:
         sae.save(run.out / "sae")
     return sae
