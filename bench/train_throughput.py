@@ -37,8 +37,8 @@ from saelab.ops.sparse import linear
 from saelab.train.optim import make_optimizer
 from saelab.train.step import train_step
 
-REFERENCE = dict(d_in=768, latents=16384, k=32, batch=4096, steps=20)
-QUICK = dict(d_in=256, latents=4096, k=32, batch=1024, steps=10)
+REFERENCE = {"d_in": 768, "latents": 16384, "k": 32, "batch": 4096, "steps": 20}
+QUICK = {"d_in": 256, "latents": 4096, "k": 32, "batch": 1024, "steps": 10}
 WARMUP = 3
 LR = 2e-4
 
@@ -207,7 +207,7 @@ def main(argv=None) -> None:
             runners["sparsify (eager)"] = sparsify_runner(*shape)
         else:
             print("sparsify: not installed, row skipped")
-    except Exception as err:  # an optional row: report why, run the rest
+    except Exception as err:  # noqa: BLE001  (an optional row: say why, run the rest)
         print(f"sparsify: not usable ({type(err).__name__}: {err}), row skipped")
     limits = {"x @ W_enc.T, torch.mm": gemm_runner(*shape),
               "x @ W_enc.T, saelab": gemm_runner(*shape, product=linear)}

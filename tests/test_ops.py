@@ -70,6 +70,21 @@ def test_topk_encode_selects_the_k_largest_and_applies_relu():
     assert (codes.values >= 0).all()
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_topk_encode_in_row_chunks_equals_whole_batch(dtype):
+    # 600 rows: the product is made in chunks of 256 rows (the last one partial).
+    assert 600 > S._CHUNK_ROWS
+    x, W_enc, b_enc, W_dec = _problem(b=600, d=8, n=64, seed=2, dtype=dtype)
+    codes = topk_encode(x, W_enc, b_enc, 5)
+    with torch.no_grad():
+        whole = topk_relu(x.double() @ W_enc.double().t() + b_enc.double(), 5)
+    assert torch.equal(codes.indices.sort(-1).values, whole.indices.sort(-1).values)
+    torch.testing.assert_close(to_dense(codes, 64).double(), to_dense(whole, 64), rtol=1e-5,
+                               atol=1e-5)
+    if dtype == F64:
+        _assert_sae_matches_dense(x, W_enc, b_enc, W_dec, k=5)
+
+
 def test_topk_relu_matches_topk_encode():
     x, W_enc, b_enc, _ = _problem()
     with torch.no_grad():
@@ -96,7 +111,7 @@ def test_sae_gradients_equal_dense_reference(k):
 
 def test_k_equal_to_n_latents_is_a_dense_relu_sae():
     x, W_enc, b_enc, W_dec = _problem(n=7)
-    codes, x_hat = _sae_forward(x, W_enc, b_enc, W_dec, 7)
+    _, x_hat = _sae_forward(x, W_enc, b_enc, W_dec, 7)
     torch.testing.assert_close(x_hat, (x @ W_enc.t() + b_enc).relu() @ W_dec)
     _assert_sae_matches_dense(x, W_enc, b_enc, W_dec, k=7)
 
@@ -129,7 +144,7 @@ def test_relu_clipped_latents_give_zero_code_and_zero_gradient():
     assert (codes.values[clipped] == 0).all() and (codes.values[~clipped] > 0).all()
 
     probe = torch.randn_like(x_hat)
-    g_x, g_W_enc, g_b_enc, g_W_dec = _grads(x_hat, (x, W_enc, b_enc, W_dec), probe)
+    _, g_W_enc, g_b_enc, g_W_dec = _grads(x_hat, (x, W_enc, b_enc, W_dec), probe)
     # Clipped latents pass no gradient to the encoder, and contribute nothing to the decoder.
     assert (g_W_enc[1:] == 0).all() and (g_b_enc[1:] == 0).all()
     assert (g_W_dec[1:] == 0).all()
@@ -177,7 +192,7 @@ def test_float32_matches_float64_reference():
     # A larger float32 problem (the training dtype) against the float64 reference.
     x, W_enc, b_enc, W_dec = _problem(b=64, d=32, n=256, seed=5)
     leaves32 = [t.detach().float().requires_grad_(True) for t in (x, W_enc, b_enc, W_dec)]
-    codes, x_hat = _sae_forward(*leaves32, k=8)
+    _, x_hat = _sae_forward(*leaves32, k=8)
     dense = _dense_codes(x, W_enc, b_enc, 8)
     ref_hat = dense @ W_dec
     torch.testing.assert_close(x_hat.double(), ref_hat, rtol=1e-4, atol=1e-4)

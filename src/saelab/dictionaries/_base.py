@@ -154,8 +154,8 @@ class Dictionary(nn.Module):
         """Project out the gradient component parallel to each (unit-norm) decoder row."""
         if self.W_dec.grad is None:
             return
-        parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
-        self.W_dec.grad.sub_(parallel * self.W_dec)
+        parallel = torch.linalg.vecdot(self.W_dec.grad, self.W_dec)  # [n_latents]
+        self.W_dec.grad.addcmul_(parallel[:, None], self.W_dec, value=-1)
 
     def save(self, path) -> None:
         """Save as a folder: cfg.json + weights.safetensors (atomic)."""

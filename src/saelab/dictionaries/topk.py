@@ -17,7 +17,7 @@ from saelab.config import check, option
 from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState, fvu,
                                        squared_error, unit_rows)
 from saelab.dictionaries._registry import register
-from saelab.ops import sparse_decode, to_dense, topk_encode, topk_relu
+from saelab.ops import linear, sparse_decode, to_dense, topk_encode, topk_relu
 from saelab.ops.auxk import auxk_loss
 
 
@@ -60,7 +60,7 @@ class TopK(Dictionary):
 
     def pre_activations(self, x: Tensor) -> Tensor:
         """Encoder pre-activations [B, n_latents]."""
-        return torch.addmm(self.b_enc, self._centered(x), self.W_enc.t())
+        return linear(self._centered(x), self.W_enc, self.b_enc)
 
     def encode(self, x: Tensor) -> Tensor:
         return to_dense(topk_relu(self.pre_activations(x), self.cfg.k), self.n_latents)
@@ -78,8 +78,9 @@ class TopK(Dictionary):
                                       self.W_dec, state.dead_mask, self.cfg.auxk_k)
             total = total + self.cfg.auxk_coeff * terms["auxk"]
         fired = codes.values > 0
-        active = torch.zeros(self.n_latents, dtype=torch.bool, device=x.device)
-        active[codes.indices[fired]] = True
+        # latents that fired: count each selected latent weighted by whether it was positive
+        active = torch.bincount(codes.indices.reshape(-1), weights=fired.reshape(-1).float(),
+                                minlength=self.n_latents) > 0
         metrics = {"fvu": fvu(x_hat.detach(), target).item(),
                    "l0": fired.sum(-1).float().mean().item()}
         return Loss(total, terms, metrics, active)

@@ -1,5 +1,6 @@
 """Shared numerical pieces: top-k selection, sparse decode, fused TopK encoder."""
 
-from saelab.ops.sparse import SparseCodes, sparse_decode, to_dense, topk_encode, topk_relu
+from saelab.ops.sparse import (SparseCodes, linear, sparse_decode, to_dense, topk_encode,
+                               topk_relu)
 
-__all__ = ["SparseCodes", "sparse_decode", "to_dense", "topk_encode", "topk_relu"]
+__all__ = ["SparseCodes", "linear", "sparse_decode", "to_dense", "topk_encode", "topk_relu"]

@@ -7,8 +7,8 @@ import torch
 
 def make_optimizer(params, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                    eps: float = 1e-8) -> torch.optim.Adam:
-    """Adam over `params` (foreach kernels: one fused pass over all tensors)."""
-    return torch.optim.Adam(list(params), lr=lr, betas=betas, eps=eps, foreach=True)
+    """Adam over `params`, with the fused kernel (one pass over each tensor)."""
+    return torch.optim.Adam(list(params), lr=lr, betas=betas, eps=eps, fused=True)
 
 
 def lr_factor(step: int, total: int, warmup: int, decay_start: float) -> float:
