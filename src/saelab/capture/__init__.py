@@ -4,7 +4,10 @@ A hookpoint is a module name or a pattern (`model.layers.*.mlp`: `*` matches one
 `**` any number of them) plus a site:
 - `output`: what the module returns (first element when it returns a tuple),
 - `input`: the first positional (or `hidden_states`) argument the module receives,
-- `delta`: output - input (what a residual block adds).
+- `delta`: output - input (what a residual block adds),
+- `z`: on an attention module, the per-head outputs before the output projection, heads
+  concatenated (Kissane et al. 2024, "Interpreting Attention Layer Outputs with Sparse
+  Autoencoders"); it resolves to the `input` site of that module's output projection.
 Written as `NAME` (site output) or `NAME:SITE`. The same spec drives capture, splicing and
 steering. When every hookpoint has been seen, the forward is stopped early: layers after the last
 hookpoint are never run.
@@ -22,6 +25,9 @@ from torch import Tensor, nn
 from saelab.errors import ConfigError
 
 SITES = ("output", "input", "delta")
+ALIASES = ("z",)
+OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "dense", "proj")
+"""Names of an attention module's output projection across model families."""
 
 
 @dataclass(frozen=True)
@@ -32,9 +38,9 @@ class Hookpoint:
     site: str = "output"
 
     def __post_init__(self) -> None:
-        if self.site not in SITES:
+        if self.site not in SITES + ALIASES:
             raise ConfigError(f"unknown hookpoint site {self.site!r} in {self.module!r}; "
-                              f"sites: {', '.join(SITES)}")
+                              f"sites: {', '.join(SITES + ALIASES)}")
 
     @property
     def key(self) -> str:
@@ -64,9 +70,22 @@ def resolve(model: nn.Module, specs: Iterable[str | Hookpoint]) -> list[Hookpoin
             hint = f" Similar names: {', '.join(close)}." if close else ""
             raise ConfigError(f"no module of the model matches hookpoint {hp.module!r}.{hint} "
                               f"List them with `saelab hookpoints MODEL`.")
-        out.extend(Hookpoint(n, hp.site) for n in matched)
+        out.extend(_z_site(model, n) if hp.site == "z" else Hookpoint(n, hp.site)
+                   for n in matched)
     order = {n: i for i, n in enumerate(names)}
     return sorted(dict.fromkeys(out), key=lambda h: (order[h.module], SITES.index(h.site)))
+
+
+def _z_site(model: nn.Module, attention: str) -> Hookpoint:
+    """The `z` site of an attention module: the input of its output projection (a Linear)."""
+    modules = dict(model.named_modules())
+    for suffix in OUTPUT_PROJECTIONS:
+        for name in (f"{attention}.{suffix}", f"{attention}.output.{suffix}"):
+            if isinstance(modules.get(name), nn.Linear):
+                return Hookpoint(name, "input")
+    raise ConfigError(f"site 'z' needs an attention module with an output projection "
+                      f"({', '.join(OUTPUT_PROJECTIONS)}); {attention!r} has none. Name the "
+                      f"projection yourself with the 'input' site")
 
 
 def _pattern(pattern: str) -> re.Pattern:
