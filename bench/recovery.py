@@ -15,6 +15,11 @@ same data and budget with the loop its trainer runs, as a side-by-side row.
 
     python bench/recovery.py            # full: 512 directions in 64 dims, ~5 active
     python bench/recovery.py --quick    # small, for a smoke test
+    python bench/recovery.py --real     # also on SmolLM2-135M layer-15 activations
+
+With `--real`, every variant is also trained on residual-stream activations of the packaged
+SmolLM2-135M (captured once into the saelab cache) and evaluated on held-out text: FVU, L0, dead
+fraction and the spliced next-token loss.
 """
 
 from __future__ import annotations
@@ -150,6 +155,48 @@ def run_dataset(title: str, data, args) -> None:
               f"{dead:>7.3f}{seconds:>8.1f}")
 
 
+def run_real(args) -> None:
+    """Every variant on SmolLM2-135M layer-15 activations: FVU, L0, dead, spliced CE."""
+    from saelab._paths import cache_dir
+    from saelab.capture.exclude import Exclusion
+    from saelab.models import load
+    from saelab.pipeline import CaptureConfig, capture
+
+    lm = load("smollm2-135m")
+    hp = lm.layer_template.format(15)
+    root = cache_dir() / "bench"
+    common = dict(model="smollm2-135m", hookpoints=[hp], progress=False)
+    train = capture(CaptureConfig(out=str(root / "train"), n_tokens=args.real_tokens,
+                                  **common), lm)
+    held = capture(CaptureConfig(out=str(root / "eval"), n_tokens=16_384,
+                                 skip_tokens=args.real_tokens, **common), lm)
+    tokens = held.contexts()["tokens"][:32]
+    exclusion = Exclusion.from_json(held.manifest["exclusion"])
+    steps = 2 * train.n_rows // 1024
+    print(f"\nSmolLM2-135M {hp}: {train.n_rows:,} training vectors, 2 epochs ({steps} steps of "
+          f"1024), 4608 latents, target L0 32; held-out {held.n_rows:,} vectors, spliced loss on "
+          f"{tokens.numel():,} tokens")
+    print(f"{'variant':<14}{'FVU':>8}{'L0':>8}{'dead':>8}{'CE clean':>10}{'CE spliced':>12}"
+          f"{'CE zero-abl':>13}{'time s':>8}")
+    for name, fields in REAL_VARIANTS.items():
+        if name not in saelab.architectures():
+            continue
+        sae = saelab.create(name, d_in=lm.d_model, n_latents=4608, **fields)
+        t = time.time()
+        sae = saelab.fit(sae, train, saelab.TrainConfig(steps=steps, batch_size=1024,
+                                                        seed=args.seed, progress=False))
+        seconds = time.time() - t
+        r = saelab.evaluate(sae, held, hookpoint=hp, model=lm.model, tokens=tokens,
+                            exclusion=exclusion)
+        print(f"{name:<14}{r['fvu']:>8.3f}{r['l0']:>8.1f}{r['dead_fraction']:>8.3f}"
+              f"{r['ce_loss_clean']:>10.3f}{r['ce_loss_spliced']:>12.3f}"
+              f"{r['ce_loss_ablated']:>13.3f}{seconds:>8.1f}")
+
+
+REAL_VARIANTS = {"topk": {"k": 32}, "batchtopk": {"k": 32}, "matryoshka": {"k": 32},
+                 "mp": {"k": 32}, "jumprelu": {}, "relu": {}, "gated": {}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=3000)
@@ -159,6 +206,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    p.add_argument("--real", action="store_true", help="also train on SmolLM2 activations")
+    p.add_argument("--real-tokens", type=int, default=100_000, dest="real_tokens")
     args = p.parse_args()
     if args.quick:
         args.steps, args.rows, args.latents = 300, 30_000, 512
@@ -170,6 +219,8 @@ def main() -> None:
     tree = planted(n=args.rows, d=64, n_atoms=512, mean_active=4, noise=0.01, n_parents=32,
                    children_per_parent=3, seed=args.seed + 1)
     run_dataset("planted (parent/child)", tree, args)
+    if args.real:
+        run_real(args)
 
 
 if __name__ == "__main__":
