@@ -169,3 +169,19 @@ def test_store_of_another_width_is_refused(tiny_lm, tokens, tmp_path):
                              model_name="tiny", progress=False)
     with pytest.raises(DataError, match="d_in=16"):
         saelab.fit(saelab.create("topk", d_in=16, n_latents=32, k=2), store.path, cfg())
+
+
+def test_nan_in_a_store_names_the_step_and_hookpoint(tiny_lm, tokens, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from saelab.store import capture_to_store
+
+    store = capture_to_store(tiny_lm, tokens, ["model.layers.1"], tmp_path / "s",
+                             model_name="tiny", progress=False)
+    shard = store.path / store.manifest["shards"][0]["file"]
+    tensors = load_file(str(shard))
+    tensors["acts/model.layers.1"][:] = float("nan")  # every row: any batch hits it
+    save_file(tensors, str(shard))
+    with pytest.raises(DataError, match=r"step 0.*model\.layers\.1"):
+        saelab.fit(saelab.create("topk", d_in=32, n_latents=32, k=2), store.path,
+                   cfg(batch_size=64))

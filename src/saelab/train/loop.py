@@ -88,7 +88,7 @@ def _prepare_out(run: _Run) -> bool:
 def _initialise(run: _Run) -> None:
     """Input scale and data-dependent initialisation, from the data (fresh runs only)."""
     first = next(run.data.batches(0))
-    check_batch(first, run.dictionary.d_in, run.dictionary.d_out, 0, run.data.describe["kind"])
+    check_batch(first, run.dictionary.d_in, run.dictionary.d_out, 0, _source(run))
     msn = run.data.mean_sq_norm
     if msn is None:
         msn = float(first[0].float().pow(2).sum(-1).mean())
@@ -98,6 +98,14 @@ def _initialise(run: _Run) -> None:
         run.scale = 1.0 / math.sqrt(msn)
     if run.cfg.init_b_dec:
         run.dictionary.init_from_data(first[-1].float() * run.scale)
+
+
+def _source(run: _Run) -> str:
+    """Where batches come from, for error messages (the store and hookpoint when known)."""
+    d = run.data.describe
+    if d["kind"] == "store":
+        return f"hookpoint {d['hookpoint']!r} of store {d['path']}"
+    return f"the {d['kind']} data"
 
 
 def _trim_metrics(run: _Run) -> None:
@@ -145,7 +153,7 @@ def _loop(run: _Run) -> None:
             if batch is None:
                 log.warning("data ran out at step %d of %d", run.step, run.steps)
                 break
-            check_batch(batch, sae.d_in, sae.d_out, run.step, run.data.describe["kind"])
+            check_batch(batch, sae.d_in, sae.d_out, run.step, _source(run))
             for group in run.optimizer.param_groups:
                 group["lr"] = base_lr * lr_factor(run.step, run.steps, warmup, cfg.decay_start)
             loss = _one_step(run, batch)
