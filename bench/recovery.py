@@ -10,8 +10,9 @@ the same data with the same budget at (about) the same L0, and the table reports
 - for the hierarchical set, the fraction of parent/child pairs with both members recovered,
 - FVU and L0 on held-out rows, the fraction of dead latents, and training time.
 
-Where EleutherAI's sparsify is importable (see bench/README.md), its TopK module is trained on the
-same data and budget with the loop its trainer runs, as a side-by-side row.
+Where SAELens or EleutherAI's sparsify are importable (see bench/README.md for installing them
+beside the project), their implementation of the same variant is trained on the same batches with
+the same budget and printed as the next row (bench/references.py).
 
     python bench/recovery.py            # full: 512 directions in 64 dims, ~5 active
     python bench/recovery.py --quick    # small, for a smoke test
@@ -26,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
-import sys
 import time
-import types
 
 import torch
+from references import available, implements, train_reference
 
 import saelab
 from saelab.data.synthetic import planted, recovery
@@ -72,61 +71,6 @@ def train_saelab(name: str, fields: dict, x, args):
     return sae, time.time() - t
 
 
-def _import_sparsify():
-    if "sparsify" not in sys.modules:
-        spec = importlib.util.find_spec("sparsify")
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        pkg = types.ModuleType("sparsify")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules["sparsify"] = pkg
-    return (importlib.import_module("sparsify.sparse_coder"),
-            importlib.import_module("sparsify.config"))
-
-
-def train_sparsify(x, args):
-    """sparsify's TopK SparseCoder, trained as its Trainer does (unit-norm decoder, FVU loss,
-    AuxK on latents dead for the same window, Adam), on the same normalised data."""
-    mods = _import_sparsify()
-    if mods is None:
-        return None
-    coder, config = mods
-    torch.manual_seed(args.seed)
-    scale = 1 / x.pow(2).sum(-1).mean().sqrt()
-    xs = x * scale
-    sae = coder.SparseCoder(x.shape[1], config.SparseCoderConfig(num_latents=args.latents,
-                                                                 k=TARGET_L0))
-    sae.b_dec.data = xs.mean(0)
-    lr = args.lr or 4e-3 * (args.batch / 4096) ** 0.5
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
-    since = torch.zeros(args.latents, dtype=torch.long)
-    window = args.steps * args.batch // 4
-    g = torch.Generator().manual_seed(args.seed)
-    t = time.time()
-    for step in range(args.steps):
-        batch = xs[torch.randint(0, xs.shape[0], (args.batch,), generator=g)]
-        for group in opt.param_groups:
-            group["lr"] = lr * saelab.train.optim.lr_factor(step, args.steps,
-                                                             min(100, args.steps // 10), 0.8)
-        sae.set_decoder_norm_to_unit_norm()
-        out = sae(batch, dead_mask=since >= window)
-        (out.fvu + out.auxk_loss / 32).backward()
-        sae.remove_gradient_parallel_to_decoder_directions()
-        opt.step()
-        opt.zero_grad()
-        since += args.batch
-        since[out.latent_indices.flatten().unique()] = 0
-    elapsed = time.time() - t
-    wrapped = saelab.create("topk", d_in=x.shape[1], n_latents=args.latents, k=TARGET_L0)
-    with torch.no_grad():
-        wrapped.W_enc.copy_(sae.encoder.weight)
-        wrapped.b_enc.copy_(sae.encoder.bias)
-        wrapped.W_dec.copy_(sae.W_dec)
-        wrapped.b_dec.copy_(sae.b_dec)
-    wrapped.fold_input_scale(float(scale))
-    return wrapped, elapsed
-
-
 def run_dataset(title: str, data, args) -> None:
     split = int(0.9 * data.x.shape[0])
     train, held = data.x[:split], data.x[split:]
@@ -142,11 +86,15 @@ def run_dataset(title: str, data, args) -> None:
             print(f"{name:<22} not registered yet, skipped")
             continue
         rows.append((f"saelab {name}", *train_saelab(name, fields, train, args)))
-    ref = train_sparsify(train, args)
-    if ref is None:
-        print("sparsify not importable: reference row skipped (see bench/README.md)")
-    else:
-        rows.append(("sparsify topk", *ref))
+        for lib in ("saelens", "sparsify"):
+            if implements(lib, name) is None:
+                continue
+            ref = train_reference(lib, name, train, n_latents=args.latents, steps=args.steps,
+                                  batch_size=args.batch, lr=args.lr, seed=args.seed,
+                                  fields=fields, dead_after_tokens=args.steps * args.batch // 4,
+                                  wrap_unmatched=True)
+            if ref is not None:
+                rows.append((f"{lib} {name}", ref, ref.provenance["train_seconds"]))
     for label, sae, seconds in rows:
         mean_cos, frac = recovery(data.atoms, sae.W_dec.detach())
         pairs = pair_recovery(data.atoms, data.parents, sae.W_dec.detach())
@@ -213,6 +161,7 @@ def main() -> None:
         args.steps, args.rows, args.latents = 300, 30_000, 512
     print(f"date {datetime.datetime.now().isoformat(timespec='seconds')}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, saelab {saelab.__version__}")
+    print("references: " + ", ".join(f"{k} {v}" for k, v in available().items()))
     flat = planted(n=args.rows, d=64, n_atoms=512, mean_active=TARGET_L0, noise=0.01,
                    seed=args.seed)
     run_dataset("planted (flat)", flat, args)
