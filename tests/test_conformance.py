@@ -20,6 +20,15 @@ def make(name: str):
     return saelab.create(name, d_in=D_IN, n_latents=N_LATENTS)
 
 
+def pairs(sae, x):
+    """(x, target): target None, or for dictionaries that predict another activation
+    (`needs_target`, transcoders) a fixed nonlinear map of x of width d_out."""
+    if not sae.needs_target:
+        return x, None
+    A = torch.randn(sae.d_in, sae.d_out, generator=torch.Generator().manual_seed(0))
+    return x, torch.relu(x) @ A / sae.d_in ** 0.5
+
+
 @pytest.fixture(params=saelab.architectures())
 def name(request):
     return request.param
@@ -59,20 +68,21 @@ def test_save_load_round_trip_is_bit_exact(name, tmp_path):
 def test_one_training_step_lowers_the_loss(name, planted):
     sae = make(name)
     x = planted.x[:512, :D_IN] if planted.x.shape[1] >= D_IN else planted.x[:512]
-    x = x / x.pow(2).sum(-1).mean().sqrt()
-    sae.init_from_data(x)
+    x, target = pairs(sae, x / x.pow(2).sum(-1).mean().sqrt())
+    sae.init_from_data(x if target is None else target)
     state = StepState(step=50, total_steps=100)
-    before = sae.loss(x, state).total.item()
-    train_step(sae, make_optimizer(sae.parameters(), 1e-3), x, state)
-    after = sae.loss(x, state).total.item()
+    before = sae.loss(x, state, target).total.item()
+    train_step(sae, make_optimizer(sae.parameters(), 1e-3), x, state, target)
+    after = sae.loss(x, state, target).total.item()
     assert after < before
 
 
 def test_training_is_deterministic_under_a_seed(name, planted):
-    x = planted.x[:2048, :D_IN]
+    x, target = pairs(make(name), planted.x[:2048, :D_IN])
+    data = x if target is None else (x, target)
     cfg = saelab.TrainConfig(steps=5, batch_size=256, seed=3, progress=False)
-    a = saelab.fit(make(name), x, cfg)
-    b = saelab.fit(make(name), x, cfg)
+    a = saelab.fit(make(name), data, cfg)
+    b = saelab.fit(make(name), data, cfg)
     for t1, t2 in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(t1, t2)
 

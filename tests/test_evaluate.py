@@ -71,3 +71,17 @@ def test_excluded_positions_are_left_untouched_when_splicing(tiny_lm, tokens):
                        exclusion=everything_special)
     assert res["ce_loss_spliced"] == pytest.approx(res["ce_loss_clean"], abs=1e-6)
     assert res["ce_loss_ablated"] == pytest.approx(res["ce_loss_clean"], abs=1e-6)
+
+
+def test_transcoders_are_evaluated_against_their_target():
+    from saelab.errors import ConfigError
+
+    torch.manual_seed(0)
+    tc = saelab.create("transcoder", d_in=8, d_out=4, n_latents=16, k=2)
+    x, y = torch.randn(500, 8), torch.randn(500, 4)
+    report = saelab.evaluate(tc, (x, y), batch_size=128)
+    x_hat = tc(x).x_hat
+    fvu = ((x_hat - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+    assert report["fvu"] == pytest.approx(fvu.item(), rel=1e-4)
+    with pytest.raises(ConfigError, match="target_hookpoint"):
+        saelab.evaluate(tc, x)

@@ -114,8 +114,10 @@ def cmd_train(args) -> int:
     store = ActivationStore(args.store)
     cfg = config_from(TrainConfig, args)
     d_in = store.d(store.hookpoint(cfg.hookpoint))
-    sae = saelab.create(args.architecture, d_in=d_in, n_latents=args.n_latents,
-                        **_dictionary_fields(args))
+    fields = _dictionary_fields(args)
+    if cfg.target_hookpoint and fields.get("d_out") is None:
+        fields["d_out"] = store.d(store.hookpoint(cfg.target_hookpoint))
+    sae = saelab.create(args.architecture, d_in=d_in, n_latents=args.n_latents, **fields)
     if cfg.out is None:
         cfg = dataclasses.replace(cfg, out=str(Path("runs") / f"{args.architecture}"))
     sae = saelab.fit(sae, store, cfg)
@@ -213,7 +215,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                    help="Number of latents (default: 4608).")
     arch = _peek(argv, "--architecture", "topk")
     add_dataclass(p, get(arch if arch in names() else "topk").Config,
-                  skip=("d_in", "n_latents", "d_out"))
+                  skip=("d_in", "n_latents"))
     add_dataclass(p, TrainConfig)
 
     p = command("eval", cmd_eval, "Evaluate a dictionary on an activation store.")

@@ -83,6 +83,9 @@ class Dictionary(nn.Module):
     """Registered name; set by `@register`."""
     Config: ClassVar[type[DictionaryConfig]] = DictionaryConfig
     """The config dataclass of this variant."""
+    needs_target: ClassVar[bool] = False
+    """True for dictionaries that predict another activation (transcoders): `loss` needs a
+    target, `fit` needs (x, y) pairs, evaluation compares with the target."""
     trained_by_gradient: ClassVar[bool] = True
     """False for variants trained by `fit(batches)` instead of a loss."""
     unit_norm_decoder: ClassVar[bool] = True

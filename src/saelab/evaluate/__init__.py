@@ -17,39 +17,55 @@ from saelab.evaluate.splice import spliced_loss
 __all__ = ["evaluate", "families", "format_report", "spliced_loss", "write_report"]
 
 
-def _batches(data, batch_size: int, hookpoint: str | None) -> Iterable[Tensor]:
+def _batches(data, batch_size: int, hookpoint: str | None, target: str | None
+             ) -> Iterable[tuple[Tensor, Tensor]]:
+    """(input, what the output is compared with) batches: the input itself for SAEs, the target
+    activation for transcoders (a store's `target` hookpoint, or (x, y) tensors)."""
     from saelab.store import ActivationStore, is_store
 
     if isinstance(data, (str, Path)) and is_store(data):
         data = ActivationStore(data)
     if isinstance(data, ActivationStore):
-        return (acts for acts, _ in data.iter_rows(hookpoint, batch_size))
+        xs = (acts for acts, _ in data.iter_rows(hookpoint, batch_size))
+        if target is None:
+            return ((x, x) for x in xs)
+        return zip(xs, (acts for acts, _ in data.iter_rows(target, batch_size)))
     if isinstance(data, Tensor):
-        return data.split(batch_size)
-    return data
+        return ((x, x) for x in data.split(batch_size))
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        return zip(data[0].split(batch_size), data[1].split(batch_size))
+    return ((b, b) if isinstance(b, Tensor) else tuple(b) for b in data)
 
 
 @torch.no_grad()
 def evaluate(dictionary, data, *, hookpoint: str | None = None, batch_size: int = 4096,
              metrics: tuple[str, ...] = ("reconstruction", "sparsity"), model=None,
              tokens: Tensor | None = None, exclusion=None, out: str | Path | None = None,
-             progress: bool = False) -> dict:
+             target_hookpoint: str | None = None, progress: bool = False) -> dict:
     """Evaluate `dictionary` on activations (tensor, store or iterable of batches).
 
     With `model` and `tokens` [N, T] (a causal LM), also the spliced CE loss and KL at
-    `hookpoint`. With `out`, writes report.json and plots there. Returns the report dict.
+    `hookpoint`. Transcoders are compared with their target: `target_hookpoint` of a store, or
+    (x, y) tensors. With `out`, writes report.json and plots there. Returns the report dict.
     """
+    if dictionary.needs_target and target_hookpoint is None and not isinstance(data, tuple):
+        from saelab.errors import ConfigError
+
+        raise ConfigError(f"{dictionary.architecture} predicts another activation: pass "
+                          f"target_hookpoint (a store) or (x, y) tensors to evaluate it")
     dictionary.eval()
     accs = [make(name, dictionary.n_latents) for name in metrics]
-    for x in tqdm(_batches(data, batch_size, hookpoint), desc="evaluate", disable=not progress):
-        x = x.float()
-        out_ = dictionary(x)
+    for x, y in tqdm(_batches(data, batch_size, hookpoint, target_hookpoint), desc="evaluate",
+                     disable=not progress):
+        out_ = dictionary(x.float())
         for acc in accs:
-            acc.update(x, out_.x_hat, out_.codes)
+            acc.update(y.float(), out_.x_hat, out_.codes)
     report: dict = {"architecture": dictionary.architecture, "n_latents": dictionary.n_latents}
     for acc in accs:
         report.update(acc.result())
-    if model is not None and tokens is not None:
+    if dictionary.needs_target:
+        report["note"] = "spliced loss is not computed for transcoders yet"
+    elif model is not None and tokens is not None:
         if hookpoint is None:
             raise ValueError("spliced loss needs the hookpoint the dictionary was trained on")
         mean = _data_mean(data, hookpoint)
