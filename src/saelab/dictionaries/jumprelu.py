@@ -1,0 +1,309 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead: Improving Reconstruction Fidelity
+with JumpReLU Sparse Autoencoders").
+
+Instead of keeping the k largest pre-activations, each latent i has its own learned threshold
+theta_i: z_i = pre_i * H(pre_i - theta_i), so a latent is either off (exactly zero) or passes its
+pre-activation unchanged. The loss is MSE + lambda * L0. Neither the step H nor the L0 has a
+useful gradient, so theta (stored as `log_threshold`, theta = exp(log_threshold)) is trained with
+the paper's straight-through pseudo-derivatives, a rectangle kernel K of width eps
+(`bandwidth`), K(u) = 1 for |u| < 1/2:
+
+    d JumpReLU_theta(pre) / d theta := -(theta / eps) K((pre - theta) / eps)
+    d H(pre - theta) / d theta      := -(1 / eps) K((pre - theta) / eps)
+
+Everything else gets its ordinary gradient: the output passes H(pre - theta) to the
+pre-activation; the step in the L0 term passes nothing to the pre-activation, so in the step form
+the sparsity penalty trains theta alone. Only samples whose pre-activation lies within eps / 2 of
+the threshold move it.
+
+Two sparsity terms (`sparsity`):
+- "step" (the paper): lambda * mean over rows of sum_i H(pre_i - theta_i), the L0 itself. The
+  decoder rows are kept at unit norm, as in the paper (L0 does not see their scale).
+- "tanh" (the tanh-smoothed L0 of Anthropic's 2025 JumpReLU recipe, "Circuits Updates, January
+  2025"): lambda * mean over rows of sum_i tanh(c |z_i| ||W_dec_i||), c = `tanh_scale`. This
+  term is differentiable in z, so it also shrinks pre-activations and decoder norms, and reaches
+  theta through the JumpReLU pseudo-derivative above. The decoder rows are left free (the penalty
+  weights codes by their norms), as in that recipe. The recipe's pre-activation loss is not
+  implemented: AuxK (`auxk_coeff`) is the dead-latent remedy here.
+
+Where this file had to choose (inputs are normalised to unit mean squared norm by the trainer):
+- The encoder reads x - b_dec (as the TopK/BatchTopK SAEs here do; the paper feeds x). The two
+  are the same function class (b_enc absorbs W_enc b_dec); centring keeps a BatchTopK
+  dictionary's pre-activations identical after `BatchTopK.to_inference()`.
+- Defaults: lambda = 1e-3, eps = 1e-3, theta_0 = 0.05, lambda ramped up linearly over the first
+  5% of training, no AuxK. How they were chosen: see the notes at `JumpReLUConfig`.
+- Initialisation: unit-norm random decoder rows, W_enc = W_dec^T, b_enc = 0 (the paper's).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from saelab.config import check, option
+from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState, fvu,
+                                       squared_error, unit_rows)
+from saelab.dictionaries._registry import register
+from saelab.ops import linear, sparse_decode
+from saelab.ops.sparse import gather_rows, scatter_rows
+from saelab.ops.auxk import auxk_loss
+
+SPARSITY_FORMS = ("step", "tanh")
+
+
+# Defaults, chosen on inputs at unit mean squared norm (what the trainer feeds):
+# - l0_coeff 1e-3: on planted data (512 atoms in 64 dims, 5 active) 1e-3 gives an L0 of about
+#   5-8, 3e-2 about 4; on SmolLM2 layer-15 residuals (576 dims, 4,608 latents) 1e-3 gives an L0
+#   of about 40 (see tests/test_jumprelu.py and the report of issue 3). A latent pays its way when
+#   it removes more than lambda of squared error, i.e. lambda of the (unit) mean squared norm.
+# - bandwidth 1e-3: pre-activations at the thresholds are 0.05-0.3 here, so eps is well under 1%
+#   of a threshold (a sharp estimate), yet with batches of 1-4K rows the window around each
+#   active latent's threshold is hit often enough to give theta a gradient most steps.
+# - threshold_init 0.05: at initialisation (unit encoder rows, centred unit-mean-square inputs) a
+#   pre-activation has a standard deviation of about 1/sqrt(d_in) (0.125 at d 64, 0.04 at d 576),
+#   so about 10-35% of latents fire at first: enough for every latent to learn, and theta has
+#   only a short way to go in log space (Adam moves log theta by about lr per step).
+
+
+@dataclass
+class JumpReLUConfig(DictionaryConfig):
+    sparsity: str = option("step", "'step' (lambda x L0, the paper) or 'tanh' (lambda x sum "
+                                   "tanh(c |z| ||W_dec||), Anthropic's 2025 recipe).")
+    l0_coeff: float = option(1e-3, "lambda: weight of the sparsity term (inputs at unit mean "
+                                   "squared norm).")
+    bandwidth: float = option(1e-3, "eps: width of the rectangle kernel of the threshold's "
+                                    "straight-through estimators.")
+    threshold_init: float | None = option(None, "Initial threshold of every latent; default "
+                                                "1 / sqrt(d_in).")
+    tanh_scale: float = option(4.0, "c in tanh(c |z| ||W_dec||) (sparsity='tanh' only).")
+    l0_warmup: float = option(0.05, "Fraction of training over which lambda ramps up linearly.")
+    auxk_coeff: float = option(0.0, "Weight of the AuxK dead-latent loss (0 disables it).")
+    auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.sparsity in SPARSITY_FORMS, "sparsity",
+              f"must be one of {', '.join(SPARSITY_FORMS)}, got {self.sparsity!r}")
+        check(self.l0_coeff >= 0, "l0_coeff", f"must be >= 0, got {self.l0_coeff}")
+        check(self.bandwidth > 0, "bandwidth", f"must be > 0, got {self.bandwidth}")
+        if self.threshold_init is None:
+            self.threshold_init = 1 / math.sqrt(self.d_in)
+        check(self.threshold_init > 0, "threshold_init",
+              f"must be > 0, got {self.threshold_init}")
+        check(self.tanh_scale > 0, "tanh_scale", f"must be > 0, got {self.tanh_scale}")
+        check(0 <= self.l0_warmup <= 1, "l0_warmup", f"must be in [0, 1], got {self.l0_warmup}")
+        check(self.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {self.auxk_coeff}")
+        if self.auxk_k is None:
+            self.auxk_k = max(1, self.d_in // 2)
+        check(self.auxk_k > 0, "auxk_k", f"must be a positive integer, got {self.auxk_k}")
+
+
+def jumprelu(pre: Tensor, threshold: Tensor) -> Tensor:
+    """pre * H(pre - threshold): zero at or below the threshold, the pre-activation above it.
+    `threshold` broadcasts against `pre` (e.g. [n_latents] against [B, n_latents])."""
+    return torch.where(pre > threshold, pre, 0.0)
+
+
+def _window(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """K((pre - theta) / eps) for the rectangle kernel: 1 where |pre - theta| < eps / 2."""
+    return ((pre - threshold).abs() < bandwidth / 2).to(pre.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """JumpReLU with the paper's pseudo-derivative for the threshold."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return jumprelu(pre, threshold)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, threshold = ctx.saved_tensors
+        g_pre = grad * (pre > threshold) if ctx.needs_input_grad[0] else None
+        g_theta = None
+        if ctx.needs_input_grad[1]:
+            # d/d theta := -(theta / eps) K((pre - theta) / eps); summed where theta broadcast
+            g = grad * _window(pre, threshold, ctx.bandwidth) * (-threshold / ctx.bandwidth)
+            g_theta = g.sum_to_size(threshold.shape)
+        return g_pre, g_theta, None
+
+
+class _Step(torch.autograd.Function):
+    """H(pre - theta), with a pseudo-derivative for theta only (none for the pre-activation)."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, threshold = ctx.saved_tensors
+        g_theta = None
+        if ctx.needs_input_grad[1]:
+            # d/d theta := -(1 / eps) K((pre - theta) / eps); summed where theta broadcast
+            g = grad * _window(pre, threshold, ctx.bandwidth) / -ctx.bandwidth
+            g_theta = g.sum_to_size(threshold.shape)
+        return None, g_theta, None
+
+
+# --- per-row lists of selected latents (shared with batchtopk.py) ------------------------------
+class Listed(NamedTuple):
+    """Selected entries of a [B, n] matrix as per-row lists, padded to the longest row."""
+
+    values: Tensor
+    """Values [B, m] (0 on padding)."""
+    indices: Tensor
+    """Column (latent) indices [B, m], int64 (0 on padding)."""
+    valid: Tensor
+    """Bool [B, m]: False on padding."""
+
+
+def list_rows(pre: Tensor, chosen: Tensor) -> Listed:
+    """Entries `chosen` of pre [B, n] (flat indices, in increasing order) as per-row lists;
+    m is the largest count of any row, and each row keeps the latent order."""
+    b, n = pre.shape
+    rows = torch.div(chosen, n, rounding_mode="floor")
+    cols = chosen - rows * n
+    counts = torch.bincount(rows, minlength=b)  # [B] entries per row
+    starts = torch.cumsum(counts, 0) - counts  # [B] first entry of each row in `chosen`
+    slot = torch.arange(chosen.numel(), device=pre.device) - starts[rows]  # position in its row
+    width = int(counts.max()) if chosen.numel() > 0 else 0
+    values = pre.new_zeros(b, width)
+    indices = torch.zeros(b, width, dtype=torch.long, device=pre.device)
+    valid = torch.zeros(b, width, dtype=torch.bool, device=pre.device)
+    values[rows, slot] = pre.reshape(-1)[chosen]
+    indices[rows, slot] = cols
+    valid[rows, slot] = True
+    return Listed(values, indices, valid)
+
+
+class _ListedEncode(torch.autograd.Function):
+    """The entries of x W_enc^T + b_enc that `choose` picks, as lists; the backward touches only
+    those entries (O(B m d) instead of the dense O(B n d))."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, choose: Callable[[Tensor], Tensor]):
+        pre = linear(x, W_enc, b_enc)  # [B, n_latents], no autograd graph
+        values, indices, valid = list_rows(pre, choose(pre))
+        ctx.save_for_backward(x, W_enc, indices, valid)
+        ctx.mark_non_differentiable(indices, valid)
+        return values, indices, valid
+
+    @staticmethod
+    def backward(ctx, grad_values: Tensor, _grad_indices, _grad_valid):
+        x, W_enc, indices, valid = ctx.saved_tensors
+        g = grad_values * valid  # no gradient to the padding
+        g_x = gather_rows(indices, g, W_enc) if ctx.needs_input_grad[0] else None
+        g_W = scatter_rows(indices, g, x, W_enc.shape[0]) if ctx.needs_input_grad[1] else None
+        g_b = None
+        if ctx.needs_input_grad[2]:
+            g_b = g.new_zeros(W_enc.shape[0]).index_add_(0, indices.reshape(-1), g.reshape(-1))
+        return g_x, g_W, g_b, None
+
+
+def listed_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor,
+                  choose: Callable[[Tensor], Tensor]) -> Listed:
+    """Pre-activations x W_enc^T + b_enc [B, n] at the entries `choose(pre)` picks (sorted flat
+    indices), as per-row lists whose gradient reaches x, W_enc and b_enc sparsely."""
+    return Listed(*_ListedEncode.apply(x, W_enc, b_enc, choose))
+
+
+@register("jumprelu")
+class JumpReLU(Dictionary):
+    """JumpReLU SAE. Weights: W_enc [n_latents, d_in], b_enc [n_latents], log_threshold
+    [n_latents] (theta = exp(log_threshold)), W_dec [n_latents, d_out], b_dec [d_out]."""
+
+    Config = JumpReLUConfig
+    scales_with_input = ("b_enc", "b_dec")  # theta too: see fold_input_scale
+
+    def __init__(self, cfg: JumpReLUConfig):
+        super().__init__(cfg)
+        W = unit_rows(cfg.n_latents, cfg.d_out)
+        self.W_dec = nn.Parameter(W)
+        self.W_enc = nn.Parameter(W.clone() if cfg.d_in == cfg.d_out
+                                  else unit_rows(cfg.n_latents, cfg.d_in))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
+        self.log_threshold = nn.Parameter(torch.full((cfg.n_latents,),
+                                                     math.log(cfg.threshold_init)))
+
+    @property
+    def unit_norm_decoder(self) -> bool:  # type: ignore[override]
+        return self.cfg.sparsity == "step"
+
+    @property
+    def threshold(self) -> Tensor:
+        """theta [n_latents], in input units."""
+        return self.log_threshold.exp()
+
+    def _centered(self, x: Tensor) -> Tensor:
+        return x - self.b_dec if self.d_in == self.d_out else x
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """Encoder pre-activations [B, n_latents]."""
+        return linear(self._centered(x), self.W_enc, self.b_enc)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return jumprelu(self.pre_activations(x), self.threshold)
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        super().fold_input_scale(scale)
+        self.log_threshold.sub_(math.log(scale))  # theta / scale
+
+    def _listed(self, xc: Tensor) -> tuple[Listed, Tensor]:
+        """The pre-activations that matter to the loss, as per-row lists: every entry above its
+        threshold or within eps / 2 below it (the only ones with a gradient), padded with -inf;
+        and the thresholds at those entries [B, m]."""
+        threshold = self.threshold
+        floor = (threshold - self.cfg.bandwidth / 2).detach()  # [n_latents]
+
+        def choose(pre: Tensor) -> Tensor:
+            return (pre > floor).view(-1).nonzero().squeeze(1)
+
+        pre, indices, valid = listed_encode(xc, self.W_enc, self.b_enc, choose)
+        pre = pre.masked_fill(~valid, float("-inf"))  # padding: never active, never in a window
+        return Listed(pre, indices, valid), threshold[indices]
+
+    def sparsity_penalty(self, pre: Tensor, codes: Tensor, threshold: Tensor,
+                         indices: Tensor) -> Tensor:
+        """Mean over rows of the sparsity term (before lambda), from listed pre-activations,
+        codes and thresholds [B, m] and their latent indices: the L0 through the step
+        pseudo-derivative, or the tanh-smoothed L0 weighted by decoder norms."""
+        if self.cfg.sparsity == "step":
+            return _Step.apply(pre, threshold, self.cfg.bandwidth).sum(-1).mean()
+        weighted = codes.abs() * self.W_dec.norm(dim=1)[indices]  # [B, m]
+        return torch.tanh(self.cfg.tanh_scale * weighted).sum(-1).mean()
+
+    def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
+        target = x if target is None else target
+        xc = self._centered(x)
+        (pre, indices, _), threshold = self._listed(xc)  # [B, m] each
+        codes = _JumpReLU.apply(pre, threshold, self.cfg.bandwidth)  # [B, m]
+        x_hat = sparse_decode(codes, indices, self.W_dec) + self.b_dec
+        mse = squared_error(x_hat, target).mean()
+        sparsity = self.sparsity_penalty(pre, codes, threshold, indices)
+        warm = self.cfg.l0_warmup * state.total_steps
+        ramp = min(1.0, (state.step + 1) / warm) if warm > 0 else 1.0
+        weight = ramp * self.cfg.l0_coeff
+        terms = {"mse": mse, "sparsity": sparsity}
+        total = mse + weight * sparsity
+        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
+            terms["auxk"] = auxk_loss(xc, target - x_hat.detach(), self.W_enc, self.b_enc,
+                                      self.W_dec, state.dead_mask, self.cfg.auxk_k)
+            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        fired = codes.detach() != 0
+        active = torch.zeros(self.n_latents, dtype=torch.bool, device=x.device)
+        active[indices[fired]] = True
+        metrics = {"fvu": fvu(x_hat.detach(), target).item(),
+                   "l0": fired.sum(-1).float().mean().item(), "l0_weight": weight,
+                   "threshold_mean": self.threshold.detach().mean().item()}
+        return Loss(total, terms, metrics, active)

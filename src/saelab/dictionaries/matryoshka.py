@@ -1,0 +1,333 @@
+"""Matryoshka SAE (Bussmann, Nabeshima, Karvonen and Nanda 2025, "Learning Multi-Level Features
+with Matryoshka Sparse Autoencoders"; Nabeshima 2024, "Matryoshka Sparse Autoencoders").
+
+Relative to a TopK SAE: the dictionary is a stack of nested prefixes (its first m_1 < m_2 < ...
+< n_latents latents), each of which must reconstruct the input on its own, so the first latents
+learn general features and later ones refine them; latents are picked by BatchTopK.
+
+    pre       = W_enc (x - b_dec) + b_enc                         [B, n_latents]
+    f         = BatchTopK(ReLU(pre)): the k * B largest entries of the whole batch
+    x_hat_m   = f[:, :m] W_dec[:m] + b_dec                        one per prefix size m
+    loss      = sum over m of ||x - x_hat_m||^2  (+ AuxK on the full reconstruction)
+
+At inference a latent fires where its pre-activation exceeds one global threshold, the running
+mean of the smallest code BatchTopK kept in each training batch (Bussmann et al. 2024, "BatchTopK
+Sparse Autoencoders"); every row then has about k active latents on average, and a row's codes
+no longer depend on the rest of its batch.
+
+Choices where the papers leave room:
+- Prefixes are fixed (Bussmann et al.), not sampled per batch (Nabeshima). The default
+  `prefixes` is n_latents times 1/16, 1/8, 1/4, 1/2, 1, rounded (Bussmann et al.'s group sizes
+  n/16, n/16, n/8, n/4, n/2, as prefix ends), duplicates and zeros dropped.
+- The prefix losses are summed, unweighted, as in the paper's equation (their code averages
+  them; under Adam only the weight of AuxK relative to them differs). No bias-only term.
+- The decoder rows are kept at unit norm, and encoder = decoder transpose at initialisation.
+- The threshold is an exponential moving average (decay 0.99) of each training batch's smallest
+  kept positive code, started at the first batch's value (a buffer, saved with the weights).
+  Until a first training batch has been seen (threshold < 0) `encode` uses BatchTopK over the
+  batch it is given.
+- AuxK (Gao et al. 2024) revives dead latents by reconstructing the full dictionary's residual,
+  on by default as in the paper.
+- Training runs on sparse codes: the dense encoder product (no gradient) picks the k * B
+  entries, and everything else touches only those, O(k B d). BatchTopK gives rows different
+  numbers of latents, so the kept codes are flat lists in row-major order, and embedding_bag
+  sums them per (row, group between two prefix ends): one decode gives every prefix's
+  reconstruction as a running sum over the groups.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saelab.config import check, option
+from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState,
+                                       squared_error, unit_rows)
+from saelab.dictionaries._registry import register
+from saelab.ops import linear
+from saelab.ops.auxk import auxk_loss
+
+PREFIX_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
+THRESHOLD_DECAY = 0.99
+
+
+def default_prefixes(n_latents: int) -> list[int]:
+    """n_latents x (1/16, 1/8, 1/4, 1/2, 1), rounded, without zeros or repeats."""
+    sizes = {max(1, round(n_latents * f)) for f in PREFIX_FRACTIONS} | {n_latents}
+    return sorted(sizes)
+
+
+@dataclass
+class MatryoshkaConfig(DictionaryConfig):
+    k: int = option(32, "Mean number of active latents per input: BatchTopK keeps k x batch "
+                        "codes over each training batch.")
+    prefixes: list[int] | None = option(None, "Increasing prefix sizes, each reconstructing on "
+                                              "its own, ending at n_latents; default n_latents x "
+                                              "(1/16, 1/8, 1/4, 1/2, 1).")
+    auxk_coeff: float = option(1 / 32, "Weight of the AuxK dead-latent loss (0 disables it).")
+    auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(isinstance(self.k, int) and not isinstance(self.k, bool)
+              and 0 < self.k <= self.n_latents, "k",
+              f"must be an integer in [1, n_latents={self.n_latents}], got {self.k!r}")
+        if self.prefixes is None:
+            self.prefixes = default_prefixes(self.n_latents)
+        self.prefixes = self._checked_prefixes(self.prefixes)
+        check(self.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {self.auxk_coeff}")
+        if self.auxk_k is None:
+            self.auxk_k = max(1, self.d_in // 2)
+        check(isinstance(self.auxk_k, int) and self.auxk_k > 0, "auxk_k",
+              f"must be a positive integer, got {self.auxk_k!r}")
+
+    def _checked_prefixes(self, prefixes) -> list[int]:
+        allowed = (f"must be a strictly increasing list of positive integers ending at "
+                   f"n_latents={self.n_latents}")
+        check(isinstance(prefixes, (list, tuple)) and len(prefixes) > 0
+              and all(isinstance(m, int) and not isinstance(m, bool) for m in prefixes),
+              "prefixes", f"{allowed}, got {prefixes!r}")
+        prefixes = list(prefixes)
+        check(prefixes[0] > 0, "prefixes", f"{allowed}; {prefixes[0]} is not positive")
+        for a, b in itertools.pairwise(prefixes):
+            check(b > a, "prefixes", f"{allowed}; {b} follows {a}")
+        check(prefixes[-1] == self.n_latents, "prefixes",
+              f"{allowed}; the last is {prefixes[-1]}")
+        return prefixes
+
+
+class BatchCodes(NamedTuple):
+    """The codes BatchTopK kept in a batch, as flat lists in row-major order (rows in turn,
+    latents increasing within a row); rows keep different numbers of latents."""
+
+    values: Tensor
+    """Code values [N] (0 where ReLU clipped a selected pre-activation)."""
+    rows: Tensor
+    """Batch row of each code [N] (int64, non-decreasing)."""
+    latents: Tensor
+    """Latent of each code [N] (int64)."""
+
+
+def _sorted_ints(keys: Tensor) -> Tensor:
+    """Ascending sort of distinct integer keys (numpy on the CPU: torch's parallel radix sort
+    stalls when another process keeps a core busy)."""
+    if keys.device.type == "cpu":
+        return torch.from_numpy(np.sort(keys.numpy()))
+    return keys.sort().values
+
+
+def _stable_order(keys: Tensor) -> Tensor:
+    if keys.device.type == "cpu":
+        return torch.from_numpy(np.argsort(keys.numpy(), kind="stable"))
+    return torch.argsort(keys, stable=True)
+
+
+@torch.no_grad()
+def batch_topk(pre: Tensor, k: int, floor: float = 0.0) -> BatchCodes:
+    """BatchTopK selection (Bussmann et al. 2024): the k x B largest entries of ReLU(pre) over
+    the whole batch pre [B, n] (exactly min(k B, B n) of them).
+
+    `floor` > 0 is a guess of a value below the selection's smallest (such as half the running
+    threshold): the top entries are then sought among those above it, which is much faster than
+    over all B n entries, and the full search runs only when too few pass it. The result is the
+    same either way.
+    """
+    b, n = pre.shape
+    flat = pre.reshape(-1)  # [B*n], entry e = (row e // n, latent e % n)
+    total = min(k * b, flat.numel())
+    chosen = None
+    if floor > 0:
+        candidates = (flat > floor).nonzero().squeeze(1)
+        if candidates.numel() >= total:
+            chosen = candidates[flat[candidates].topk(total, sorted=False).indices]
+    if chosen is None:
+        chosen = flat.topk(total, sorted=False).indices
+    chosen = _sorted_ints(chosen)  # row-major order
+    rows = torch.div(chosen, n, rounding_mode="floor")
+    return BatchCodes(flat[chosen].relu(), rows, chosen - rows * n)
+
+
+def _bag_starts(bag_of_entry: Tensor, n_bags: int) -> Tensor:
+    """Start of each bag [n_bags] in a list of entries sorted by bag (empty bags allowed)."""
+    counts = torch.bincount(bag_of_entry, minlength=n_bags)
+    return torch.cumsum(counts, 0) - counts
+
+
+def _gather_sum(indices: Tensor, weights: Tensor, table: Tensor, bag_of_entry: Tensor,
+                n_bags: int) -> Tensor:
+    """out[j] = sum over entries e of bag j of weights[e] * table[indices[e]], [n_bags, d]
+    (entries sorted by bag)."""
+    return F.embedding_bag(indices, table.contiguous(), _bag_starts(bag_of_entry, n_bags),
+                           mode="sum", per_sample_weights=weights.to(table.dtype))
+
+
+def _scatter_sum(indices: Tensor, weights: Tensor, rows: Tensor, bag_of_entry: Tensor,
+                 n: int) -> Tensor:
+    """out[i] = sum over entries e with indices[e] = i of weights[e] * rows[bag_of_entry[e]],
+    [n, d]: the transpose of `_gather_sum`, done as a gather over entries sorted by index."""
+    order = _stable_order(indices)
+    return _gather_sum(bag_of_entry[order], weights[order], rows, indices[order], n)
+
+
+_HAS_DOTS_KERNEL = hasattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward")
+
+
+def _entry_dots(indices: Tensor, table: Tensor, rows: Tensor, bag_of_entry: Tensor) -> Tensor:
+    """out[e] = <table[indices[e]], rows[bag_of_entry[e]]>, [N] (entries sorted by bag): the
+    gradient of `_gather_sum` with respect to its weights."""
+    if _HAS_DOTS_KERNEL:
+        return torch.ops.aten._embedding_bag_per_sample_weights_backward(
+            rows.contiguous(), table.contiguous(), indices,
+            _bag_starts(bag_of_entry, rows.shape[0]), bag_of_entry, 0)  # mode 0: sum
+    out = rows.new_empty(indices.shape[0])
+    for s in range(0, indices.shape[0], 4096):  # a chunk of gathered rows at a time
+        e = slice(s, s + 4096)
+        out[e] = (table[indices[e]] * rows[bag_of_entry[e]]).sum(-1)
+    return out
+
+
+class _BatchTopKEncode(torch.autograd.Function):
+    """BatchTopK codes of x W_enc^T + b_enc; the backward touches only the kept codes."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, floor: float):
+        codes = batch_topk(linear(x, W_enc, b_enc), k, floor)
+        ctx.save_for_backward(x, W_enc, *codes)
+        ctx.mark_non_differentiable(codes.rows, codes.latents)
+        return tuple(codes)
+
+    @staticmethod
+    def backward(ctx, grad_values: Tensor, _grad_rows, _grad_latents):
+        x, W_enc, values, rows, latents = ctx.saved_tensors
+        g = grad_values * (values > 0)  # ReLU's gradient
+        g_x = (_gather_sum(latents, g, W_enc, rows, x.shape[0]) if ctx.needs_input_grad[0]
+               else None)
+        g_W = (_scatter_sum(latents, g, x, rows, W_enc.shape[0]) if ctx.needs_input_grad[1]
+               else None)
+        g_b = g.new_zeros(W_enc.shape[0]).index_add_(0, latents, g) \
+            if ctx.needs_input_grad[2] else None
+        return g_x, g_W, g_b, None, None
+
+
+class _BagDecode(torch.autograd.Function):
+    """Sums of values x W_dec rows per bag [n_bags, d_out]; O(N d_out) forward and backward."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, latents: Tensor, bags: Tensor, n_bags: int, W_dec: Tensor):
+        ctx.save_for_backward(values, latents, bags, W_dec)
+        return _gather_sum(latents, values, W_dec, bags, n_bags)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        values, latents, bags, W_dec = ctx.saved_tensors
+        grad = grad.contiguous()
+        g_values = _entry_dots(latents, W_dec, grad, bags) if ctx.needs_input_grad[0] else None
+        g_W = (_scatter_sum(latents, values, grad, bags, W_dec.shape[0])
+               if ctx.needs_input_grad[4] else None)
+        return g_values, None, None, None, g_W
+
+
+@register("matryoshka")
+class Matryoshka(Dictionary):
+    """Matryoshka BatchTopK SAE. Weights: W_enc [n_latents, d_in], b_enc [n_latents],
+    W_dec [n_latents, d_out], b_dec [d_out]; buffer `threshold` (scalar, inference)."""
+
+    Config = MatryoshkaConfig
+    scales_with_input = ("b_enc", "b_dec", "threshold")
+
+    def __init__(self, cfg: MatryoshkaConfig):
+        super().__init__(cfg)
+        W = unit_rows(cfg.n_latents, cfg.d_out)
+        self.W_dec = nn.Parameter(W)
+        self.W_enc = nn.Parameter(W.clone() if cfg.d_in == cfg.d_out
+                                  else unit_rows(cfg.n_latents, cfg.d_in))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
+        # inference threshold on the codes; < 0 until a training batch has set it
+        self.register_buffer("threshold", torch.tensor(-1.0))
+
+    def _centered(self, x: Tensor) -> Tensor:
+        return x - self.b_dec if self.d_in == self.d_out else x
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """Encoder pre-activations [B, n_latents]."""
+        return linear(self._centered(x), self.W_enc, self.b_enc)
+
+    def encode(self, x: Tensor) -> Tensor:
+        pre = self.pre_activations(x)
+        if self.threshold < 0:  # no threshold learned yet: select as in training
+            codes = batch_topk(pre, self.cfg.k)
+            return pre.new_zeros(pre.shape).index_put_((codes.rows, codes.latents), codes.values)
+        return pre * (pre > self.threshold)
+
+    def prefix(self, m: int) -> Matryoshka:
+        """A standalone dictionary made of the first `m` latents (m one of `cfg.prefixes`, or any
+        size up to n_latents); with a learned threshold its codes are this dictionary's codes
+        restricted to those latents."""
+        check(isinstance(m, int) and 0 < m <= self.n_latents, "m",
+              f"must be an integer in [1, n_latents={self.n_latents}], got {m!r}")
+        cfg = MatryoshkaConfig(d_in=self.d_in, n_latents=m, d_out=self.d_out,
+                               k=min(self.cfg.k, m),
+                               prefixes=[p for p in self.cfg.prefixes if p < m] + [m],
+                               auxk_coeff=self.cfg.auxk_coeff, auxk_k=self.cfg.auxk_k)
+        small = Matryoshka(cfg)
+        with torch.no_grad():
+            for name in ("W_enc", "b_enc", "W_dec"):
+                getattr(small, name).copy_(getattr(self, name)[:m])
+            small.b_dec.copy_(self.b_dec)
+            small.threshold.copy_(self.threshold)
+        small.provenance = {**self.provenance, "prefix_of": self.n_latents}
+        return small.train(self.training)
+
+    @torch.no_grad()
+    def _update_threshold(self, values: Tensor) -> None:
+        kept = values[values > 0]
+        if kept.numel() == 0:
+            return
+        smallest = kept.min()
+        if self.threshold < 0:
+            self.threshold.copy_(smallest)
+        else:
+            self.threshold.lerp_(smallest, 1 - THRESHOLD_DECAY)
+
+    def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
+        target = x if target is None else target
+        b, prefixes = x.shape[0], self.cfg.prefixes
+        xc = self._centered(x)
+        floor = max(0.0, 0.5 * self.threshold.item())  # half the running threshold
+        codes = BatchCodes(*_BatchTopKEncode.apply(xc, self.W_enc, self.b_enc, self.cfg.k, floor))
+        if self.training:
+            self._update_threshold(codes.values.detach())
+        # one bag per (row, group of latents between two prefix ends): entries are row-major with
+        # latents increasing, so each bag is a contiguous run
+        ends = torch.tensor(prefixes[:-1], dtype=torch.long, device=x.device)
+        bags = codes.rows * len(prefixes) + torch.bucketize(codes.latents, ends, right=True)
+        parts = _BagDecode.apply(codes.values, codes.latents, bags, b * len(prefixes),
+                                 self.W_dec).view(b, len(prefixes), self.d_out)
+        terms: dict[str, Tensor] = {}
+        x_hat = self.b_dec
+        for i, m in enumerate(prefixes):
+            x_hat = x_hat + parts[:, i]  # [B, d_out]: reconstruction from the first m latents
+            terms[f"mse_{m}"] = squared_error(x_hat, target).mean()
+        errors = torch.stack(list(terms.values()))  # [n_prefixes]
+        total = errors.sum()
+        # x_hat is now the full dictionary's reconstruction (the last prefix is n_latents)
+        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
+            terms["auxk"] = auxk_loss(xc, target - x_hat.detach(), self.W_enc, self.b_enc,
+                                      self.W_dec, state.dead_mask, self.cfg.auxk_k)
+            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        fired = codes.values > 0
+        variance = (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+        prefix_fvu = (errors.detach() * b / variance).tolist()
+        metrics = {f"fvu_{m}": f for m, f in zip(prefixes, prefix_fvu)}
+        metrics.update({"fvu": prefix_fvu[-1], "l0": fired.sum().item() / b,
+                        "threshold": self.threshold.item()})
+        active = torch.zeros(self.n_latents, dtype=torch.bool, device=x.device)
+        active[codes.latents[fired]] = True
+        return Loss(total, terms, metrics, active)
