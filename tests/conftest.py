@@ -25,7 +25,7 @@ class Planted(NamedTuple):
 
 def planted_data(n: int = 20_000, d: int = 32, n_atoms: int = 128, active: int = 3,
                  seed: int = 0, noise: float = 0.0, offset: float = 0.0) -> Planted:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 0x5EED_DA7A)  # never the seed of an initialisation
     atoms = torch.randn(n_atoms, d, generator=g)
     atoms /= atoms.norm(dim=1, keepdim=True)
     idx = torch.stack([torch.randperm(n_atoms, generator=g)[:active] for _ in range(n)])

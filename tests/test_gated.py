@@ -105,6 +105,19 @@ def test_decoder_norm_form_weights_the_penalty_by_frozen_decoder_norms():
     assert not sae.unit_norm_decoder
 
 
+def test_auxk_is_off_by_default_and_trains_only_dead_gates_when_on():
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[:8] = True
+    x = torch.randn(128, 16)
+    assert "auxk" not in _gated().loss(x, StepState(dead_mask=dead)).terms
+    sae = _gated(auxk_coeff=1 / 32)
+    loss = sae.loss(x, StepState(dead_mask=dead))
+    loss.terms["auxk"].backward()
+    touched = sae.W_enc.grad.abs().sum(1) > 0
+    assert touched[:8].any() and not touched[8:].any()
+    assert sae.b_gate.grad[:8].any() and not sae.b_gate.grad[8:].any()
+
+
 def test_folding_the_input_scale_gives_the_same_dictionary_on_raw_inputs():
     sae = _gated()
     x, s = torch.randn(20, 16) * 7 + 3, 0.13

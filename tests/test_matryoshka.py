@@ -150,6 +150,17 @@ def test_prefix_codes_are_the_full_codes_restricted():
     assert torch.allclose(small(x).x_hat, sae.decode(codes), atol=1e-6)
 
 
+def test_auxk_is_on_by_default_and_trains_only_dead_latents():
+    sae = _matryoshka(k=4)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[-8:] = True
+    loss = sae.loss(torch.randn(128, 16), StepState(dead_mask=dead))
+    assert loss.terms["auxk"] > 0
+    loss.terms["auxk"].backward()
+    touched = sae.W_enc.grad.abs().sum(1) > 0
+    assert touched[-8:].any() and not touched[:-8].any()
+
+
 def test_folding_the_input_scale_gives_the_same_dictionary_on_raw_inputs():
     sae = _matryoshka(k=4)
     x, s = torch.randn(100, 16) * 7 + 3, 0.13

@@ -43,7 +43,9 @@ def planted(n: int = 50_000, d: int = 64, n_atoms: int = 512, mean_active: float
     check(0 < mean_active <= n_atoms, "mean_active", f"must be in (0, n_atoms={n_atoms}]")
     check(n_parents * (1 + children_per_parent) <= n_atoms, "n_parents",
           "parents and their children must fit in n_atoms")
-    g = torch.Generator().manual_seed(seed)
+    # salted, so that seeding torch with the same number before creating a dictionary does not
+    # initialise its atoms to the planted ones
+    g = torch.Generator().manual_seed(seed + 0x5EED_DA7A)
     atoms = torch.randn(n_atoms, d, generator=g)
     atoms /= atoms.norm(dim=1, keepdim=True)
     weights = torch.arange(1, n_atoms + 1, dtype=torch.float64) ** -zipf
