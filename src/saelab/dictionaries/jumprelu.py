@@ -17,21 +17,25 @@ the sparsity penalty trains theta alone. Only samples whose pre-activation lies 
 the threshold move it.
 
 Two sparsity terms (`sparsity`):
-- "step" (the paper): lambda * mean over rows of sum_i H(pre_i - theta_i), the L0 itself. The
-  decoder rows are kept at unit norm, as in the paper (L0 does not see their scale).
-- "tanh" (the tanh-smoothed L0 of Anthropic's 2025 JumpReLU recipe, "Circuits Updates, January
-  2025"): lambda * mean over rows of sum_i tanh(c |z_i| ||W_dec_i||), c = `tanh_scale`. This
-  term is differentiable in z, so it also shrinks pre-activations and decoder norms, and reaches
-  theta through the JumpReLU pseudo-derivative above. The decoder rows are left free (the penalty
-  weights codes by their norms), as in that recipe. The recipe's pre-activation loss is not
-  implemented: AuxK (`auxk_coeff`) is the dead-latent remedy here.
+- "step" (the paper): lambda * mean over rows of sum_i H(pre_i - theta_i), the L0 itself.
+- "tanh" (the sparsity term of Anthropic's JumpReLU recipe, Conerly et al., "Circuits Updates -
+  January 2025"): lambda * mean over rows of sum_i tanh(c |z_i| ||W_dec_i||), c = `tanh_scale`.
+  This term is differentiable in z, so it also shrinks pre-activations and decoder norms, and
+  reaches theta through the JumpReLU pseudo-derivative above. The decoder rows are left free
+  (the penalty weights codes by their norms), as in that recipe. Only this term is taken from
+  the recipe: its other changes (straight-through gradients that also reach the
+  pre-activations, its pre-activation loss, its initialisation) are not implemented; AuxK
+  (`auxk_coeff`) is the dead-latent remedy here.
 
 Where this file had to choose (inputs are normalised to unit mean squared norm by the trainer):
 - The encoder reads x - b_dec (as the TopK/BatchTopK SAEs here do; the paper feeds x). The two
   are the same function class (b_enc absorbs W_enc b_dec); centring keeps a BatchTopK
   dictionary's pre-activations identical after `BatchTopK.to_inference()`.
-- Defaults: lambda = 1e-3, eps = 1e-3, theta_0 = 0.05, lambda ramped up linearly over the first
-  5% of training, no AuxK. How they were chosen: see the notes at `JumpReLUConfig`.
+- Defaults: lambda = 1e-3, eps = 1e-3, theta_0 = 1 / sqrt(d_in), lambda ramped up linearly over
+  the first 5% of training, no AuxK (the paper has none). How they were chosen: see the notes
+  above `JumpReLUConfig`.
+- Decoder rows at unit norm in the step form (L0 does not see their scale, so this only removes
+  the encoder/decoder scale symmetry).
 - Initialisation: unit-norm random decoder rows, W_enc = W_dec^T, b_enc = 0 (the paper's).
 """
 
@@ -55,18 +59,20 @@ from saelab.ops.auxk import auxk_loss
 SPARSITY_FORMS = ("step", "tanh")
 
 
-# Defaults, chosen on inputs at unit mean squared norm (what the trainer feeds):
-# - l0_coeff 1e-3: on planted data (512 atoms in 64 dims, 5 active) 1e-3 gives an L0 of about
-#   5-8, 3e-2 about 4; on SmolLM2 layer-15 residuals (576 dims, 4,608 latents) 1e-3 gives an L0
-#   of about 40 (see tests/test_jumprelu.py and the report of issue 3). A latent pays its way when
-#   it removes more than lambda of squared error, i.e. lambda of the (unit) mean squared norm.
-# - bandwidth 1e-3: pre-activations at the thresholds are 0.05-0.3 here, so eps is well under 1%
-#   of a threshold (a sharp estimate), yet with batches of 1-4K rows the window around each
-#   active latent's threshold is hit often enough to give theta a gradient most steps.
-# - threshold_init 0.05: at initialisation (unit encoder rows, centred unit-mean-square inputs) a
-#   pre-activation has a standard deviation of about 1/sqrt(d_in) (0.125 at d 64, 0.04 at d 576),
-#   so about 10-35% of latents fire at first: enough for every latent to learn, and theta has
-#   only a short way to go in log space (Adam moves log theta by about lr per step).
+# Defaults, for inputs at unit mean squared norm (what the trainer feeds), and how they were chosen:
+# - l0_coeff 1e-3: a latent pays its way when it removes more than lambda of squared error, i.e. a
+#   fraction lambda of the mean squared norm. On SmolLM2 layer-15 residuals (576 dims, 4,608
+#   latents, 240 steps of 4,096 rows) 1e-3 ends at L0 26 (held-out FVU 0.27). Planted data with
+#   5 active directions per row needs far more: 3e-2 gives L0 5 (1e-1: 3.6).
+# - bandwidth 1e-3: thresholds end at 0.04 (SmolLM2) to 0.1-0.3 (planted), so eps is 0.3-2.5% of
+#   a threshold, and with batches of 1-4K rows a latent's window still holds a few entries most
+#   steps.
+# - threshold_init 1 / sqrt(d_in): the standard deviation of a pre-activation at initialisation
+#   (unit encoder rows, unit mean squared inputs), so the threshold starts at the noise level of
+#   random directions. Its value matters in runs of a few thousand steps: Adam moves log theta by
+#   about lr per step, so theta travels a factor e^(lr x steps) at most (e^1 for 240 steps at lr
+#   4e-3), and the L0 of a short run is mostly set by where theta starts. On SmolLM2 the
+#   thresholds stayed within 2% of 1 / sqrt(576) = 0.042 over 240 steps.
 
 
 @dataclass
