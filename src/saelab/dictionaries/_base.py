@@ -122,6 +122,17 @@ class Dictionary(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient; use saelab.fit")
 
     # --- shared helpers ---------------------------------------------------------------------
+    def init_tied_weights(self) -> None:
+        """W_dec with random unit rows [n_latents, d_out], W_enc its copy (tied initialisation,
+        as in Gao et al. 2024; independent unit rows when d_in != d_out), zero biases."""
+        cfg = self.cfg
+        W = unit_rows(cfg.n_latents, cfg.d_out)
+        self.W_dec = nn.Parameter(W)
+        self.W_enc = nn.Parameter(W.clone() if cfg.d_in == cfg.d_out
+                                  else unit_rows(cfg.n_latents, cfg.d_in))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
+
     @property
     def d_in(self) -> int:
         return self.cfg.d_in

@@ -49,11 +49,11 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from saelab.config import check, option
 from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState, fvu,
-                                       squared_error, unit_rows)
+                                       squared_error)
 from saelab.dictionaries._registry import register
 from saelab.dictionaries.jumprelu import JumpReLU, Listed, jumprelu, list_rows, listed_encode
 from saelab.ops import linear, sparse_decode
@@ -134,12 +134,7 @@ class BatchTopK(Dictionary):
 
     def __init__(self, cfg: BatchTopKConfig):
         super().__init__(cfg)
-        W = unit_rows(cfg.n_latents, cfg.d_out)
-        self.W_dec = nn.Parameter(W)
-        self.W_enc = nn.Parameter(W.clone() if cfg.d_in == cfg.d_out
-                                  else unit_rows(cfg.n_latents, cfg.d_in))
-        self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
+        self.init_tied_weights()
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("threshold_batches", torch.zeros((), dtype=torch.long))
 

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from saelab.config import check, option
 from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState, fvu,
-                                       squared_error, unit_rows)
+                                       squared_error)
 from saelab.dictionaries._registry import register
 from saelab.ops import linear, sparse_decode
 from saelab.ops.sparse import gather_rows, scatter_rows
@@ -174,14 +174,14 @@ class Listed(NamedTuple):
 
 def list_rows(pre: Tensor, chosen: Tensor) -> Listed:
     """Entries `chosen` of pre [B, n] (flat indices, in increasing order) as per-row lists;
-    m is the largest count of any row, and each row keeps the latent order."""
+    m is the largest count of any row (at least 1), and each row keeps the latent order."""
     b, n = pre.shape
     rows = torch.div(chosen, n, rounding_mode="floor")
     cols = chosen - rows * n
     counts = torch.bincount(rows, minlength=b)  # [B] entries per row
     starts = torch.cumsum(counts, 0) - counts  # [B] first entry of each row in `chosen`
     slot = torch.arange(chosen.numel(), device=pre.device) - starts[rows]  # position in its row
-    width = int(counts.max()) if chosen.numel() > 0 else 0
+    width = max(1, int(counts.max()) if chosen.numel() > 0 else 0)  # >= 1: no empty bags
     values = pre.new_zeros(b, width)
     indices = torch.zeros(b, width, dtype=torch.long, device=pre.device)
     valid = torch.zeros(b, width, dtype=torch.bool, device=pre.device)
@@ -232,12 +232,7 @@ class JumpReLU(Dictionary):
 
     def __init__(self, cfg: JumpReLUConfig):
         super().__init__(cfg)
-        W = unit_rows(cfg.n_latents, cfg.d_out)
-        self.W_dec = nn.Parameter(W)
-        self.W_enc = nn.Parameter(W.clone() if cfg.d_in == cfg.d_out
-                                  else unit_rows(cfg.n_latents, cfg.d_in))
-        self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
+        self.init_tied_weights()
         self.log_threshold = nn.Parameter(torch.full((cfg.n_latents,),
                                                      math.log(cfg.threshold_init)))
 

@@ -44,11 +44,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from saelab.config import check, option
 from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState,
-                                       squared_error, unit_rows)
+                                       squared_error)
 from saelab.dictionaries._registry import register
 from saelab.ops import linear
 from saelab.ops.auxk import auxk_loss
@@ -243,12 +243,7 @@ class Matryoshka(Dictionary):
 
     def __init__(self, cfg: MatryoshkaConfig):
         super().__init__(cfg)
-        W = unit_rows(cfg.n_latents, cfg.d_out)
-        self.W_dec = nn.Parameter(W)
-        self.W_enc = nn.Parameter(W.clone() if cfg.d_in == cfg.d_out
-                                  else unit_rows(cfg.n_latents, cfg.d_in))
-        self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
+        self.init_tied_weights()
         # inference threshold on the codes; < 0 until a training batch has set it
         self.register_buffer("threshold", torch.tensor(-1.0))
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from saelab.config import check, option
 from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState, fvu,
-                                       squared_error, unit_rows)
+                                       squared_error)
 from saelab.dictionaries._registry import register
 from saelab.ops import linear, sparse_decode, to_dense, topk_encode, topk_relu
 from saelab.ops.auxk import auxk_loss
@@ -47,13 +47,7 @@ class TopK(Dictionary):
 
     def __init__(self, cfg: TopKConfig):
         super().__init__(cfg)
-        W = unit_rows(cfg.n_latents, cfg.d_out)
-        self.W_dec = nn.Parameter(W)
-        # Tied initialisation (encoder = decoder transpose), as in the paper.
-        self.W_enc = nn.Parameter(W.clone() if cfg.d_in == cfg.d_out
-                                  else unit_rows(cfg.n_latents, cfg.d_in))
-        self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
+        self.init_tied_weights()
 
     def _centered(self, x: Tensor) -> Tensor:
         return x - self.b_dec if self.d_in == self.d_out else x
