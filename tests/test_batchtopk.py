@@ -55,6 +55,16 @@ def test_selection_is_the_largest_positive_pre_activations_of_the_whole_batch(sh
     assert torch.equal(values[valid], pre.gather(1, indices)[valid])
 
 
+def test_a_batch_without_positive_pre_activations_has_no_codes_and_leaves_theta():
+    sae = make(k=4)
+    with torch.no_grad():
+        sae.b_enc.fill_(-100.0)
+    loss = sae.loss(unit_batch(), StepState())
+    loss.total.backward()
+    assert loss.metrics["l0"] == 0 and not loss.active.any() and torch.isfinite(loss.total)
+    assert int(sae.threshold_batches) == 0 and sae.threshold == 0
+
+
 def test_training_gradients_equal_the_dense_computation():
     sae = make(k=4, auxk_coeff=0.0)
     x = unit_batch()

@@ -75,6 +75,15 @@ def test_threshold_gets_gradient_from_mse_and_sparsity_only_through_the_window(s
         assert (grad[in_window] != 0).float().mean() > 0.9, term
 
 
+def test_no_latent_near_or_above_its_threshold_gives_empty_codes_and_a_finite_loss():
+    sae = make()
+    with torch.no_grad():
+        sae.log_threshold.fill_(math.log(100.0))
+    loss = sae.loss(unit_batch(), StepState())
+    loss.total.backward()
+    assert loss.metrics["l0"] == 0 and not loss.active.any() and torch.isfinite(loss.total)
+
+
 def test_step_sparsity_term_trains_only_the_threshold():
     sae = make()
     x = unit_batch()
