@@ -1,0 +1,139 @@
+"""Feature Choice SAE (Ayonrinde 2024, "Adaptive Sparse Allocation with Mutual Choice & Feature
+Choice Sparse Autoencoders").
+
+Sparsity as an allocation of (input, latent) matches over a batch: where a TopK SAE lets each
+input pick its k latents, Feature Choice lets each latent pick its m inputs, the m largest
+ReLU'd pre-activations in its column of the batch. Inputs then get as many latents as chose
+them (a variable number, possibly none), every latent is used up to its capacity (no latent can
+die while it has m positive pre-activations in a batch), and the batch total is at most
+n_latents x m. Relative to TopK: the constraint moves from rows (k per input) to columns (m per
+latent), and under-used latents are trained by aux_zipf_loss instead of AuxK.
+
+Where this file had to choose:
+- Capacity: m is set from the same budget as TopK, n_latents x m = k x B for a batch of B
+  (`saelab.ops.allocation.feature_capacity`: rounded, at least 1), so `k` is the mean L0 at
+  full use and runs are compared at matched average L0. Every latent gets the same m (the
+  paper's uniform capacity); a latent with fewer than m positive pre-activations in the batch
+  picks only those.
+- Inference: a threshold per latent learned during training, the running average of the
+  smallest activation each latent kept per batch (warm start, then decay `threshold_decay`),
+  stored as a buffer in input units; in eval mode a latent fires where its pre-activation
+  exceeds its threshold, i.e. about m / B of inputs per latent, as in training. Before any
+  training batch eval mode still uses the batch selection.
+- Auxiliary loss: "zipf" (default, saelab.ops.zipf.aux_zipf_loss), "auxk" or "none", as for
+  Mutual Choice. Encoder on x - b_dec, tied initialisation, unit-norm decoder, sparse training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saelab.config import check, option
+from saelab.dictionaries._base import (
+    Dictionary,
+    DictionaryConfig,
+    Loss,
+    StepState,
+    fvu,
+    squared_error,
+)
+from saelab.dictionaries._registry import register
+from saelab.dictionaries.jumprelu import jumprelu, list_rows, listed_encode
+from saelab.dictionaries.mutual_choice import auxiliary, check_aux_fields
+from saelab.ops import linear, sparse_decode
+from saelab.ops.allocation import feature_capacity, feature_choice_chosen, update_running
+from saelab.ops.zipf import register_usage_buffers
+
+
+@dataclass
+class FeatureChoiceConfig(DictionaryConfig):
+    k: int = option(32, "Mean active latents per input at full use: each latent picks m = "
+                        "k x batch / n_latents inputs of the batch.")
+    threshold_decay: float = option(0.9, "Decay of the running average of each latent's smallest "
+                                         "kept activation (its inference threshold).")
+    aux: str = option("zipf", "Auxiliary loss for dead / under-used latents: zipf, auxk or none.")
+    aux_coeff: float = option(1 / 32, "Weight of the auxiliary loss (0 disables it).")
+    aux_k: int | None = option(None, "Latents per input in the auxiliary loss; default d_in // 2.")
+    zipf_exponent: float = option(1.0, "Exponent alpha of the Zipf law usage is pulled towards.")
+    usage_decay: float = option(0.99, "Decay of the running per-latent usage estimate (zipf).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(isinstance(self.k, int) and not isinstance(self.k, bool)
+              and 0 < self.k <= self.n_latents, "k",
+              f"must be an integer in [1, n_latents={self.n_latents}], got {self.k!r}")
+        check_aux_fields(self)
+
+
+@register("feature_choice")
+class FeatureChoice(Dictionary):
+    """Feature Choice SAE. Weights: W_enc [n_latents, d_in], b_enc [n_latents], W_dec [n_latents,
+    d_out], b_dec [d_out]; buffers: threshold [n_latents] and threshold_batches [] (inference
+    thresholds), usage [n_latents], usage_batches [], usage_step [] (aux_zipf_loss)."""
+
+    Config = FeatureChoiceConfig
+    scales_with_input = ("b_enc", "b_dec", "threshold")
+
+    def __init__(self, cfg: FeatureChoiceConfig):
+        super().__init__(cfg)
+        self.init_tied_weights()
+        self.register_buffer("threshold", torch.zeros(cfg.n_latents))
+        self.register_buffer("threshold_batches", torch.zeros((), dtype=torch.long))
+        register_usage_buffers(self, cfg.n_latents)
+
+    def capacity(self, batch: int) -> int:
+        """m: the most inputs one latent may pick in a batch of `batch` inputs."""
+        return feature_capacity(self.cfg.k, batch, self.n_latents)
+
+    def _centered(self, x: Tensor) -> Tensor:
+        return x - self.b_dec if self.d_in == self.d_out else x
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """Encoder pre-activations [B, n_latents]."""
+        return linear(self._centered(x), self.W_enc, self.b_enc)
+
+    def choose(self, pre: Tensor) -> Tensor:
+        """Flat indices (increasing) of each latent's m largest positive entries."""
+        return feature_choice_chosen(pre, self.capacity(pre.shape[0]))
+
+    def encode(self, x: Tensor) -> Tensor:
+        pre = self.pre_activations(x)
+        if not self.training and int(self.threshold_batches) > 0:
+            return jumprelu(pre, self.threshold)
+        values, indices, _ = list_rows(pre, self.choose(pre))
+        return values.new_zeros(pre.shape).scatter_add_(1, indices, values)
+
+    @torch.no_grad()
+    def _update_thresholds(self, values: Tensor, indices: Tensor, fired: Tensor) -> None:
+        """Fold each latent's smallest kept activation of this batch into its threshold."""
+        smallest = torch.full((self.n_latents,), float("inf"), device=values.device)
+        smallest.scatter_reduce_(0, indices[fired], values[fired], reduce="amin")
+        kept = torch.isfinite(smallest)
+        update_running(self.threshold, self.threshold_batches,
+                       torch.where(kept, smallest, self.threshold), self.cfg.threshold_decay,
+                       mask=kept if int(self.threshold_batches) > 0 else None)
+
+    def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
+        target = x if target is None else target
+        xc = self._centered(x)
+        values, indices, valid = listed_encode(xc, self.W_enc, self.b_enc, self.choose)
+        fired = valid & (values.detach() > 0)
+        if self.training and bool(fired.any()):
+            self._update_thresholds(values.detach(), indices, fired)
+        x_hat = sparse_decode(values, indices, self.W_dec) + self.b_dec
+        mse = squared_error(x_hat, target).mean()
+        terms, total = {"mse": mse}, mse
+        aux = auxiliary(self, xc, target - x_hat.detach(), indices[fired], state)
+        if aux is not None:
+            terms["aux"] = aux
+            total = total + self.cfg.aux_coeff * aux
+        active = torch.zeros(self.n_latents, dtype=torch.bool, device=x.device)
+        active[indices[fired]] = True
+        l0 = fired.sum(-1).float()
+        metrics = {"fvu": fvu(x_hat.detach(), target).item(), "l0": l0.mean().item(),
+                   "l0_max": l0.max().item(), "inputs_without_latents": (l0 == 0).float()
+                   .mean().item()}
+        return Loss(total, terms, metrics, active)
