@@ -1,5 +1,7 @@
-"""Reading and writing dictionaries: saelab's own format (and, later, other libraries')."""
+"""Reading and writing dictionaries: saelab's own format, SAELens', sparsify's and
+dictionary_learning's layouts, and the Hugging Face Hub. `load` detects the format."""
 
-from saelab.io.native import load, save
+from saelab.io.detect import FORMATS, convert, detect, load
+from saelab.io.native import save
 
-__all__ = ["load", "save"]
+__all__ = ["FORMATS", "convert", "detect", "load", "save"]

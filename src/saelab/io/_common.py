@@ -1,0 +1,122 @@
+"""Helpers shared by the format readers and writers: JSON and safetensors reading with clear
+errors, tensor-set checks, building a registered dictionary from its fields and tensors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saelab.config import build, to_dict
+from saelab.errors import FormatError
+from saelab.io.native import load_weights
+
+log = logging.getLogger("saelab.io")
+
+SAELAB_KEY = "saelab"
+"""Key under which a foreign config keeps what saelab needs for an exact round trip."""
+
+
+def read_json(file: Path) -> dict[str, Any]:
+    """A JSON object from `file`; a FormatError if it is missing, broken or not an object."""
+    if not file.is_file():
+        raise FormatError(f"{file} is missing")
+    try:
+        obj = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{file} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{file} holds a JSON {type(obj).__name__}, expected an object")
+    return obj
+
+
+def read_tensors(file: Path) -> dict[str, Tensor]:
+    """Every tensor of a safetensors file (never pickle)."""
+    return load_weights(file)
+
+
+def field(cfg: dict[str, Any], name: str, kind: type, source: Path) -> Any:
+    """cfg[name] checked to be of `kind` (ints are accepted where floats are expected)."""
+    if name not in cfg:
+        raise FormatError(f"{source}: no {name!r} field in the config; expected {kind.__name__}")
+    value = cfg[name]
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise FormatError(f"{source}: field {name!r} is {value!r}, expected {kind.__name__}")
+    return value
+
+
+def expect(tensors: dict[str, Tensor], shapes: dict[str, tuple[int, ...]],
+           optional: dict[str, tuple[int, ...]] | None = None, *, source: Path) -> None:
+    """Refuse a tensor set that is not exactly `shapes` (plus any of `optional`), naming what is
+    missing, unexpected or mis-shaped and what the config implies."""
+    optional = optional or {}
+    missing = sorted(set(shapes) - set(tensors))
+    extra = sorted(set(tensors) - set(shapes) - set(optional))
+    if missing or extra:
+        raise FormatError(f"{source}: tensors do not match the config (missing: "
+                          f"{missing or 'none'}; unexpected: {extra or 'none'}; expected "
+                          f"{sorted(shapes)})")
+    for name, t in tensors.items():
+        want = shapes.get(name, optional.get(name))
+        if tuple(t.shape) != tuple(want):
+            raise FormatError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, the config "
+                              f"implies {tuple(want)}")
+
+
+def make(architecture: str, fields: dict[str, Any], tensors: dict[str, Tensor],
+         provenance: dict[str, Any], source: Path):
+    """A registered dictionary built from config `fields` whose state is `tensors` exactly
+    (same dtype, bit for bit)."""
+    from saelab.dictionaries import get
+
+    cls = get(architecture)
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten
+        dictionary = cls(build(cls.Config, fields, what=str(source)))
+    state = dictionary.state_dict()
+    missing = sorted(set(state) - set(tensors))
+    extra = sorted(set(tensors) - set(state))
+    if missing or extra:
+        raise FormatError(f"{source}: cannot fill a saelab {architecture!r} (missing: "
+                          f"{missing or 'none'}; unexpected: {extra or 'none'})")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(state[name].shape):
+            raise FormatError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, a saelab "
+                              f"{architecture!r} of this size needs {tuple(state[name].shape)}")
+    dtype = tensors["W_dec"].dtype
+    dictionary.to(dtype)
+    for name, t in tensors.items():
+        state[name] = t.clone() if t.is_floating_point() else t.to(state[name].dtype)
+    dictionary.load_state_dict(state, assign=True)
+    dictionary.provenance = dict(provenance)
+    return dictionary.eval()
+
+
+def saelab_record(dictionary) -> dict[str, Any]:
+    """What a foreign config keeps so that reading it back gives this dictionary exactly:
+    architecture, config fields, scalar buffers and provenance."""
+    scalars = {name: t.item() for name, t in dictionary.named_buffers() if t.ndim == 0}
+    return {"architecture": dictionary.architecture, "config": to_dict(dictionary.cfg),
+            "scalars": scalars, "provenance": dict(dictionary.provenance)}
+
+
+def log_exact(theta: Tensor) -> Tensor:
+    """log(theta) chosen, among the floats next to it, so that exp() gives theta back exactly
+    where such a float exists (it does not for every float: exp skips values)."""
+    theta = theta.clamp_min(0)
+    out = theta.log()
+    exact = out.exp() == theta
+    for direction in (float("inf"), float("-inf")):
+        cand = out.clone()
+        for _ in range(2):
+            cand = torch.nextafter(cand, torch.full_like(cand, direction))
+            hit = ~exact & (cand.exp() == theta)
+            out = torch.where(hit, cand, out)
+            exact |= hit
+    return out

@@ -1,0 +1,125 @@
+"""EleutherAI sparsify's layout (sparsify 1.x).
+
+One folder per hookpoint (`layers.6`, `layers.6.mlp`, ...), each with `cfg.json` (`activation`,
+`expansion_factor`, `normalize_decoder`, `num_latents`, `k`, `multi_topk`, `skip_connection`,
+`transcode`, `d_in`) and `sae.safetensors` with `encoder.weight` [num_latents, d_in],
+`encoder.bias` [num_latents], `W_dec` [num_latents, d_in], `b_dec` [d_in] and, with a skip
+connection, `W_skip` [d_in, d_in]. The encoder is an `nn.Linear`, so its weight already has
+saelab's [n_latents, d_in] layout: nothing is transposed.
+
+sparsify -> saelab: a TopK SAE (`transcode` false) is `topk`; a transcoder is `transcoder` or,
+with `skip_connection`, `skip_transcoder` (activation "topk"). sparsify's input and output have
+the same width, and an SAE with a skip connection or the `groupmax` activation has no saelab
+counterpart. saelab's config is kept in cfg.json under `saelab` (sparsify drops unknown fields),
+so reading a written folder back gives the saelab dictionary it came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from saelab._paths import atomic_path, write_json, write_safetensors
+from saelab.errors import FormatError
+from saelab.io._common import SAELAB_KEY, expect, field, make, read_json, read_tensors
+
+CFG = "cfg.json"
+WEIGHTS = "sae.safetensors"
+
+
+def is_sparsify(path: Path) -> bool:
+    return (path / WEIGHTS).is_file()
+
+
+def hookpoints(path: str | Path) -> list[str]:
+    """Names of the sub-folders of `path` that hold a sparsify dictionary (a multi-hookpoint
+    sparsify run or Hub repo)."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and is_sparsify(p))
+
+
+def load(path: str | Path):
+    """Read a sparsify folder (one hookpoint) into a saelab dictionary."""
+    path = Path(path)
+    cfg = read_json(path / CFG)
+    source = path / WEIGHTS
+    d_in = field(cfg, "d_in", int, path / CFG)
+    n = cfg.get("num_latents") or d_in * field(cfg, "expansion_factor", int, path / CFG)
+    k = field(cfg, "k", int, path / CFG)
+    if cfg.get("activation", "topk") != "topk":
+        raise FormatError(f"{path / CFG}: activation {cfg['activation']!r}; saelab reads "
+                          "sparsify's 'topk' activation only")
+    transcode, skip = bool(cfg.get("transcode")), bool(cfg.get("skip_connection"))
+    if skip and not transcode:
+        raise FormatError(f"{path / CFG}: an SAE (transcode false) with a skip connection has no "
+                          "saelab counterpart; saelab reads sparsify SAEs without one and "
+                          "transcoders with or without one")
+    tensors = read_tensors(source)
+    shapes = {"encoder.weight": (n, d_in), "encoder.bias": (n,), "W_dec": (n, d_in),
+              "b_dec": (d_in,)}
+    if skip:
+        shapes["W_skip"] = (d_in, d_in)
+    expect(tensors, shapes, source=source)
+    state = {"W_enc": tensors["encoder.weight"], "b_enc": tensors["encoder.bias"],
+             "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]}
+    fields: dict[str, Any] = {"d_in": d_in, "n_latents": n, "k": k}
+    if transcode:
+        name = "skip_transcoder" if skip else "transcoder"
+        fields["activation"] = "topk"
+        if skip:
+            state["W_skip"] = tensors["W_skip"]
+    else:
+        name = "topk"
+    provenance = {"converted_from": "sparsify", "source": str(path), "hookpoint": path.name}
+    record = cfg.get(SAELAB_KEY)
+    if isinstance(record, dict) and record.get("architecture") == name:
+        fields = record.get("config") or fields
+        provenance = record.get("provenance") or provenance
+    return make(name, fields, state, provenance, source)
+
+
+WRITES = ("topk", "transcoder", "skip_transcoder")
+
+
+def to_sparsify(dictionary) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(cfg.json object, tensors) of `dictionary` in sparsify's layout; a FormatError naming what
+    cannot be expressed there."""
+    from saelab.io._common import saelab_record
+
+    arch = dictionary.architecture
+    if arch not in WRITES:
+        raise FormatError(f"sparsify has no counterpart of saelab's {arch!r}; saelab writes "
+                          f"{', '.join(WRITES)} (TopK activation) to sparsify")
+    if arch != "topk" and dictionary.cfg.activation != "topk":
+        raise FormatError(f"sparsify's transcoders use TopK; this {arch} has activation="
+                          f"{dictionary.cfg.activation!r} (write it to SAELens instead)")
+    if dictionary.d_in != dictionary.d_out:
+        raise FormatError(f"sparsify dictionaries have equal input and output widths; this one "
+                          f"has d_in={dictionary.d_in}, d_out={dictionary.d_out}")
+    sd = {k: v.detach().cpu() for k, v in dictionary.state_dict().items()}
+    tensors = {"encoder.weight": sd["W_enc"], "encoder.bias": sd["b_enc"], "W_dec": sd["W_dec"],
+               "b_dec": sd["b_dec"]}
+    if arch == "skip_transcoder":
+        tensors["W_skip"] = sd["W_skip"]
+    n, d = dictionary.n_latents, dictionary.d_in
+    cfg = {"activation": "topk", "expansion_factor": max(1, n // d), "normalize_decoder": True,
+           "num_latents": n, "k": dictionary.cfg.k, "multi_topk": False,
+           "skip_connection": arch == "skip_transcoder", "transcode": arch != "topk", "d_in": d,
+           SAELAB_KEY: saelab_record(dictionary)}
+    return cfg, tensors
+
+
+def save(dictionary, path: str | Path) -> Path:
+    """Write `dictionary` as a sparsify folder at `path` (replaced as a whole, atomically). For a
+    multi-hookpoint layout, save each dictionary to `run/<hookpoint>`."""
+    path = Path(path)
+    cfg, tensors = to_sparsify(dictionary)
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        write_safetensors(tmp / WEIGHTS, tensors)
+        write_json(tmp / CFG, cfg)
+    return path
