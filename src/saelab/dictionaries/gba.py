@@ -45,8 +45,14 @@ import torch
 from torch import Tensor
 
 from saelab.config import check, option
-from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState, fvu,
-                                       squared_error)
+from saelab.dictionaries._base import (
+    Dictionary,
+    DictionaryConfig,
+    Loss,
+    StepState,
+    fvu,
+    squared_error,
+)
 from saelab.dictionaries._registry import register
 from saelab.ops import linear
 
@@ -61,6 +67,7 @@ class GBAConfig(DictionaryConfig):
                                      "fraction of its largest pre-activation.")
     raise_rate: float = option(0.2, "Step that raises a never-firing latent's bias, as a "
                                     "fraction of its gap to firing.")
+    tied: bool = option(True, "Encoder rows are the decoder rows (one weight matrix).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -77,12 +84,15 @@ class GBAConfig(DictionaryConfig):
             value = getattr(self, name)
             check(isinstance(value, (int, float)) and 0 < value <= 1, name,
                   f"must be in (0, 1], got {value!r}")
+        check(isinstance(self.tied, bool), "tied", f"must be true or false, got {self.tied!r}")
+        check(not self.tied or self.d_out == self.d_in, "tied",
+              f"needs d_out == d_in (got {self.d_out} and {self.d_in}); use tied=False")
 
 
 @register("gba")
 class GBA(Dictionary):
-    """ReLU SAE with group bias adaptation. Weights: W_enc [n_latents, d_in], W_dec [n_latents,
-    d_out], b_dec [d_out]; buffers: b_enc [n_latents] (adapted, not trained), and the window's
+    """ReLU SAE with group bias adaptation. Weights: W_dec [n_latents, d_out] (also the encoder
+    when tied), W_enc [n_latents, d_in] (untied only), b_dec [d_out]; buffers: b_enc [n_latents] (adapted, not trained), and the window's
     statistics window_fires [n_latents], window_max [n_latents], window_rows [], window_step []."""
 
     Config = GBAConfig
@@ -91,6 +101,8 @@ class GBA(Dictionary):
     def __init__(self, cfg: GBAConfig):
         super().__init__(cfg)
         self.init_tied_weights()
+        if cfg.tied:
+            del self.W_enc  # encoder_weight() is W_dec
         b_enc = self.b_enc.detach().clone()
         del self.b_enc  # the encoder bias is adapted, not trained: a buffer
         self.register_buffer("b_enc", b_enc)
@@ -120,9 +132,13 @@ class GBA(Dictionary):
     def _centered(self, x: Tensor) -> Tensor:
         return x - self.b_dec if self.d_in == self.d_out else x
 
+    def encoder_weight(self) -> Tensor:
+        """The encoder's rows [n_latents, d_in]: W_dec when tied, else W_enc."""
+        return self.W_dec if self.cfg.tied else self.W_enc
+
     def pre_activations(self, x: Tensor) -> Tensor:
         """Encoder pre-activations [B, n_latents]."""
-        return linear(self._centered(x), self.W_enc, self.b_enc)
+        return linear(self._centered(x), self.encoder_weight(), self.b_enc)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.pre_activations(x).relu()

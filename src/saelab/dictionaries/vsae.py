@@ -41,8 +41,14 @@ import torch
 from torch import Tensor, nn
 
 from saelab.config import check, option
-from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState, fvu,
-                                       squared_error)
+from saelab.dictionaries._base import (
+    Dictionary,
+    DictionaryConfig,
+    Loss,
+    StepState,
+    fvu,
+    squared_error,
+)
 from saelab.dictionaries._registry import register
 from saelab.ops import SparseCodes, linear, sparse_decode, to_dense, topk_encode, topk_relu
 from saelab.ops.auxk import auxk_loss
