@@ -77,7 +77,10 @@ def load(path: str | Path):
     cls = get(cfg.pop("architecture"))
     dictionary = cls(build(cls.Config, cfg, what=f"{path / CFG}"))
     dictionary.provenance = dict(provenance)
-    load_state(dictionary, load_weights(path / WEIGHTS), path / WEIGHTS)
+    tensors = load_weights(path / WEIGHTS)
+    if "W_dec" in tensors and tensors["W_dec"].is_floating_point():
+        dictionary.to(tensors["W_dec"].dtype)  # keep the saved precision (float64, bfloat16, ...)
+    load_state(dictionary, tensors, path / WEIGHTS)
     return dictionary
 
 

@@ -222,7 +222,9 @@ def _read_transcoder(cfg, t, d_in, d_sae, source, skip=False):
     state = {k: t[k] for k in shapes}
     state["W_enc"] = t["W_enc"].t().contiguous()
     name = "skip_transcoder" if skip else "transcoder"
-    return name, {"d_in": d_in, "n_latents": d_sae, "d_out": d_out, "activation": "relu"}, state
+    fields = {"d_in": d_in, "n_latents": d_sae, "d_out": d_out, "activation": "relu",
+              "k": min(32, d_sae)}  # k is unused by a ReLU transcoder, but must be valid
+    return name, fields, state
 
 
 def _read_batchtopk(cfg, t, d_in, d_sae, source):

@@ -1,0 +1,253 @@
+"""Other libraries' formats: SAELens and sparsify SAEs built and saved by those libraries
+themselves, read by saelab and compared output for output; saelab dictionaries written in their
+layouts and read back bit for bit, and by the libraries themselves."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+import saelab
+from saelab.io import convert, detect
+from saelab.io import saelens as sl
+from saelab.io import sparsify as sp
+from saelab.io.detect import save as save_in
+
+# sparsify's switch for its eager decoder: its Triton kernel needs a GPU driver
+os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+
+WHY = "installed by `make test` (the dev extra); these tests compare with the library itself"
+sae_lens = pytest.importorskip("sae_lens", reason=f"sae-lens missing: {WHY}")
+sparsify = pytest.importorskip("sparsify", reason=f"eai-sparsify missing: {WHY}")
+
+D, F, DOUT = 8, 24, 6
+TOL = {"atol": 1e-12, "rtol": 1e-12}  # float64 everywhere: only summation order may differ
+
+
+def _randomise(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * 0.4)
+    return module
+
+
+def _x(n=32, d=D, seed=1):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _saelens(arch, **kw):
+    cls, cfg_cls = sae_lens.registry.get_sae_class(arch)
+    sae = _randomise(cls(cfg_cls(d_in=D, d_sae=F, dtype="float64", **kw)))
+    if hasattr(sae, "threshold"):
+        with torch.no_grad():
+            sae.threshold.uniform_(0.0, 0.5)
+    return sae
+
+
+SAELENS_CASES = {
+    "standard": ({}, "relu"),
+    "topk": ({"k": 5}, "topk"),
+    "topk_rescaled": ({"k": 5, "rescale_acts_by_decoder_norm": True}, "topk"),
+    "jumprelu": ({}, "jumprelu"),
+    "jumprelu_no_b_dec_in": ({"apply_b_dec_to_input": False}, "jumprelu"),
+    "gated": ({}, "gated"),
+    "transcoder": ({"d_out": DOUT, "apply_b_dec_to_input": False}, "transcoder"),
+    "skip_transcoder": ({"d_out": DOUT, "apply_b_dec_to_input": False}, "skip_transcoder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAELENS_CASES))
+def test_saelens_saved_sae_gives_saelens_outputs_in_saelab(case, tmp_path):
+    kw, ours = SAELENS_CASES[case]
+    arch = case.split("_no_")[0].replace("_rescaled", "")
+    ref = _saelens(arch, **kw)
+    ref.save_model(tmp_path / "ref")
+    assert detect(tmp_path / "ref") == "saelens"
+    sae = saelab.load(tmp_path / "ref")
+    assert sae.architecture == ours and sae.W_dec.dtype == torch.float64
+    x = _x()
+    codes = sae.encode(x)
+    torch.testing.assert_close(codes, ref.encode(x), **TOL)
+    assert (codes != 0).equal(ref.encode(x) != 0)  # the same latents fire
+    torch.testing.assert_close(sae(x).x_hat, ref(x), **TOL)
+
+
+@pytest.mark.parametrize("case", ["standard", "topk", "gated", "transcoder", "skip_transcoder"])
+def test_saelens_folder_round_trips_through_saelab_bit_exactly(case, tmp_path):
+    kw, _ = SAELENS_CASES[case]
+    ref = _saelens(case, **kw)
+    ref.save_model(tmp_path / "ref")
+    convert(tmp_path / "ref", tmp_path / "ours", to="saelab")
+    convert(tmp_path / "ours", tmp_path / "back", to="saelens")
+    a = sl.read_tensors(tmp_path / "ref" / sl.WEIGHTS)
+    b = sl.read_tensors(tmp_path / "back" / sl.WEIGHTS)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    cfg_a = json.loads((tmp_path / "ref" / "cfg.json").read_text())
+    cfg_b = json.loads((tmp_path / "back" / "cfg.json").read_text())
+    for key in ("architecture", "d_in", "d_sae", "dtype", "apply_b_dec_to_input", "k", "d_out"):
+        assert cfg_a.get(key) == cfg_b.get(key), key
+
+
+def test_saelens_jumprelu_round_trip_keeps_thresholds_within_one_ulp(tmp_path):
+    """saelab stores log(theta); exp does not reach every float, so theta comes back exactly
+    where a float32 log reaches it, else one step away. Every other tensor is bit-exact."""
+    ref = _saelens("jumprelu")
+    ref.to(torch.float32).save_model(tmp_path / "ref")
+    convert(tmp_path / "ref", tmp_path / "ours", to="saelab")
+    convert(tmp_path / "ours", tmp_path / "back", to="saelens")
+    a = sl.read_tensors(tmp_path / "ref" / sl.WEIGHTS)
+    b = sl.read_tensors(tmp_path / "back" / sl.WEIGHTS)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.equal(a[name], b[name]), name
+    ta, tb = a["threshold"], b["threshold"]
+    up = torch.nextafter(ta, torch.full_like(ta, float("inf")))
+    down = torch.nextafter(ta, torch.full_like(ta, float("-inf")))
+    assert ((tb == ta) | (tb == up) | (tb == down)).all()
+    assert (ta == tb).float().mean() > 0.3
+
+
+def _trained_like(arch, **kw):
+    sae = saelab.create(arch, d_in=D, n_latents=F, **kw).double()
+    _randomise(sae, seed=3)
+    with torch.no_grad():
+        if arch in ("batchtopk", "matryoshka"):
+            sae.threshold.fill_(0.37)
+        if arch == "batchtopk":
+            sae.threshold_batches.fill_(12)
+    sae.provenance = {"model": "tiny", "hookpoint": "layers.1"}
+    return sae.eval()
+
+
+WRITABLE = {"relu": {}, "topk": {"k": 5}, "jumprelu": {}, "gated": {},
+            "batchtopk": {"k": 5}, "matryoshka": {"k": 5, "prefixes": [6, 12, 24]},
+            "transcoder": {"activation": "relu", "d_out": DOUT, "k": 5},
+            "skip_transcoder": {"activation": "relu", "d_out": DOUT, "k": 5}}
+
+
+@pytest.mark.parametrize("arch", sorted(WRITABLE))
+def test_saelab_written_as_saelens_loads_in_saelens_with_equal_outputs(arch, tmp_path):
+    sae = _trained_like(arch, **WRITABLE[arch])
+    sl.save(sae, tmp_path / "sl")
+    ref = sae_lens.SAE.load_from_disk(tmp_path / "sl")
+    x = _x()
+    torch.testing.assert_close(ref.encode(x), sae.encode(x), **TOL)
+    torch.testing.assert_close(ref(x), sae(x).x_hat, **TOL)
+
+
+@pytest.mark.parametrize("arch", sorted(WRITABLE))
+def test_saelab_round_trips_through_saelens_layout(arch, tmp_path):
+    sae = _trained_like(arch, **WRITABLE[arch])
+    sl.save(sae, tmp_path / "sl")
+    back = saelab.load(tmp_path / "sl")
+    assert back.architecture == arch and back.cfg == sae.cfg
+    assert back.provenance == sae.provenance
+    a, b = sae.state_dict(), back.state_dict()
+    assert sorted(a) == sorted(b)
+    for name in a:
+        if name == "log_threshold":  # see the jumprelu test above: theta itself is exact
+            assert torch.equal(a[name].exp(), b[name].exp())
+        else:
+            assert torch.equal(a[name], b[name]), name
+
+
+def test_saelens_expected_average_norm_is_folded_like_saelens(tmp_path):
+    ref = _saelens("standard", normalize_activations="expected_average_only_in")
+    ref.save_model(tmp_path / "ref")
+    sae = saelab.load(tmp_path / "ref", norm_scaling_factor=2.5)
+    ref.fold_activation_norm_scaling_factor(2.5)
+    x = _x()
+    torch.testing.assert_close(sae.encode(x), ref.encode(x), **TOL)
+    torch.testing.assert_close(sae(x).x_hat, ref(x), **TOL)
+    assert "folded" in sae.provenance["input_normalization"]
+
+
+def test_saelens_run_time_normalisation_is_refused_with_the_reason(tmp_path):
+    _saelens("standard", normalize_activations="layer_norm").save_model(tmp_path / "ref")
+    with pytest.raises(saelab.SaelabError, match="layer_norm.*normalises each input"):
+        saelab.load(tmp_path / "ref")
+
+
+def test_saelens_sparsity_file_travels_with_a_conversion(tmp_path):
+    ref = _saelens("topk", k=5)
+    ref.save_model(tmp_path / "ref")
+    from safetensors.torch import save_file
+    sparsity = torch.linspace(-5, -1, F)
+    save_file({"sparsity": sparsity}, str(tmp_path / "ref" / sl.SPARSITY))
+    convert(tmp_path / "ref", tmp_path / "ours", to="saelab")
+    convert(tmp_path / "ours", tmp_path / "back", to="saelens")
+    assert torch.equal(sl.read_sparsity(tmp_path / "back"), sparsity)
+
+
+# --- sparsify -------------------------------------------------------------------------------
+def _sparsify(transcode=False, skip=False, k=5):
+    cfg = sparsify.SparseCoderConfig(num_latents=F, k=k, transcode=transcode,
+                                     skip_connection=skip)
+    return _randomise(sparsify.SparseCoder(D, cfg, dtype=torch.float64))
+
+
+def _dense(top_acts, top_indices, n=F):
+    return top_acts.new_zeros(top_acts.shape[0], n).scatter(1, top_indices, top_acts)
+
+
+SPARSIFY_CASES = {"sae": (False, False, "topk"), "transcoder": (True, False, "transcoder"),
+                  "skip_transcoder": (True, True, "skip_transcoder")}
+
+
+@pytest.mark.parametrize("case", sorted(SPARSIFY_CASES))
+def test_sparsify_saved_coder_gives_sparsify_outputs_in_saelab(case, tmp_path):
+    transcode, skip, ours = SPARSIFY_CASES[case]
+    ref = _sparsify(transcode, skip)
+    ref.save_to_disk(tmp_path / "layers.3")
+    sae = saelab.load(tmp_path / "layers.3")
+    assert sae.architecture == ours and sae.provenance["hookpoint"] == "layers.3"
+    x = _x()
+    out = ref(x)
+    torch.testing.assert_close(sae.encode(x), _dense(out.latent_acts, out.latent_indices), **TOL)
+    torch.testing.assert_close(sae(x).x_hat, out.sae_out, **TOL)
+
+
+@pytest.mark.parametrize("case", sorted(SPARSIFY_CASES))
+def test_sparsify_folder_round_trips_and_sparsify_reads_what_saelab_writes(case, tmp_path):
+    transcode, skip, _ = SPARSIFY_CASES[case]
+    ref = _sparsify(transcode, skip)
+    ref.save_to_disk(tmp_path / "run" / "layers.3")
+    with pytest.raises(saelab.SaelabError, match="one sparsify dictionary per hookpoint"):
+        saelab.load(tmp_path / "run")
+    convert(tmp_path / "run", tmp_path / "ours", to="saelab", hookpoint="layers.3")
+    convert(tmp_path / "ours", tmp_path / "back", to="sparsify")
+    a = sp.read_tensors(tmp_path / "run" / "layers.3" / sp.WEIGHTS)
+    b = sp.read_tensors(tmp_path / "back" / sp.WEIGHTS)
+    assert sorted(a) == sorted(b) and all(torch.equal(a[n], b[n]) for n in a)
+    again = sparsify.SparseCoder.load_from_disk(tmp_path / "back")
+    x = _x()
+    torch.testing.assert_close(again(x).sae_out, ref(x).sae_out, atol=0, rtol=0)
+
+
+def test_saelab_topk_round_trips_through_sparsify_layout(tmp_path):
+    sae = _trained_like("topk", k=5)
+    sp.save(sae, tmp_path / "sp")
+    back = saelab.load(tmp_path / "sp")
+    assert back.cfg == sae.cfg and back.provenance == sae.provenance
+    assert all(torch.equal(v, back.state_dict()[n]) for n, v in sae.state_dict().items())
+    ref = sparsify.SparseCoder.load_from_disk(tmp_path / "sp")
+    x = _x()
+    torch.testing.assert_close(ref(x).sae_out, sae(x).x_hat, **TOL)
+
+
+@pytest.mark.parametrize("arch,kw,to,match", [
+    ("mp", {"k": 3}, "saelens", "SAELens has no counterpart"),
+    ("jumprelu", {}, "sparsify", "sparsify has no counterpart"),
+    ("transcoder", {"activation": "topk", "k": 3, "d_out": DOUT}, "saelens", "ReLU transcoder"),
+    ("transcoder", {"activation": "topk", "k": 3, "d_out": DOUT}, "sparsify", "equal input"),
+])
+def test_writing_what_a_format_cannot_express_is_refused_by_name(arch, kw, to, match, tmp_path):
+    sae = saelab.create(arch, d_in=D, n_latents=F, **kw)
+    with pytest.raises(saelab.SaelabError, match=match):
+        save_in(sae, tmp_path / "out", format=to)
+    assert not (tmp_path / "out").exists()
