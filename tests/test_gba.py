@@ -87,7 +87,7 @@ def test_gba_recovers_the_planted_directions(trained):
 
 
 def test_bad_fields_are_config_errors_naming_them():
-    for field, value in [("n_groups", 0), ("max_freq", 1.5), ("min_freq", 0.5),
+    for field, value in [("n_groups", 0), ("max_freq", 1.5), ("min_freq", 0.05),
                          ("update_every", 0), ("lower_rate", 0.0), ("raise_rate", 2.0),
                          ("tied", "no")]:
         with pytest.raises(ConfigError, match=field):

@@ -59,9 +59,9 @@ from saelab.ops import linear
 
 @dataclass
 class GBAConfig(DictionaryConfig):
-    n_groups: int = option(4, "Number of latent groups, each with its own target frequency.")
-    max_freq: float = option(0.05, "Target activation frequency of the first group.")
-    min_freq: float = option(0.005, "Target activation frequency of the last group.")
+    n_groups: int = option(3, "Number of latent groups, each with its own target frequency.")
+    max_freq: float = option(0.01, "Target activation frequency of the first group.")
+    min_freq: float = option(0.001, "Target activation frequency of the last group.")
     update_every: int = option(1, "Training steps per bias-adaptation window.")
     lower_rate: float = option(0.05, "Step that lowers a too-frequent latent's bias, as a "
                                      "fraction of its largest pre-activation.")
