@@ -19,8 +19,13 @@ from typing import Any
 from torch import Tensor
 
 from saelab._paths import write_json
-from saelab.interpret.dashboard import (TokenText, _check_features, gather_contexts, logit_effects,
-                                        select_features)
+from saelab.interpret.dashboard import (
+    TokenText,
+    _check_features,
+    gather_contexts,
+    logit_effects,
+    select_features,
+)
 from saelab.interpret.top_examples import TopExamples
 
 
