@@ -44,7 +44,7 @@ def _saelens(arch, **kw):
     sae = _randomise(cls(cfg_cls(d_in=D, d_sae=F, dtype="float64", **kw)))
     if hasattr(sae, "threshold"):
         with torch.no_grad():
-            sae.threshold.uniform_(0.0, 0.5)
+            sae.threshold.copy_(torch.rand(F, generator=torch.Generator().manual_seed(7)) / 2)
     return sae
 
 
@@ -94,9 +94,10 @@ def test_saelens_folder_round_trips_through_saelab_bit_exactly(case, tmp_path):
         assert cfg_a.get(key) == cfg_b.get(key), key
 
 
-def test_saelens_jumprelu_round_trip_keeps_thresholds_within_one_ulp(tmp_path):
-    """saelab stores log(theta); exp does not reach every float, so theta comes back exactly
-    where a float32 log reaches it, else one step away. Every other tensor is bit-exact."""
+def test_saelens_jumprelu_round_trip_keeps_thresholds_to_float32_log_precision(tmp_path):
+    """saelab stores log(theta); exp does not reach every float32, so theta comes back exactly
+    where some float32 log reaches it, else as close as one does (relative error below 1e-6:
+    a few ulps where |log theta| is large). Every other tensor is bit-exact."""
     ref = _saelens("jumprelu")
     ref.to(torch.float32).save_model(tmp_path / "ref")
     convert(tmp_path / "ref", tmp_path / "ours", to="saelab")
@@ -106,9 +107,7 @@ def test_saelens_jumprelu_round_trip_keeps_thresholds_within_one_ulp(tmp_path):
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         assert torch.equal(a[name], b[name]), name
     ta, tb = a["threshold"], b["threshold"]
-    up = torch.nextafter(ta, torch.full_like(ta, float("inf")))
-    down = torch.nextafter(ta, torch.full_like(ta, float("-inf")))
-    assert ((tb == ta) | (tb == up) | (tb == down)).all()
+    assert ((ta - tb).abs() <= 1e-6 * ta).all()
     assert (ta == tb).float().mean() > 0.3
 
 

@@ -108,15 +108,16 @@ def saelab_record(dictionary) -> dict[str, Any]:
 
 def log_exact(theta: Tensor) -> Tensor:
     """log(theta) chosen, among the floats next to it, so that exp() gives theta back exactly
-    where such a float exists (it does not for every float: exp skips values)."""
+    where such a float exists (it does not for every float: exp skips values), else as close
+    as those floats get."""
     theta = theta.clamp_min(0)
-    out = theta.log()
-    exact = out.exp() == theta
+    base = theta.log()
+    best, err = base, (base.exp() - theta).abs()
     for direction in (float("inf"), float("-inf")):
-        cand = out.clone()
-        for _ in range(2):
+        cand = base
+        for _ in range(3):
             cand = torch.nextafter(cand, torch.full_like(cand, direction))
-            hit = ~exact & (cand.exp() == theta)
-            out = torch.where(hit, cand, out)
-            exact |= hit
-    return out
+            e = (cand.exp() - theta).abs()
+            better = e < err
+            best, err = torch.where(better, cand, best), torch.where(better, e, err)
+    return best
