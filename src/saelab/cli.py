@@ -183,6 +183,26 @@ def cmd_view(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from saelab.io import convert, detect
+
+    src = args.src
+    kind = "hub" if str(src).startswith("hf://") else detect(
+        Path(src) / args.hookpoint if args.hookpoint else src)
+    out = convert(src, args.dst, args.to, hookpoint=args.hookpoint,
+                  norm_scaling_factor=args.norm_scaling_factor)
+    print(f"converted {src} ({kind}) -> {out} ({args.to})")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from saelab.io.hub import push
+
+    address = push(args.run, args.repo, args.path_in_repo, private=args.private)
+    print(f"pushed: load it with saelab.load({address!r})")
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------------------
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     from saelab.dictionaries import get, names
@@ -233,6 +253,24 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--model", help="Model, for the tokens each decoder direction promotes.")
     p.add_argument("--n-features", dest="n_features", type=int, default=200,
                    help="Features shown (default: 200).")
+
+    p = command("convert", cmd_convert, "Convert a dictionary between saelab's, SAELens' and "
+                                        "sparsify's formats (reads dictionary_learning too).")
+    p.add_argument("src", help="Dictionary folder in any known format, or hf://owner/repo/path.")
+    p.add_argument("dst", help="Output folder (replaced atomically).")
+    p.add_argument("--to", required=True, choices=("saelens", "sparsify", "saelab"),
+                   help="Output format.")
+    p.add_argument("--hookpoint", help="Sub-folder of a multi-hookpoint (sparsify) source.")
+    p.add_argument("--norm-scaling-factor", dest="norm_scaling_factor", type=float,
+                   help="SAELens expected_average_only_in factor to fold into the weights.")
+
+    p = command("push", cmd_push, "Upload a run's dictionary to the Hugging Face Hub with a repo "
+                                  "card (needs huggingface_hub and a token).")
+    p.add_argument("run", help="Run folder (with sae/) or dictionary folder.")
+    p.add_argument("repo", help="Hub repository, owner/name (created if missing).")
+    p.add_argument("--path-in-repo", dest="path_in_repo", default="sae",
+                   help="Folder inside the repository (default: sae).")
+    p.add_argument("--private", action="store_true", help="Create the repository private.")
 
     p = command("view", cmd_view, "Serve a dashboard folder on 127.0.0.1.")
     p.add_argument("folder", help="Dashboard folder.")
