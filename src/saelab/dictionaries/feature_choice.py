@@ -10,11 +10,17 @@ n_latents x m. Relative to TopK: the constraint moves from rows (k per input) to
 latent), and under-used latents are trained by aux_zipf_loss instead of AuxK.
 
 Where this file had to choose:
-- Capacity: m is set from the same budget as TopK, n_latents x m = k x B for a batch of B
-  (`saelab.ops.allocation.feature_capacity`: rounded, at least 1), so `k` is the mean L0 at
-  full use and runs are compared at matched average L0. Every latent gets the same m (the
-  paper's uniform capacity); a latent with fewer than m positive pre-activations in the batch
-  picks only those.
+- Capacity: the latents share the same budget as TopK, sum_i m_i = k x B for a batch of B, so
+  `k` is the mean L0 at full use and runs are compared at matched average L0. `capacity`
+  "uniform" gives every latent the same m = k B / n_latents (`feature_capacity`: rounded, at
+  least 1); "zipf" (default) gives latent i a share proportional to (i + 1)^-zipf_exponent
+  (`zipf_capacities`: rounded, each in [1, B], total as close to k B as rounding allows), so
+  the dictionary can hold features as frequent as real ones, whose usage is Zipf-like. Uniform
+  capacity cannot: on planted data with Zipf frequencies (256 directions, k 4, 512 latents,
+  batch 256) each latent may take 2 inputs of 256 while the most frequent direction is in 65%
+  of them, and held-out FVU was 0.62 against TopK's 0.28. The ranks are fixed by index (latent
+  0 has the largest capacity), which makes the allocation deterministic. A latent with fewer
+  positive pre-activations than its capacity picks only those.
 - Inference: a threshold per latent learned during training, the running average of the
   smallest activation each latent kept per batch (warm start, then decay `threshold_decay`),
   stored as a buffer in input units; in eval mode a latent fires where its pre-activation
@@ -44,20 +50,28 @@ from saelab.dictionaries._registry import register
 from saelab.dictionaries.jumprelu import jumprelu, list_rows, listed_encode
 from saelab.dictionaries.mutual_choice import auxiliary, check_aux_fields
 from saelab.ops import linear, sparse_decode
-from saelab.ops.allocation import feature_capacity, feature_choice_chosen, update_running
+from saelab.ops.allocation import (
+    feature_capacity,
+    feature_choice_chosen,
+    update_running,
+    zipf_capacities,
+)
 from saelab.ops.zipf import register_usage_buffers
 
 
 @dataclass
 class FeatureChoiceConfig(DictionaryConfig):
-    k: int = option(32, "Mean active latents per input at full use: each latent picks m = "
-                        "k x batch / n_latents inputs of the batch.")
+    k: int = option(32, "Mean active latents per input at full use: the latents' capacities "
+                        "add up to k x batch.")
+    capacity: str = option("zipf", "How the budget is split over latents: zipf (latent i gets "
+                                   "a share ~ (i + 1)^-zipf_exponent) or uniform.")
     threshold_decay: float = option(0.9, "Decay of the running average of each latent's smallest "
                                          "kept activation (its inference threshold).")
     aux: str = option("zipf", "Auxiliary loss for dead / under-used latents: zipf, auxk or none.")
     aux_coeff: float = option(1 / 32, "Weight of the auxiliary loss (0 disables it).")
     aux_k: int | None = option(None, "Latents per input in the auxiliary loss; default d_in // 2.")
-    zipf_exponent: float = option(1.0, "Exponent alpha of the Zipf law usage is pulled towards.")
+    zipf_exponent: float = option(1.0, "Exponent alpha of the Zipf law (capacities and "
+                                       "aux_zipf_loss).")
     usage_decay: float = option(0.99, "Decay of the running per-latent usage estimate (zipf).")
 
     def __post_init__(self) -> None:
@@ -65,6 +79,8 @@ class FeatureChoiceConfig(DictionaryConfig):
         check(isinstance(self.k, int) and not isinstance(self.k, bool)
               and 0 < self.k <= self.n_latents, "k",
               f"must be an integer in [1, n_latents={self.n_latents}], got {self.k!r}")
+        check(self.capacity in ("zipf", "uniform"), "capacity",
+              f"must be 'zipf' or 'uniform', got {self.capacity!r}")
         check_aux_fields(self)
 
 
@@ -84,9 +100,13 @@ class FeatureChoice(Dictionary):
         self.register_buffer("threshold_batches", torch.zeros((), dtype=torch.long))
         register_usage_buffers(self, cfg.n_latents)
 
-    def capacity(self, batch: int) -> int:
-        """m: the most inputs one latent may pick in a batch of `batch` inputs."""
-        return feature_capacity(self.cfg.k, batch, self.n_latents)
+    def capacities(self, batch: int) -> Tensor:
+        """m_i [n_latents] (int64): the most inputs latent i may pick in a batch of `batch`."""
+        cfg = self.cfg
+        if cfg.capacity == "uniform":
+            m = feature_capacity(cfg.k, batch, self.n_latents)
+            return torch.full((self.n_latents,), m, dtype=torch.long)
+        return zipf_capacities(cfg.k, batch, self.n_latents, cfg.zipf_exponent)
 
     def _centered(self, x: Tensor) -> Tensor:
         return x - self.b_dec if self.d_in == self.d_out else x
@@ -96,8 +116,8 @@ class FeatureChoice(Dictionary):
         return linear(self._centered(x), self.W_enc, self.b_enc)
 
     def choose(self, pre: Tensor) -> Tensor:
-        """Flat indices (increasing) of each latent's m largest positive entries."""
-        return feature_choice_chosen(pre, self.capacity(pre.shape[0]))
+        """Flat indices (increasing) of each latent's m_i largest positive entries."""
+        return feature_choice_chosen(pre, self.capacities(pre.shape[0]))
 
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_activations(x)

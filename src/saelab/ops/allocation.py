@@ -20,14 +20,38 @@ def feature_capacity(k: float, batch: int, n_latents: int) -> int:
     return max(1, min(batch, round(k * batch / n_latents)))
 
 
-def feature_choice_chosen(pre: Tensor, m: int) -> Tensor:
-    """Flat indices (increasing) of each column's m largest positive entries of pre [B, n]: every
-    latent picks at most m inputs."""
+def zipf_capacities(k: float, batch: int, n_latents: int, exponent: float = 1.0) -> Tensor:
+    """Tokens per latent m_i [n_latents] (int64) in Zipf shape by latent index, m_i ~ s (i + 1)
+    ^ -exponent rounded, each in [1, batch], with the scale s chosen (bisection) so that the
+    total is as close as it can get to the budget k x batch."""
+    weights = torch.arange(1, n_latents + 1, dtype=torch.float64) ** -exponent
+    budget = k * batch
+
+    def caps(scale: float) -> Tensor:
+        return (weights * scale).round().clamp(1, batch).long()
+
+    lo, hi = 0.0, float(budget) / float(weights[-1])  # caps(hi) is all `batch` (or the budget)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if int(caps(mid).sum()) < budget else (lo, mid)
+    best = min((lo, hi), key=lambda s: abs(int(caps(s).sum()) - budget))
+    return caps(best)
+
+
+def feature_choice_chosen(pre: Tensor, m: int | Tensor) -> Tensor:
+    """Flat indices (increasing) of each column's m largest positive entries of pre [B, n] (m
+    one number, or one per latent [n]): latent i picks at most m_i inputs."""
     b, n = pre.shape
-    m = min(m, b)
-    top = pre.topk(m, dim=0, sorted=False)  # values, row indices: [m, n]
+    if isinstance(m, Tensor):
+        m = m.to(pre.device).clamp(max=b)
+        top = pre.topk(int(m.max()), dim=0, sorted=True)  # [max m, n], largest first
+        rank = torch.arange(top.values.shape[0], device=pre.device)[:, None]
+        keep = (top.values > 0) & (rank < m[None, :])  # [max m, n]
+    else:
+        top = pre.topk(min(m, b), dim=0, sorted=False)  # values, row indices: [m, n]
+        keep = top.values > 0
     flat = top.indices * n + torch.arange(n, device=pre.device)[None, :]  # [m, n] flat
-    return torch.sort(flat[top.values > 0]).values
+    return torch.sort(flat[keep]).values
 
 
 @torch.no_grad()

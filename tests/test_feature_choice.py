@@ -1,0 +1,69 @@
+"""Feature Choice SAE: each latent picks at most its capacity m_i of a batch's inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import saelab
+from saelab.errors import ConfigError
+from saelab.ops.allocation import zipf_capacities
+
+
+def popular_sae(capacity: str):
+    """A random Feature Choice SAE whose first 8 latents have a large encoder bias, so that
+    without the cap they would fire on every input."""
+    torch.manual_seed(0)
+    sae = saelab.create("feature_choice", d_in=16, n_latents=64, k=4, capacity=capacity)
+    with torch.no_grad():
+        sae.b_enc[:8] = 10.0
+    return sae
+
+
+@pytest.mark.parametrize("capacity", ["uniform", "zipf"])
+def test_feature_choice_never_gives_a_latent_more_than_its_capacity(capacity):
+    sae = popular_sae(capacity)
+    x = torch.randn(200, 16)
+    caps = sae.capacities(200)
+    counts = (sae.encode(x) != 0).sum(0)  # [n_latents] inputs each latent took
+    assert (counts <= caps).all()
+    assert (counts[:8] == caps[:8]).all()  # the popular latents use their full capacity ...
+    assert (caps[:8] < 200).all()  # ... which is less than the 200 inputs they fire on
+    assert (sae.pre_activations(x)[:, :8] > 0).all()
+
+
+def test_feature_choice_loss_uses_the_same_capped_selection():
+    sae = popular_sae("uniform")
+    x = torch.randn(200, 16)
+    out = sae.loss(x, saelab.dictionaries.StepState())
+    caps = sae.capacities(200)
+    assert out.metrics["l0"] == pytest.approx(float((sae.encode(x) != 0).sum(-1).float().mean()))
+    assert out.metrics["l0"] <= float(caps.sum()) / 200
+
+
+def test_feature_choice_gives_inputs_different_numbers_of_latents():
+    sae = popular_sae("uniform")
+    l0 = (sae.encode(torch.randn(200, 16)) != 0).sum(-1)
+    assert l0.max() > l0.min()
+
+
+def test_zipf_capacities_spend_the_budget_in_zipf_shape():
+    caps = zipf_capacities(4, 256, 512)
+    assert abs(int(caps.sum()) - 4 * 256) <= 2
+    assert (caps[:-1] >= caps[1:]).all() and caps.min() >= 1
+    assert caps[0] == pytest.approx(2 * caps[1], abs=1)  # rank 1 vs rank 2: 1 : 1/2
+
+
+def test_feature_choice_inference_does_not_depend_on_the_batch(planted):
+    x = planted.x[:2048, :16]
+    sae = saelab.fit(saelab.create("feature_choice", d_in=16, n_latents=64, k=3), x,
+                     saelab.TrainConfig(steps=20, batch_size=256, seed=0, progress=False))
+    assert not sae.training and (sae.threshold > 0).any()
+    assert torch.equal(sae.encode(x[:5]), sae.encode(x[:300])[:5])
+
+
+@pytest.mark.parametrize("field,value", [("capacity", "round_robin"), ("aux", "l1"),
+                                         ("k", 0), ("usage_decay", 1.0)])
+def test_feature_choice_bad_fields_are_named(field, value):
+    with pytest.raises(ConfigError, match=field):
+        saelab.create("feature_choice", d_in=16, n_latents=64, **{field: value})
