@@ -22,6 +22,7 @@ import argparse
 import datetime
 import importlib
 import importlib.util
+import os
 import platform
 import statistics
 import sys
@@ -63,8 +64,8 @@ class PlainTopK(nn.Module):
         return (x_hat - x).pow(2).sum(-1).mean()
 
 
-def plain_runner(d_in: int, n_latents: int, k: int):
-    model = PlainTopK(d_in, n_latents, k)
+def plain_runner(d_in: int, n_latents: int, k: int, device: str = "cpu"):
+    model = PlainTopK(d_in, n_latents, k).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
 
     def step(x: Tensor, i: int, total: int) -> None:
@@ -77,25 +78,52 @@ def plain_runner(d_in: int, n_latents: int, k: int):
 
 # --- saelab ----------------------------------------------------------------------------------
 
-def saelab_runner(d_in: int, n_latents: int, k: int):
-    model = saelab.create("topk", d_in=d_in, n_latents=n_latents, k=k)
+def saelab_runner(d_in: int, n_latents: int, k: int, device: str = "cpu",
+                  autocast: torch.dtype | None = None):
+    model = saelab.create("topk", d_in=d_in, n_latents=n_latents, k=k).to(device)
     opt = make_optimizer(model.parameters(), lr=LR)
 
     def step(x: Tensor, i: int, total: int) -> None:
-        train_step(model, opt, x, StepState(step=i, total_steps=total, dead_mask=None))
+        train_step(model, opt, x, StepState(step=i, total_steps=total, dead_mask=None),
+                   autocast=autocast)
 
     return step
 
 
+def _without_triton(step):
+    """`step` run with saelab's Triton kernels switched off (SAELAB_TRITON=0)."""
+
+    def wrapped(x: Tensor, i: int, total: int) -> None:
+        os.environ["SAELAB_TRITON"] = "0"
+        try:
+            step(x, i, total)
+        finally:
+            os.environ.pop("SAELAB_TRITON")
+
+    return wrapped
+
+
 # --- the one-GEMM limit ----------------------------------------------------------------------
 
-def gemm_runner(d_in: int, n_latents: int, k: int, product=None):
+def gemm_runner(d_in: int, n_latents: int, k: int, device: str = "cpu", product=None):
     """Only the forward encoder product x @ W_enc^T [B, n_latents]: by torch.mm, or by
     `product` (saelab's, which may pick a faster float32 kernel)."""
-    W_enc = torch.randn(n_latents, d_in) / d_in ** 0.5
+    W_enc = torch.randn(n_latents, d_in, device=device) / d_in ** 0.5
 
     def step(x: Tensor, i: int, total: int) -> None:
         torch.mm(x, W_enc.t()) if product is None else product(x, W_enc)
+
+    return step
+
+
+def autocast_runner(step, device: str):
+    """`step` under bf16 autocast."""
+
+    def wrapped(x: Tensor, i: int, total: int) -> None:
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            step(x, i, total)
+
+    return wrapped
 
     return step
 
@@ -116,14 +144,19 @@ def _import_sparsify():
             importlib.import_module("sparsify.config"))
 
 
-def sparsify_runner(d_in: int, n_latents: int, k: int):
+def sparsify_runner(d_in: int, n_latents: int, k: int, device: str = "cpu",
+                    autocast: bool = True):
+    """sparsify's step; on CUDA its forward runs under bf16 autocast (its default), or in
+    float32 with `autocast=False` (the undecorated forward)."""
     coder, config = _import_sparsify()
-    sae = coder.SparseCoder(d_in, config.SparseCoderConfig(num_latents=n_latents, k=k))
+    sae = coder.SparseCoder(d_in, config.SparseCoderConfig(num_latents=n_latents, k=k),
+                            device=device)
     opt = torch.optim.Adam(sae.parameters(), lr=LR)
+    forward = coder.SparseCoder.forward if autocast else coder.SparseCoder.forward.__wrapped__
 
     def step(x: Tensor, i: int, total: int) -> None:  # as sparsify's Trainer does it
         sae.set_decoder_norm_to_unit_norm()
-        sae(x, dead_mask=None).fvu.backward()
+        forward(sae, x, dead_mask=None).fvu.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
         opt.zero_grad()
@@ -144,9 +177,15 @@ def make_data(n_batches: int, batch: int, d_in: int, seed: int = 0) -> Tensor:
     return x.view(n_batches, batch, d_in).contiguous()
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def measure(runners: dict, data: Tensor, steps: int) -> dict[str, list[float]]:
     """Seconds per step of each runner: WARMUP untimed rounds, then `steps` timed rounds; one
-    step of each runner per round, in an order that rotates every round."""
+    step of each runner per round, in an order that rotates every round. On a GPU each step is
+    timed from a synchronised start to a synchronised end."""
     names = list(runners)
     times: dict[str, list[float]] = {name: [] for name in names}
     total = WARMUP + steps
@@ -154,8 +193,10 @@ def measure(runners: dict, data: Tensor, steps: int) -> dict[str, list[float]]:
         x = data[r % data.shape[0]]
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
+            _sync(x.device)
             start = time.perf_counter()
             runners[name](x, r, total)
+            _sync(x.device)
             elapsed = time.perf_counter() - start
             if r >= WARMUP:
                 times[name].append(elapsed)
@@ -180,6 +221,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--d-in", type=int, help="input width (default 768)")
     p.add_argument("--latents", type=int, help="number of latents (default 16384)")
     p.add_argument("--k", type=int, help="active latents per vector (default 32)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--bf16", action="store_true",
+                   help="also time bf16 autocast rows (saelab, sparsify on CUDA, the GEMM)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true",
                    help=f"small workload: {', '.join(f'{k} {v}' for k, v in QUICK.items())}")
@@ -200,11 +244,28 @@ def main(argv=None) -> None:
           f"saelab {saelab.__version__}")
     print(f"TopK SAE: d_in {args.d_in}, {args.latents} latents, k {args.k}, batch {args.batch}, "
           f"float32, Adam; {WARMUP} warm-up + {args.steps} timed steps each, interleaved")
-    shape = (args.d_in, args.latents, args.k)
+    shape = (args.d_in, args.latents, args.k, args.device)
+    if args.device.startswith("cuda"):
+        from saelab.ops import triton_sparse
+        print(f"device {torch.cuda.get_device_name()}, sparse ops: "
+              f"{'Triton kernels' if triton_sparse.available() else 'PyTorch embedding_bag'}")
+    cuda = args.device.startswith("cuda")
     runners = {"plain PyTorch": plain_runner(*shape), "saelab": saelab_runner(*shape)}
+    if cuda:  # the same step with PyTorch's embedding_bag ops
+        runners["saelab, no Triton"] = _without_triton(saelab_runner(*shape))
+    else:  # sparsify's Triton decoder is for CUDA tensors
+        os.environ["SPARSIFY_DISABLE_TRITON"] = "1"
+    if args.bf16:
+        runners["saelab bf16"] = saelab_runner(*shape, autocast=torch.bfloat16)
     try:
         if _import_sparsify() is not None:
-            runners["sparsify (eager)"] = sparsify_runner(*shape)
+            kind = "Triton" if cuda else "eager"
+            if cuda:  # sparsify autocasts to bf16 on CUDA by default: time both
+                runners[f"sparsify ({kind}) fp32"] = sparsify_runner(*shape, autocast=False)
+                if args.bf16:
+                    runners[f"sparsify ({kind}) bf16"] = sparsify_runner(*shape)
+            else:
+                runners[f"sparsify ({kind})"] = sparsify_runner(*shape)
         else:
             print("sparsify: not installed, row skipped")
     except Exception as err:  # noqa: BLE001  (an optional row: say why, run the rest)
@@ -212,8 +273,17 @@ def main(argv=None) -> None:
     limits = {"x @ W_enc.T, torch.mm": gemm_runner(*shape),
               "x @ W_enc.T, saelab": gemm_runner(*shape, product=linear)}
     runners.update(limits)
-    data = make_data(4, args.batch, args.d_in)
-    report(measure(runners, data, args.steps), args.batch, "plain PyTorch", list(limits))
+    if args.bf16:
+        runners["x @ W_enc.T, saelab bf16"] = autocast_runner(
+            gemm_runner(*shape, product=linear), args.device)
+    data = make_data(4, args.batch, args.d_in).to(args.device)
+    times = measure(runners, data, args.steps)
+    report({k: v for k, v in times.items() if "bf16" not in k}, args.batch, "plain PyTorch",
+           list(limits))
+    if args.bf16:
+        print("bf16 autocast (float32 weights and optimiser):")
+        report({k: v for k, v in times.items() if "bf16" in k or k == "plain PyTorch"},
+               args.batch, "plain PyTorch", ["x @ W_enc.T, saelab bf16"])
     print("one-GEMM limit: the faster of the two x @ W_enc.T rows (saelab's picks oneDNN's "
           "float32 product where available)")
 

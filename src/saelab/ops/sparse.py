@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saelab.ops import triton_sparse as _triton
+
 
 class SparseCodes(NamedTuple):
     """k active latents per row."""
@@ -70,9 +72,16 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     or for inputs that need none); everywhere else this is torch.addmm.
     """
     global _onednn_linear
+    if (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype == torch.float32):
+        # bf16 autocast on the CPU: the product in bfloat16 (oneDNN's AVX-512 BF16 kernel runs
+        # it about 2x faster than float32), as torch.addmm would under autocast
+        x, weight = x.bfloat16(), weight.bfloat16()
+        bias = bias.bfloat16() if bias is not None else None
     if (_onednn_linear is not None and x.dim() == 2 and x.shape[0] >= 16
             and x.device.type == "cpu"
-            and all(t is None or t.dtype == torch.float32 for t in (x, weight, bias))
+            and all(t is None or t.dtype == x.dtype for t in (weight, bias))
+            and x.dtype in (torch.float32, torch.bfloat16)
             and not (torch.is_grad_enabled()
                      and any(t is not None and t.requires_grad for t in (x, weight, bias)))):
         try:
@@ -84,6 +93,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def gather_rows(indices: Tensor, weights: Tensor, table: Tensor) -> Tensor:
     """out[b] = sum_j weights[b, j] * table[indices[b, j]], shape [B, d]."""
+    if _triton.available(table):
+        return _triton.gather_rows(indices, weights, table)
     return F.embedding_bag(indices, table.contiguous(), per_sample_weights=weights.to(table.dtype),
                            mode="sum")
 
@@ -95,8 +106,10 @@ def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tens
     Sorting the B*k entries by latent turns the scatter into a gather: latent i's bag holds the
     batch rows that selected it, and embedding_bag sums each bag (O(B k d + B k log(B k)));
     latents that no row selected get zeros. The stable sort keeps each sum in batch order, so the
-    result is deterministic.
+    result is deterministic. On a GPU with triton this is one Triton kernel (`triton_sparse`).
     """
+    if _triton.available(rows):
+        return _triton.scatter_rows(indices, weights, rows, n)
     k = indices.shape[1]
     flat = indices.reshape(-1)  # [B*k], entry e = (row e // k, slot e % k)
     order = _stable_argsort(flat)  # [B*k]: entries grouped by latent
@@ -127,8 +140,11 @@ def row_dots(indices: Tensor, table: Tensor, rows: Tensor) -> Tensor:
 
     This is the gradient of `gather_rows` with respect to its weights, which PyTorch has as one
     kernel (dot products straight from the table, nothing gathered into memory); where that
-    private kernel is missing, `_row_dots_chunked` does the same with public operations.
+    private kernel is missing, `_row_dots_chunked` does the same with public operations. On a
+    GPU with triton this is one Triton kernel (`triton_sparse`).
     """
+    if _triton.available(table):
+        return _triton.row_dots(indices, table, rows)
     if not _HAS_DOTS_KERNEL:
         return _row_dots_chunked(indices, table, rows)
     b, k = indices.shape
@@ -185,16 +201,20 @@ def _top_pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tup
     The [B, n_latents] product is made 256 rows at a time where such a chunk is at most 16 MB:
     the top k are then picked from the cache instead of from memory, the allocator reuses one
     block instead of mapping fresh pages for 256 MB, and nothing of size [B, n_latents] is
-    held. For 4,096 x 16,384 this takes 15-20% off the encoder's forward pass (on 2 cores).
+    held. For 4,096 x 16,384 this takes 15-20% off the encoder's forward pass (on 2 cores). On
+    a GPU the product is made whole: one large matrix product keeps it busy.
     """
     b, n = x.shape[0], W_enc.shape[0]
-    if b <= _CHUNK_ROWS or _CHUNK_ROWS * n * x.element_size() > _CHUNK_MAX_BYTES:
+    if (x.device.type != "cpu" or b <= _CHUNK_ROWS
+            or _CHUNK_ROWS * n * x.element_size() > _CHUNK_MAX_BYTES):
         return linear(x, W_enc, b_enc).topk(k, dim=-1, sorted=False)
-    values = x.new_empty(b, k)
-    indices = torch.empty(b, k, dtype=torch.int64, device=x.device)
+    values = indices = None
     for start in range(0, b, _CHUNK_ROWS):
         rows = slice(start, start + _CHUNK_ROWS)
-        pre = linear(x[rows], W_enc, b_enc)  # [<= 256, n_latents]
+        pre = linear(x[rows], W_enc, b_enc)  # [<= 256, n_latents] (bf16 under autocast)
+        if values is None:
+            values = pre.new_empty(b, k)
+            indices = torch.empty(b, k, dtype=torch.int64, device=x.device)
         torch.topk(pre, k, dim=-1, sorted=False, out=(values[rows], indices[rows]))
     return values, indices
 
@@ -211,7 +231,9 @@ class _TopKEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_values: Tensor, _grad_indices):
         x, W_enc, values, indices = ctx.saved_tensors
-        g = grad_values * (values > 0)  # ReLU's gradient on the selected latents
+        # ReLU's gradient on the selected latents, in the inputs' precision (bf16 values under
+        # autocast: the weight gradients are summed in float32)
+        g = grad_values.to(torch.promote_types(grad_values.dtype, x.dtype)) * (values > 0)
         g_x = gather_rows(indices, g, W_enc) if ctx.needs_input_grad[0] else None
         g_W = scatter_rows(indices, g, x, W_enc.shape[0]) if ctx.needs_input_grad[1] else None
         g_b = None

@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from saelab.config import check, option
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -34,6 +38,12 @@ class TrainConfig:
     target_hookpoint: str | None = option(None, "Hookpoint to reconstruct instead of the input "
                                                 "(transcoders).")
     buffer_rows: int = option(1 << 19, "Rows held in the shuffle buffer when reading a store.")
+    device: str = option("auto", "Device to train on: cpu, cuda, cuda:1, ...; auto: the "
+                                 "dictionary's device if it is not the CPU, else cuda when "
+                                 "available, else cpu.")
+    precision: str = option("fp32", "fp32, or bf16: bfloat16 autocast of the forward products "
+                                    "with float32 master weights and optimiser (about 2x on "
+                                    "GPUs and on CPUs with AVX-512 BF16).")
     progress: bool = option(True, "Show a progress bar.")
     overwrite: bool = option(False, "Replace a different run already in `out`.")
 
@@ -47,6 +57,24 @@ class TrainConfig:
         check(self.checkpoint_every > 0, "checkpoint_every", "must be > 0")
         check(self.log_every > 0, "log_every", "must be > 0")
         check(self.dead_after_tokens > 0, "dead_after_tokens", "must be > 0")
+        check(self.precision in PRECISIONS, "precision",
+              f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check(isinstance(self.device, str) and self.device.split(":")[0] in
+              ("auto", "cpu", "cuda", "mps", "xpu"), "device",
+              f"must be auto, cpu, cuda or cuda:N (or mps, xpu), got {self.device!r}")
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the forward pass, None for plain float32."""
+        return PRECISIONS[self.precision]
+
+    def resolve_device(self, dictionary_device: torch.device) -> torch.device:
+        """The device to train on (see `device`)."""
+        if self.device != "auto":
+            return torch.device(self.device)
+        if dictionary_device.type != "cpu":
+            return dictionary_device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     @property
     def learning_rate(self) -> float:
@@ -56,5 +84,5 @@ class TrainConfig:
         """The fields that define the run (a checkpoint resumes only if these match)."""
         keep = ("steps", "epochs", "batch_size", "lr", "warmup_steps", "decay_start", "seed",
                 "dead_after_tokens", "normalize", "init_b_dec", "hookpoint", "target_hookpoint",
-                "buffer_rows")
+                "buffer_rows", "precision")
         return {k: getattr(self, k) for k in keep}

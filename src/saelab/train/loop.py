@@ -34,6 +34,8 @@ class _Run:
 
     def __init__(self, dictionary: Dictionary, cfg: TrainConfig, data: TrainData, steps: int):
         self.dictionary, self.cfg, self.data, self.steps = dictionary, cfg, data, steps
+        self.device = cfg.resolve_device(next(dictionary.parameters()).device)
+        dictionary.to(self.device)
         self.optimizer = make_optimizer(dictionary.parameters(), cfg.learning_rate)
         self.since_fired = torch.zeros(dictionary.n_latents, dtype=torch.long)
         self.scale = 1.0
@@ -52,7 +54,7 @@ class _Run:
         return {"step": self.step, "scale": self.scale, "identity": self.identity}
 
     def dead_mask(self) -> torch.Tensor:
-        return self.since_fired >= self.cfg.dead_after_tokens
+        return (self.since_fired >= self.cfg.dead_after_tokens).to(self.device)
 
 
 def _total_steps(cfg: TrainConfig, data: TrainData) -> int:
@@ -97,7 +99,7 @@ def _initialise(run: _Run) -> None:
             raise DataError("the data is all zeros: nothing to learn")
         run.scale = 1.0 / math.sqrt(msn)
     if run.cfg.init_b_dec:
-        run.dictionary.init_from_data(first[-1].float() * run.scale)
+        run.dictionary.init_from_data(first[-1].to(run.device).float() * run.scale)
 
 
 def _source(run: _Run) -> str:
@@ -177,10 +179,10 @@ def _loop(run: _Run) -> None:
 
 
 def _one_step(run: _Run, batch):
-    x = batch[0].float() * run.scale
-    target = batch[1].float() * run.scale if len(batch) > 1 else None
+    x = batch[0].to(run.device).float() * run.scale
+    target = batch[1].to(run.device).float() * run.scale if len(batch) > 1 else None
     state = StepState(run.step, run.steps, run.dead_mask())
-    loss = train_step(run.dictionary, run.optimizer, x, state, target)
+    loss = train_step(run.dictionary, run.optimizer, x, state, target, run.cfg.autocast_dtype)
     if not torch.isfinite(loss.total):
         raise DataError(f"the loss became {loss.total.item()} at step {run.step}; lower the "
                         f"learning rate (lr) or check the data"
@@ -193,7 +195,7 @@ def _one_step(run: _Run, batch):
 def _log_row(run: _Run, loss, batch_rows: int) -> dict:
     row = {"step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
            "loss": loss.total.item(), "tokens": run.step * batch_rows,
-           "dead_fraction": float(run.dead_mask().float().mean())}
+           "dead_fraction": float((run.since_fired >= run.cfg.dead_after_tokens).float().mean())}
     row.update({k: float(v.detach()) for k, v in loss.terms.items()})
     row.update(loss.metrics)
     return row

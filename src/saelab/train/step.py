@@ -9,10 +9,15 @@ from saelab.dictionaries._base import Dictionary, Loss, StepState
 
 
 def train_step(dictionary: Dictionary, optimizer: torch.optim.Optimizer, x: Tensor,
-               state: StepState, target: Tensor | None = None) -> Loss:
-    """Loss, backward, decoder-gradient projection, Adam step, decoder renormalisation."""
+               state: StepState, target: Tensor | None = None,
+               autocast: torch.dtype | None = None) -> Loss:
+    """Loss, backward, decoder-gradient projection, Adam step, decoder renormalisation.
+
+    `autocast` (e.g. torch.bfloat16) runs the loss under torch.autocast with that dtype; weights,
+    gradients and the optimiser stay float32."""
     optimizer.zero_grad(set_to_none=True)
-    loss = dictionary.loss(x, state, target)
+    with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+        loss = dictionary.loss(x, state, target)
     loss.total.backward()
     if dictionary.unit_norm_decoder:
         dictionary.remove_parallel_decoder_grad()
