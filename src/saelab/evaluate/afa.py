@@ -54,8 +54,9 @@ class AFA:
         f_norm, z_norm = f.norm(dim=-1), z.norm(dim=-1)
         self.ratios.append((f_norm / z_norm.clamp_min(1e-12)).cpu())
         lower, upper = afa_bounds(z_norm, self.eps, (codes != 0).sum(-1))
-        self.over += int((f_norm > upper).sum())
-        self.under += int((f_norm < lower).sum())
+        tol = 1e-5 * z_norm  # float rounding is not over- or under-activation
+        self.over += int((f_norm > upper + tol).sum())
+        self.under += int((f_norm < lower - tol).sum())
         self.n += x.shape[0]
         self.eps_lbo.append(epsilon_lower_bound((x_hat - self.b_dec).norm(dim=-1), f).cpu())
 

@@ -67,7 +67,7 @@ def epsilon_lower_bound(z_hat_norm: Tensor, f_scaled: Tensor) -> Tensor:
     sum_{i != j} |f_i f_j|; 0 for codes with fewer than two non-zeros."""
     sq = f_scaled.pow(2).sum(-1)
     cross = f_scaled.abs().sum(-1).pow(2) - sq  # sum over i != j of |f_i f_j|
-    gap = (z_hat_norm.pow(2) - sq).abs()
+    gap = ((z_hat_norm.pow(2) - sq).abs() - 1e-6 * sq).clamp_min(0)  # less float rounding
     return torch.where(cross > 0, gap / cross.clamp_min(1e-30), torch.zeros_like(gap))
 
 
@@ -77,15 +77,17 @@ def top_afa_counts(pre: Tensor, z_norm: Tensor, dec_norms: Tensor, k_max: int) -
     decreasing order of contribution, count [B] of how many of them are active).
 
     Contributions are c_i = (ReLU(pre_i) ||w_i||)^2; with them sorted decreasingly, the count is
-    the j in [1, k_max] for which sqrt(c_1 + ... + c_j) is closest to z_norm (the AFA), never
-    counting latents with c = 0.
+    the smallest j in [1, k_max] for which sqrt(c_1 + ... + c_j) is closest to z_norm (the AFA,
+    up to rounding), never counting latents with c = 0.
     """
     contrib = (pre.clamp_min(0) * dec_norms).pow(2)  # [B, n]
     top = contrib.topk(min(k_max, pre.shape[1]), dim=-1, sorted=True)  # [B, k_max] decreasing
     norms = top.values.cumsum(-1).sqrt()  # [B, k_max] norm of the first j
-    # first minimum: once contributions are 0 the cumulative norm stops changing, so ties
-    # resolve to the last latent that contributes
-    count = (norms - z_norm[:, None]).abs().argmin(-1) + 1  # [B]
+    # the first j within rounding (relative 1e-6) of the best: a latent that does not move the
+    # norm measurably is not added, and once contributions are 0 the norm stops changing
+    dist = (norms - z_norm[:, None]).abs()  # [B, k_max]
+    slack = dist.min(-1, keepdim=True).values + 1e-6 * z_norm[:, None] + 1e-12
+    count = (dist <= slack).int().argmax(-1) + 1  # [B]: argmax finds the first True
     positive = (top.values > 0).sum(-1)
     return top.indices, torch.minimum(count, positive)
 
