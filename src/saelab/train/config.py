@@ -38,9 +38,8 @@ class TrainConfig:
     target_hookpoint: str | None = option(None, "Hookpoint to reconstruct instead of the input "
                                                 "(transcoders).")
     buffer_rows: int = option(1 << 19, "Rows held in the shuffle buffer when reading a store.")
-    device: str = option("auto", "Device to train on: cpu, cuda, cuda:1, ...; auto: the "
-                                 "dictionary's device if it is not the CPU, else cuda when "
-                                 "available, else cpu.")
+    device: str | None = option(None, "Device to train on: cpu, cuda, cuda:1, ... or auto (cuda "
+                                      "when available); default: the dictionary's device.")
     precision: str = option("fp32", "fp32, or bf16: bfloat16 autocast of the forward products "
                                     "with float32 master weights and optimiser (about 2x on "
                                     "GPUs and on CPUs with AVX-512 BF16).")
@@ -59,8 +58,8 @@ class TrainConfig:
         check(self.dead_after_tokens > 0, "dead_after_tokens", "must be > 0")
         check(self.precision in PRECISIONS, "precision",
               f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        check(isinstance(self.device, str) and self.device.split(":")[0] in
-              ("auto", "cpu", "cuda", "mps", "xpu"), "device",
+        check(self.device is None or isinstance(self.device, str) and
+              self.device.split(":")[0] in ("auto", "cpu", "cuda", "mps", "xpu"), "device",
               f"must be auto, cpu, cuda or cuda:N (or mps, xpu), got {self.device!r}")
 
     @property
@@ -70,11 +69,11 @@ class TrainConfig:
 
     def resolve_device(self, dictionary_device: torch.device) -> torch.device:
         """The device to train on (see `device`)."""
-        if self.device != "auto":
-            return torch.device(self.device)
-        if dictionary_device.type != "cpu":
+        if self.device is None:
             return dictionary_device
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
     @property
     def learning_rate(self) -> float:
