@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -137,16 +137,23 @@ class ActivationStore:
         """`tokens` [N_ctx, T] and `doc_ids` [N_ctx, T] of every captured context."""
         try:
             with safe_open(str(self.path / CONTEXTS), framework="pt") as f:
-                return {n: f.get_tensor(n) for n in f.keys()}
+                return {n: f.get_tensor(n) for n in f.keys()}  # noqa: SIM118
         except (SafetensorError, OSError) as e:
             raise FormatError(f"{self.path / CONTEXTS} is unreadable: {e}") from None
 
     def shuffled(self, batch_size: int, key: str | None = None, target: str | None = None,
                  seed: int = 0, buffer_rows: int = 1 << 19) -> ShuffledBatches:
         """Shuffled batches of (acts,) or (acts, target acts) for training."""
-        names = [acts_name(self.hookpoint(key))]
-        if target is not None:
-            names.append(acts_name(self.hookpoint(target)))
+        keys = [self.hookpoint(key)] + ([] if target is None else [self.hookpoint(target)])
+        return self.shuffled_hookpoints(keys, batch_size, seed, buffer_rows)
+
+    def shuffled_hookpoints(self, keys: list[str], batch_size: int, seed: int = 0,
+                            buffer_rows: int = 1 << 19) -> ShuffledBatches:
+        """Shuffled batches holding one row-aligned tensor per hookpoint of `keys`, in that
+        order. The row order depends only on the seed, the shard sizes and the buffer, so a
+        batch holds the same rows whichever hookpoints are read (one pass over the shards feeds
+        dictionaries of several hookpoints)."""
+        names = [acts_name(self.hookpoint(k)) for k in keys]
         sizes = [s["rows"] for s in self.manifest["shards"]]
         if sum(sizes) < batch_size:
             raise ConfigError(f"store {self.path} holds {sum(sizes)} rows, fewer than one batch "
