@@ -9,15 +9,21 @@ bench/seed_methods.py; see its docstring for the interface).
   the planted set (non-negative codes) and on a signed copy of it (each planted code's sign
   flipped at random, so every direction is bidirectional).
 - `topafa`: top-AFA (Lee et al. 2025) with no k against TopK over a sweep of k: the paper claims
-  a reconstruction comparable to the best TopK without tuning k. Reported: top-AFA's FVU and its
-  own L0; TopK at the swept k nearest that L0; the best TopK of the sweep.
+  a reconstruction comparable to TopK without tuning k. Reported: top-AFA's FVU, the L0 it
+  chose (against the planted data's true mean L0), and the FVU of the swept TopK whose L0 is
+  nearest; "holds" when top-AFA is within 5% of it. (The best TopK of a sweep is always the
+  largest k, so it is no reference.)
 
 Data: saelab.data.synthetic.planted (Zipf frequencies, log-normal magnitudes, small noise),
 90% for training and 10% held out; every dictionary gets the same data, seed, steps and batch.
 FVU, L0 and dead fraction are measured on the held-out rows in eval mode (Mutual and Feature
-Choice then use their learned thresholds), `recovered` is the fraction of planted directions
+Choice then use their learned thresholds); `dead_train` counts latents the training-mode
+allocation never selects on those rows; both count against n_latents, which is twice the number
+of planted directions, so about half the latents have nothing to learn and a dead fraction near
+0.5 is expected. `recovered` is the fraction of planted directions
 with a learned atom at cosine > 0.9. With `--real`, the allocation claim also runs on SmolLM2-135M
-layer-15 residuals (bench/recovery.py's capture, kept in the saelab cache).
+layer-15 residuals: 100k training vectors and 16k held-out ones (captured once into the saelab
+cache), k 32, 4,608 latents and 2 epochs (2,304 latents and 1 epoch with --quick).
 """
 
 from __future__ import annotations
@@ -62,10 +68,26 @@ def _fit(name: str, fields: dict, train, args, latents: int | None = None,
     return sae, time.time() - t
 
 
-def _row(data: str, label: str, sae, held, atoms, seconds: float, **extra) -> dict:
+@torch.no_grad()
+def _dead_in_training_mode(sae, held, batch: int) -> float:
+    """Fraction of latents never selected on the held-out rows by the training-mode encoder,
+    in batches of the training batch size (for Mutual and Feature Choice: the batch
+    allocation itself rather than the inference threshold)."""
+    sae.train()
+    fired = torch.zeros(sae.n_latents, dtype=torch.bool)
+    for x in held.split(batch):
+        fired |= (sae.encode(x) != 0).any(0)
+    sae.eval()
+    return float((~fired).float().mean())
+
+
+def _row(data: str, label: str, sae, held, atoms, seconds: float, batch: int = 0,
+         **extra) -> dict:
     r = saelab.evaluate(sae, held, batch_size=4096)
     row = {"data": data, "method": label, "l0": r["l0"], "fvu": r["fvu"],
            "dead": r["dead_fraction"]}
+    if batch:
+        row["dead_train"] = _dead_in_training_mode(sae, held, batch)
     if atoms is not None:
         row["recovered"] = recovery(atoms, sae.W_dec.detach())[1]
     return {**row, **extra, "seconds": seconds}
@@ -84,7 +106,8 @@ def _allocation_rows(data_name, train, held, atoms, args, k, **fit_kw) -> list[d
     rows = []
     for label, name, fields in ALLOCATION:
         sae, seconds = _fit(name, {"k": k, **fields}, train, args, **fit_kw)
-        rows.append(_row(data_name, f"{label} k={k}", sae, held, atoms, seconds))
+        batch = fit_kw.get("batch") or _sizes(args)["batch"]
+        rows.append(_row(data_name, f"{label} k={k}", sae, held, atoms, seconds, batch=batch))
     base = rows[0]
     for row in rows[1:]:
         fewer_dead = row["dead"] < base["dead"]
@@ -111,16 +134,15 @@ def _real_allocation(args) -> list[dict]:
 
     lm = load("smollm2-135m")
     hp = lm.layer_template.format(15)
-    root = cache_dir() / "bench"
-    tokens = 30_000 if args.quick else 100_000
+    root = cache_dir() / "bench_allocation"
     common = {"model": "smollm2-135m", "hookpoints": [hp], "progress": False}
-    train = capture(CaptureConfig(out=str(root / f"train{tokens}"), n_tokens=tokens, **common), lm)
+    train = capture(CaptureConfig(out=str(root / "train"), n_tokens=100_000, **common), lm)
     held = capture(CaptureConfig(out=str(root / "eval"), n_tokens=16_384, skip_tokens=100_000,
                                  **common), lm)
     x = torch.cat([a for a, _ in train.iter_rows(hp, 8192)]).float()
     h = torch.cat([a for a, _ in held.iter_rows(hp, 8192)]).float()
     latents = 2304 if args.quick else 4608
-    steps = 2 * x.shape[0] // 1024
+    steps = (1 if args.quick else 2) * x.shape[0] // 1024  # epochs over ~100k vectors
     return _allocation_rows("smollm2 L15", x, h, None, args, 32, latents=latents, steps=steps,
                             batch=1024)
 
@@ -155,10 +177,10 @@ def claim_topafa(args) -> list[dict]:
 
     afa["afa_ratio"] = afa_report(sae, held)["afa_ratio_median"]
     nearest = min(topk_rows, key=lambda r: abs(r["l0"] - afa["l0"]))
-    best = min(topk_rows, key=lambda r: r["fvu"])
-    gap_matched = afa["fvu"] / nearest["fvu"] - 1
-    afa["verdict"] = (f"FVU {gap_matched:+.0%} vs {nearest['method']} (nearest L0); "
-                      f"{afa['fvu'] / best['fvu'] - 1:+.0%} vs best ({best['method']})")
+    gap = afa["fvu"] / nearest["fvu"] - 1
+    afa["verdict"] = (f"{'holds' if gap <= 0.05 else 'does not hold'}: FVU {gap:+.0%} vs "
+                      f"{nearest['method']} (nearest L0); planted L0 is "
+                      f"{_sizes(args)['k']}, top-AFA chose {afa['l0']:.1f}")
     for r in topk_rows:
         r["verdict"] = "sweep"
     return topk_rows + [afa]
