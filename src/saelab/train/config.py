@@ -43,6 +43,11 @@ class TrainConfig:
     precision: str = option("fp32", "fp32, or bf16: bfloat16 autocast of the forward products "
                                     "with float32 master weights and optimiser (about 2x on "
                                     "GPUs and on CPUs with AVX-512 BF16).")
+    shard_store: bool = option(True, "Under torchrun (data parallel), each rank reads only its "
+                                     "share of the store's shards (I/O split over the ranks; "
+                                     "not the batches of one process); False: every rank reads "
+                                     "the whole stream and keeps its slice of each batch (the "
+                                     "weights of one process).")
     progress: bool = option(True, "Show a progress bar.")
     overwrite: bool = option(False, "Replace a different run already in `out`.")
 

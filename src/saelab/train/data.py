@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from saelab.errors import ConfigError, DataError
-from saelab.store import ActivationStore, is_store, tensor_batches
+from saelab.store import ActivationStore, ShuffledBatches, is_store, tensor_batches
+from saelab.store.reader import acts_name
 
 Batch = tuple[Tensor, ...]
 
@@ -64,6 +65,37 @@ def from_store(store: ActivationStore, d_in: int, cfg) -> TrainData:
                      store.mean_squared_norm(key), describe)
 
 
+def from_store_shards(store: ActivationStore, d_in: int, cfg, group) -> TrainData:
+    """Data parallelism over a store: rank r reads only shards r, r + world, ... and draws batches
+    of batch_size / world rows from them (the global batch is the union over the ranks)."""
+    data = from_store(store, d_in, cfg)  # checks, provenance, statistics of the whole store
+    shards = store.manifest["shards"]
+    mine = list(range(group.rank, len(shards), group.world))
+    local = cfg.batch_size // group.world
+    sizes = [shards[i]["rows"] for i in mine]
+    if sum(sizes) < local:
+        raise ConfigError(f"store {store.path} has {len(shards)} shards; rank {group.rank} of "
+                          f"{group.world} gets {sum(sizes)} rows, fewer than its batch of {local}; "
+                          f"pass shard_store=False (--no-shard-store) so that every rank reads "
+                          f"every shard and keeps its slice of each batch")
+    names = [acts_name(data.describe["hookpoint"])]
+    if cfg.target_hookpoint:
+        names.append(acts_name(store.hookpoint(cfg.target_hookpoint)))
+    shuffled = ShuffledBatches(sizes, lambda j: tuple(store.read_shard(mine[j], names)), local,
+                               cfg.buffer_rows, cfg.seed)
+    describe = {**data.describe, "ranks": group.world, "shard_store": True}
+    return TrainData(shuffled.iterate, shuffled.batches_per_epoch(), data.mean_sq_norm, describe)
+
+
+def sharded(data: TrainData, group) -> TrainData:
+    """Data parallelism by slicing: every rank walks the same stream of global batches and keeps
+    its slice of each (the global batch is that of one process)."""
+    def batches(start: int) -> Iterator[Batch]:
+        return (group.shard(b) for b in data.batches(start))
+
+    return data._replace(batches=batches)
+
+
 def from_tensor(rows: Batch, d_in: int, cfg) -> TrainData:
     x = rows[0]
     if x.ndim != 2 or x.shape[1] != d_in:
@@ -91,15 +123,27 @@ def from_iterable(data: Iterable) -> TrainData:
     return TrainData(batches, per_epoch, None, {"kind": "iterable"})
 
 
-def as_train_data(data, d_in: int, cfg) -> TrainData:
-    """Dispatch on the kind of `data`."""
-    if isinstance(data, (str, Path)):
-        if not is_store(data):
-            raise DataError(f"{data} is not an activation store (no manifest.json); capture one "
-                            f"with `saelab capture`")
-        data = ActivationStore(data)
+def _store(data) -> ActivationStore:
     if isinstance(data, ActivationStore):
-        return from_store(data, d_in, cfg)
+        return data
+    if not is_store(data):
+        raise DataError(f"{data} is not an activation store (no manifest.json); capture one "
+                        f"with `saelab capture`")
+    return ActivationStore(data)
+
+
+def as_train_data(data, d_in: int, cfg, group=None) -> TrainData:
+    """Dispatch on the kind of `data`; with a data-parallel `group` (train/distributed.py), the
+    batches are this rank's share of each global batch."""
+    if group is not None and group.active:
+        if cfg.batch_size % group.world:
+            raise ConfigError(f"batch_size {cfg.batch_size} is not a multiple of the "
+                              f"{group.world} ranks")
+        if cfg.shard_store and isinstance(data, (str, Path, ActivationStore)):
+            return from_store_shards(_store(data), d_in, cfg, group)
+        return sharded(as_train_data(data, d_in, cfg), group)
+    if isinstance(data, (str, Path, ActivationStore)):
+        return from_store(_store(data), d_in, cfg)
     if isinstance(data, Tensor) or (isinstance(data, tuple) and data
                                     and all(isinstance(t, Tensor) for t in data)):
         return from_tensor(_as_rows(data), d_in, cfg)

@@ -3,7 +3,8 @@
 Reads batches (from a tensor, an activation store or any iterable), normalises them to unit mean
 squared norm, takes Adam steps with warm-up and decay, keeps decoder rows at unit norm, tracks
 dead latents, logs metrics as JSON lines, checkpoints, and resumes exactly: a run resumed from
-its checkpoint ends with the same weights as one never interrupted.
+its checkpoint ends with the same weights as one never interrupted. Under torch.distributed
+(torchrun) the same loop trains data-parallel: see train/distributed.py.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from saelab.errors import ConfigError, DataError, OutputExistsError
 from saelab.train import checkpoint as ckpt
 from saelab.train.config import TrainConfig
 from saelab.train.data import TrainData, as_train_data, check_batch
+from saelab.train.distributed import Group
 from saelab.train.optim import lr_factor, make_optimizer
 from saelab.train.step import train_step
 
@@ -32,19 +34,23 @@ log = logging.getLogger(__name__)
 class _Run:
     """State of a run that is not in the dictionary: optimiser, counters, scale, files."""
 
-    def __init__(self, dictionary: Dictionary, cfg: TrainConfig, data: TrainData, steps: int):
+    def __init__(self, dictionary: Dictionary, cfg: TrainConfig, data: TrainData, steps: int,
+                 group: Group | None = None):
         self.dictionary, self.cfg, self.data, self.steps = dictionary, cfg, data, steps
+        self.group = group or Group()
         self.device = cfg.resolve_device(next(dictionary.parameters()).device)
         dictionary.to(self.device)
         self.optimizer = make_optimizer(dictionary.parameters(), cfg.learning_rate)
         self.since_fired = torch.zeros(dictionary.n_latents, dtype=torch.long)
         self.scale = 1.0
         self.step = 0
-        self.out = Path(cfg.out) if cfg.out else None
+        self.out = Path(cfg.out) if cfg.out and self.group.main else None  # rank 0 writes
         self.identity = {"train": cfg.run_identity(), "steps": steps,
                          "dictionary": {"architecture": dictionary.architecture,
                                         **to_dict(dictionary.cfg)},
                          "data": data.describe}
+        if self.group.active and "ranks" in data.describe:  # shard_store=True: the plan
+            self.identity["train"]["shard_store"] = True      # depends on the number of ranks
 
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -57,18 +63,48 @@ class _Run:
         return (self.since_fired >= self.cfg.dead_after_tokens).to(self.device)
 
 
-def _total_steps(cfg: TrainConfig, data: TrainData) -> int:
+def _total_steps(cfg: TrainConfig, data: TrainData, group: Group) -> int:
     if cfg.steps is not None:
         return cfg.steps
     if data.per_epoch is None:
         raise ConfigError("steps: the data is an iterable of unknown length; give steps")
-    if data.per_epoch == 0:
+    per_epoch = group.min_int(data.per_epoch)  # ranks reading their own shards may differ
+    if per_epoch == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the data")
-    return max(1, math.ceil(cfg.epochs * data.per_epoch))
+    return max(1, math.ceil(cfg.epochs * per_epoch))
 
 
 def _prepare_out(run: _Run) -> bool:
-    """Resume from a checkpoint of the same run (True), start fresh (False), or refuse."""
+    """Resume from a checkpoint of the same run (True), start fresh (False), or refuse. With
+    several ranks, rank 0 decides and sends the loop state and optimiser to the others (the
+    weights follow in `_sync_start`), so only rank 0 needs to see the run folder."""
+    g = run.group
+    if not g.active:
+        return _open_out(run)
+    shared: object = None
+    if g.main:
+        try:
+            resumed = _open_out(run)
+            shared = (resumed, run.step, run.scale, run.since_fired,
+                      run.optimizer.state_dict() if resumed else None)
+        except Exception as e:  # noqa: BLE001 (every rank raises it, not only rank 0)
+            shared = e
+    shared = g.broadcast_object(shared)
+    if isinstance(shared, Exception):
+        raise shared
+    resumed, run.step, run.scale, run.since_fired, opt_state = shared
+    if resumed and not g.main:
+        run.optimizer.load_state_dict(opt_state)
+    return resumed
+
+
+def _sync_start(run: _Run) -> None:
+    """Every rank starts from rank 0's weights and input scale."""
+    run.group.broadcast_state(run.dictionary)
+    run.scale = run.group.broadcast_object(run.scale)
+
+
+def _open_out(run: _Run) -> bool:
     if run.out is None:
         return False
     info = ckpt.read_info(run.checkpoint_dir)
@@ -91,6 +127,7 @@ def _initialise(run: _Run) -> None:
     """Input scale and data-dependent initialisation, from the data (fresh runs only)."""
     first = next(run.data.batches(0))
     check_batch(first, run.dictionary.d_in, run.dictionary.d_out, 0, _source(run))
+    first = run.group.gather_rows(first)  # the whole global batch, the same on every rank
     msn = run.data.mean_sq_norm
     if msn is None:
         msn = float(first[0].float().pow(2).sum(-1).mean())
@@ -130,10 +167,12 @@ def fit(dictionary: Dictionary, data, config: TrainConfig | None = None) -> Dict
         dictionary.fit(b[0] for b in as_train_data(data, dictionary.d_in, cfg).batches(0))
         return dictionary
     torch.manual_seed(cfg.seed)
-    train_data = as_train_data(data, dictionary.d_in, cfg)
-    run = _Run(dictionary, cfg, train_data, _total_steps(cfg, train_data))
+    group = Group.current()
+    train_data = group.all_or_none(lambda: as_train_data(data, dictionary.d_in, cfg, group))
+    run = _Run(dictionary, cfg, train_data, _total_steps(cfg, train_data, group), group)
     if not _prepare_out(run):
         _initialise(run)
+    _sync_start(run)
     if run.out:
         _trim_metrics(run)
     _loop(run)
@@ -147,7 +186,7 @@ def _loop(run: _Run) -> None:
     warmup = min(cfg.warmup_steps, run.steps // 10)
     metrics_file = open(run.out / "metrics.jsonl", "a") if run.out else None
     bar = tqdm(total=run.steps, initial=run.step, desc=f"train {sae.architecture}",
-               disable=not cfg.progress, unit="step")
+               disable=not cfg.progress or not run.group.main, unit="step")
     batches = run.data.batches(run.step)
     try:
         while run.step < run.steps:
@@ -182,22 +221,27 @@ def _one_step(run: _Run, batch):
     x = batch[0].to(run.device).float() * run.scale
     target = batch[1].to(run.device).float() * run.scale if len(batch) > 1 else None
     state = StepState(run.step, run.steps, run.dead_mask())
-    loss = train_step(run.dictionary, run.optimizer, x, state, target, run.cfg.autocast_dtype)
-    if not torch.isfinite(loss.total):
-        raise DataError(f"the loss became {loss.total.item()} at step {run.step}; lower the "
-                        f"learning rate (lr) or check the data"
+    loss = train_step(run.dictionary, run.optimizer, x, state, target, run.cfg.autocast_dtype,
+                      run.group)
+    active, finite = run.group.reduce_step(loss.active, loss.total)
+    if not finite:
+        raise DataError(f"the loss became {loss.total.item()} at step {run.step}"
+                        + (" on one of the ranks" if run.group.active else "")
+                        + "; lower the learning rate (lr) or check the data"
                         + (f" (last checkpoint in {run.checkpoint_dir})" if run.out else ""))
-    run.since_fired += x.shape[0]
-    run.since_fired[loss.active.cpu()] = 0
+    run.since_fired += x.shape[0] * run.group.world
+    run.since_fired[active.cpu()] = 0
     return loss
 
 
 def _log_row(run: _Run, loss, batch_rows: int) -> dict:
+    g = getattr(run, "group", None) or Group()
+    values = {"loss": loss.total.item(), **{k: float(v.detach()) for k, v in loss.terms.items()},
+              **loss.metrics}
     row = {"step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
-           "loss": loss.total.item(), "tokens": run.step * batch_rows,
+           "tokens": run.step * batch_rows * g.world,
            "dead_fraction": float((run.since_fired >= run.cfg.dead_after_tokens).float().mean())}
-    row.update({k: float(v.detach()) for k, v in loss.terms.items()})
-    row.update(loss.metrics)
+    row.update(g.mean_floats(values))  # averaged over the ranks
     return row
 
 
@@ -211,9 +255,12 @@ def _finish(run: _Run) -> Dictionary:
                            "vectors_seen": run.step * run.cfg.batch_size,
                            "input_scale": run.scale, **{f"data_{k}": v for k, v in
                                                         run.data.describe.items()}})
+    if run.group.active:
+        sae.provenance["ranks"] = run.group.world
     if run.data.describe["kind"] == "store":
         sae.provenance.setdefault("model", run.data.describe["model"])
         sae.provenance.setdefault("hookpoint", run.data.describe["hookpoint"])
     if run.out:
         sae.save(run.out / "sae")
+    run.group.barrier()  # the saved folder exists when any rank returns
     return sae

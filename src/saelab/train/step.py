@@ -6,22 +6,28 @@ import torch
 from torch import Tensor
 
 from saelab.dictionaries._base import Dictionary, Loss, StepState
+from saelab.train.distributed import Group
 
 
 def train_step(dictionary: Dictionary, optimizer: torch.optim.Optimizer, x: Tensor,
                state: StepState, target: Tensor | None = None,
-               autocast: torch.dtype | None = None) -> Loss:
+               autocast: torch.dtype | None = None, group: Group | None = None) -> Loss:
     """Loss, backward, decoder-gradient projection, Adam step, decoder renormalisation.
 
     `autocast` (e.g. torch.bfloat16) runs the loss under torch.autocast with that dtype; weights,
-    gradients and the optimiser stay float32."""
+    gradients and the optimiser stay float32. With a data-parallel `group`, the gradients are
+    averaged over its ranks right after backward, and buffers follow its rank 0 after the step."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
         loss = dictionary.loss(x, state, target)
     loss.total.backward()
+    if group is not None and group.active:
+        group.average_gradients(dictionary.parameters())
     if dictionary.unit_norm_decoder:
         dictionary.remove_parallel_decoder_grad()
     optimizer.step()
     if dictionary.unit_norm_decoder:
         dictionary.normalize_decoder()
+    if group is not None and group.active:
+        group.broadcast_buffers(dictionary)
     return loss

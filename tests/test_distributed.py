@@ -1,0 +1,201 @@
+"""torch.distributed: two gloo ranks on this machine against one process.
+
+One spawn of two ranks runs every distributed scenario (process start-up dominates the cost); the
+tests then compare what the ranks saved with single-process runs on the same data."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import saelab
+from saelab.train import TrainConfig
+from saelab.train import distributed as D
+
+HP = ["model.layers.1", "model.layers.2"]
+WORLD = 2
+
+
+def _data() -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    atoms = torch.randn(48, 16, generator=g)
+    codes = torch.rand(1024, 48, generator=g) * (torch.rand(1024, 48, generator=g) < 0.08)
+    return codes @ atoms + 0.3
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = {"steps": 12, "batch_size": 128, "lr": 3e-3, "warmup_steps": 2, "progress": False,
+            "log_every": 4, "checkpoint_every": 6, "seed": 0}
+    return TrainConfig(**{**base, **kw})
+
+
+def _dictionary(arch: str, d_in: int = 16):
+    torch.manual_seed(0)
+    extra = {"k": 4} if arch == "topk" else {}
+    return saelab.create(arch, d_in=d_in, n_latents=64, **extra)
+
+
+def _scenarios(rank: int, tmp: str, store: str) -> dict:
+    """What each rank does; returns facts for the parent to check."""
+    facts: dict = {}
+    x = _data()
+    for arch in ("topk", "relu"):
+        sae = saelab.fit(_dictionary(arch), x, _cfg(out=f"{tmp}/dp_{arch}"))
+        torch.save(sae.state_dict(), f"{tmp}/dp_{arch}_rank{rank}.pt")
+    # data parallel over a store, each rank reading its own shards
+    from saelab.store import ActivationStore
+
+    read, original = [], ActivationStore.read_shard
+    def recording(self, i, names):
+        read.append(i)
+        return original(self, i, names)
+    ActivationStore.read_shard = recording
+    try:
+        sae = saelab.fit(_dictionary("topk", 32), store,
+                         _cfg(out=f"{tmp}/dp_store", hookpoint=HP[0], batch_size=64, steps=8))
+    finally:
+        ActivationStore.read_shard = original
+    torch.save(sae.state_dict(), f"{tmp}/dp_store_rank{rank}.pt")
+    facts["shards_read"] = sorted(set(read))
+    # layer parallel: one hookpoint per rank
+    trained = D.fit_hookpoints(lambda h: _dictionary("topk", 32), store, HP,
+                               _cfg(out=f"{tmp}/lp", batch_size=64, steps=8))
+    facts["hookpoints"] = sorted(trained)
+    # an error on one rank is raised on every rank instead of hanging the others
+    try:
+        bad = x[:, :8] if rank == 1 else x
+        saelab.fit(_dictionary("topk"), bad, _cfg())
+    except saelab.SaelabError as e:
+        facts["error"] = str(e)
+    return facts
+
+
+def _worker(rank: int, port: int, tmp: str, store: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+                                         rank=rank, world_size=WORLD,
+                                         timeout=datetime.timedelta(seconds=60))
+    try:
+        facts = _scenarios(rank, tmp, store)
+        with open(f"{tmp}/facts_rank{rank}.json", "w") as f:
+            json.dump(facts, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def store(tiny_lm, tmp_path_factory):
+    from saelab.store import capture_to_store
+
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(3, 64, (16, 32), generator=g)
+    path = tmp_path_factory.mktemp("dist") / "store"
+    capture_to_store(tiny_lm, tokens, HP, path, model_name="tiny", shard_rows=96,
+                     batch_contexts=4, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ranks(store, tmp_path_factory):
+    """Run the scenarios on two gloo ranks; returns (folder, facts of each rank)."""
+    tmp = tmp_path_factory.mktemp("ranks")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp), str(store)), nprocs=WORLD,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two ranks did not finish in 240 s (a collective hung?)")
+    facts = [json.loads((tmp / f"facts_rank{r}.json").read_text()) for r in range(WORLD)]
+    return tmp, facts
+
+
+def _weights(path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def _assert_close(a: dict, b: dict, tol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        assert torch.allclose(v, b[k], atol=tol, rtol=tol), \
+            f"{k}: max diff {(v - b[k]).abs().max():.3g}"
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu"])
+def test_two_ranks_reach_the_weights_of_one_process(ranks, tmp_path, arch):
+    tmp, _ = ranks
+    one = saelab.fit(_dictionary(arch), _data(), _cfg(out=str(tmp_path / "one")))
+    r0, r1 = _weights(tmp / f"dp_{arch}_rank0.pt"), _weights(tmp / f"dp_{arch}_rank1.pt")
+    _assert_close(r0, r1, 0)  # the ranks hold identical weights
+    _assert_close(one.state_dict(), r0)
+    # only rank 0 wrote the run folder, and it holds what one process writes
+    saved = saelab.load(tmp / f"dp_{arch}" / "sae")
+    _assert_close(one.state_dict(), saved.state_dict())
+    assert saved.provenance["ranks"] == WORLD and saved.provenance["steps"] == 12
+    lines = (tmp / f"dp_{arch}" / "metrics.jsonl").read_text().splitlines()
+    ref = (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(ref) == 3
+    for a, b in zip(lines, ref):
+        a, b = json.loads(a), json.loads(b)
+        assert a["tokens"] == b["tokens"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["dead_fraction"] == b["dead_fraction"]
+
+
+def test_store_shards_are_read_per_rank_and_the_ranks_agree(ranks, store):
+    from saelab.store import ActivationStore
+
+    tmp, facts = ranks
+    _assert_close(_weights(tmp / "dp_store_rank0.pt"), _weights(tmp / "dp_store_rank1.pt"), 0)
+    n = len(ActivationStore(store).manifest["shards"])
+    assert n >= 2
+    assert [f["shards_read"] for f in facts] == [list(range(0, n, 2)), list(range(1, n, 2))]
+    cfg = json.loads((tmp / "dp_store" / "checkpoint" / "train_state.json").read_text())
+    assert cfg["identity"]["data"]["ranks"] == WORLD
+    assert cfg["identity"]["data"]["shard_store"] is True
+
+
+def test_layer_parallel_gives_each_rank_its_hookpoints(ranks, store, tmp_path):
+    tmp, facts = ranks
+    assert [f["hookpoints"] for f in facts] == [[HP[0]], [HP[1]]]
+    one = D.fit_hookpoints(lambda h: _dictionary("topk", 32), store, HP,
+                           _cfg(out=str(tmp_path / "lp"), batch_size=64, steps=8))
+    assert sorted(one) == HP
+    for h in HP:
+        saved = saelab.load(D.run_folder(tmp / "lp", h) / "sae")
+        assert saved.provenance["hookpoint"] == h and "ranks" not in saved.provenance
+        _assert_close(one[h].state_dict(), saved.state_dict(), 1e-6)
+
+
+def test_an_error_on_one_rank_is_raised_on_every_rank(ranks):
+    _, facts = ranks
+    assert "d_in=16" in facts[1]["error"]
+    assert "another rank" in facts[0]["error"] and "d_in=16" in facts[0]["error"]
+
+
+def test_batch_must_split_evenly_and_helpers_without_a_group():
+    g = D.Group(1, 2)
+    batch = (torch.arange(8.0)[:, None],)
+    assert g.shard(batch)[0].flatten().tolist() == [4.0, 5.0, 6.0, 7.0]
+    with pytest.raises(saelab.SaelabError, match="evenly"):
+        g.shard((torch.zeros(3, 1),))
+    assert not D.is_initialized() and D.world_size() == 1 and D.rank() == 0
+    assert D.Group.current().world == 1
+    assert D.hookpoints_of_rank(["a", "b", "c"], 1, 2) == ["b"]
+    with pytest.raises(saelab.SaelabError, match="multiple"):
+        from saelab.train.data import as_train_data
+        as_train_data(_data(), 16, _cfg(batch_size=127), g)
