@@ -77,13 +77,28 @@ def _scenarios(rank: int, tmp: str, store: str) -> dict:
     return facts
 
 
-def _worker(rank: int, port: int, tmp: str, store: str) -> None:
+def _cli(tmp: str, store: str, port: int, *args: str) -> int:
+    """`saelab train` as torchrun starts it: the environment names the rank and the rendezvous."""
+    from saelab.cli import main
+
+    os.environ["MASTER_PORT"] = str(port)
+    code = main(["train", store, "--n-latents", "64", "--k", "4", "--steps", "4",
+                 "--batch-size", "64", "--no-progress", *args])
+    assert not D.is_initialized()  # the command tore down the process group it started
+    return code
+
+
+def _worker(rank: int, ports: list[int], tmp: str, store: str) -> None:
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      MASTER_ADDR="127.0.0.1")
+    facts = {"cli": [_cli(tmp, store, ports[0], "--hookpoint", HP[1], "--out", f"{tmp}/cli"),
+                     _cli(tmp, store, ports[1], "--hookpoints", *HP, "--out", f"{tmp}/cli_lp")]}
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{ports[2]}",
                                          rank=rank, world_size=WORLD,
                                          timeout=datetime.timedelta(seconds=60))
     try:
-        facts = _scenarios(rank, tmp, store)
+        facts.update(_scenarios(rank, tmp, store))
         with open(f"{tmp}/facts_rank{rank}.json", "w") as f:
             json.dump(facts, f)
     finally:
@@ -113,7 +128,8 @@ def ranks(store, tmp_path_factory):
     """Run the scenarios on two gloo ranks; returns (folder, facts of each rank)."""
     tmp = tmp_path_factory.mktemp("ranks")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp), str(store)), nprocs=WORLD,
+    ports = [_free_port() for _ in range(3)]
+    ctx = mp.start_processes(_worker, args=(ports, str(tmp), str(store)), nprocs=WORLD,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + 240
     while not ctx.join(timeout=1):
@@ -179,6 +195,16 @@ def test_layer_parallel_gives_each_rank_its_hookpoints(ranks, store, tmp_path):
         saved = saelab.load(D.run_folder(tmp / "lp", h) / "sae")
         assert saved.provenance["hookpoint"] == h and "ranks" not in saved.provenance
         _assert_close(one[h].state_dict(), saved.state_dict(), 1e-6)
+
+
+def test_saelab_train_under_torchrun_env_trains_data_and_layer_parallel(ranks):
+    tmp, facts = ranks
+    assert [f["cli"] for f in facts] == [[0, 0], [0, 0]]
+    sae = saelab.load(tmp / "cli" / "sae")
+    assert sae.provenance["ranks"] == WORLD and sae.provenance["hookpoint"] == HP[1]
+    for h in HP:
+        sae = saelab.load(D.run_folder(tmp / "cli_lp", h) / "sae")
+        assert sae.provenance["hookpoint"] == h and "ranks" not in sae.provenance
 
 
 def test_an_error_on_one_rank_is_raised_on_every_rank(ranks):

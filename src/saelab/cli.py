@@ -110,19 +110,42 @@ def cmd_train(args) -> int:
     import saelab
     from saelab.store import ActivationStore
     from saelab.train import TrainConfig
+    from saelab.train import distributed as dist
 
     store = ActivationStore(args.store)
     cfg = config_from(TrainConfig, args)
+    if cfg.out is None:
+        cfg = dataclasses.replace(cfg, out=str(Path("runs") / f"{args.architecture}"))
+    started = not dist.is_initialized() and dist.init_from_env(cfg.device)  # under torchrun
+    try:
+        if args.hookpoints:  # layer parallel: the hookpoints shared out over the ranks
+            trained = dist.fit_hookpoints(lambda h: _create(args, store, dataclasses.replace(
+                cfg, hookpoint=h)), store, args.hookpoints, cfg)
+            for h, sae in trained.items():
+                print(f"[rank {dist.rank()}] trained {sae.architecture} ({sae.n_latents} "
+                      f"latents) on {h} -> {dist.run_folder(cfg.out, h) / 'sae'}")
+            return 0
+        sae = saelab.fit(_create(args, store, cfg), store, cfg)  # data parallel under torchrun
+        if dist.is_main():
+            ranks = f" on {dist.world_size()} ranks" if dist.world_size() > 1 else ""
+            print(f"trained {sae.architecture} ({sae.n_latents} latents){ranks} -> "
+                  f"{Path(cfg.out) / 'sae'}")
+        return 0
+    finally:
+        if started:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+
+
+def _create(args, store, cfg):
+    import saelab
+
     d_in = store.d(store.hookpoint(cfg.hookpoint))
     fields = _dictionary_fields(args)
     if cfg.target_hookpoint and fields.get("d_out") is None:
         fields["d_out"] = store.d(store.hookpoint(cfg.target_hookpoint))
-    sae = saelab.create(args.architecture, d_in=d_in, n_latents=args.n_latents, **fields)
-    if cfg.out is None:
-        cfg = dataclasses.replace(cfg, out=str(Path("runs") / f"{args.architecture}"))
-    sae = saelab.fit(sae, store, cfg)
-    print(f"trained {sae.architecture} ({sae.n_latents} latents) -> {Path(cfg.out) / 'sae'}")
-    return 0
+    return saelab.create(args.architecture, d_in=d_in, n_latents=args.n_latents, **fields)
 
 
 def cmd_eval(args) -> int:
@@ -227,8 +250,12 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     add_dataclass(command("capture", cmd_capture, "Capture activations into a store."),
                   CaptureConfig)
 
-    p = command("train", cmd_train, "Train a dictionary on an activation store.")
+    p = command("train", cmd_train, "Train a dictionary on an activation store (data parallel "
+                                     "when launched with torchrun).")
     p.add_argument("store", help="Activation store folder (from `saelab capture`).")
+    p.add_argument("--hookpoints", nargs="+", metavar="HOOKPOINT",
+                   help="Train one dictionary per hookpoint, each in OUT/HOOKPOINT/; under "
+                        "torchrun the hookpoints are shared out over the ranks (layer parallel).")
     p.add_argument("--architecture", default="topk", choices=names(),
                    help="Dictionary architecture (default: topk).")
     p.add_argument("--n-latents", dest="n_latents", type=int, default=4608,
