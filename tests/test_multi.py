@@ -115,8 +115,10 @@ def test_store_source_reads_each_shard_once_and_matches_fit_per_hookpoint(tiny_l
     n_shards = len(store.manifest["shards"])
     assert n_shards >= 4
     reads = []
-    original = store.read_shard
-    store.read_shard = lambda i, names: reads.append((i, tuple(names))) or original(i, names)
+    read, read_into = store.read_shard, store.read_shard_into
+    store.read_shard = lambda i, names: reads.append((i, tuple(names))) or read(i, names)
+    store.read_shard_into = lambda i, names, dest: (reads.append((i, tuple(names)))
+                                                    or read_into(i, names, dest))
     cfg = replace(CFG, buffer_rows=256, out=str(tmp_path / "runs"))
     a, c = make(seed=1), make(seed=3)
     alone = [clone(a), clone(c)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from saelab.store.shuffle import ShuffledBatches
 MANIFEST = "manifest.json"
 CONTEXTS = "contexts.safetensors"
 FORMAT = "saelab-activations"
+SAFETENSORS_DTYPES = {"F32": torch.float32}
+"""Stored dtypes read straight into a float32 buffer (others go through read_shard)."""
 
 
 def acts_name(key: str) -> str:
@@ -112,6 +115,36 @@ class ActivationStore:
             raise FormatError(f"shard {file} lacks tensor {e}") from None
         return [t.float() if t.is_floating_point() else t for t in out]
 
+    def read_shard_into(self, i: int, names: list[str], dest: tuple[Tensor, ...]) -> bool:
+        """Read tensors `names` of shard i straight from the file into `dest` (no mapping, no
+        intermediate copy). Returns False, writing nothing, when a tensor's stored dtype or
+        shape differs from its destination (the caller then converts through `read_shard`)."""
+        file = self.path / self.manifest["shards"][i]["file"]
+        try:
+            with open(file, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+                spans = []
+                for name, out in zip(names, dest):
+                    entry = header[name]
+                    if (SAFETENSORS_DTYPES.get(entry["dtype"]) != out.dtype
+                            or list(entry["shape"]) != list(out.shape) or not out.is_contiguous()):
+                        return False
+                    begin, end = entry["data_offsets"]
+                    if end - begin != out.numel() * out.element_size():
+                        return False
+                    spans.append((8 + n + begin, end - begin, out))
+                for offset, size, out in spans:
+                    f.seek(offset)
+                    view = memoryview(out.numpy()).cast("B")
+                    if f.readinto(view) != size:
+                        raise FormatError(f"shard {file} is truncated")
+        except KeyError as e:
+            raise FormatError(f"shard {file} lacks tensor {e}") from None
+        except (OSError, ValueError, struct.error) as e:
+            raise FormatError(f"shard {file} is unreadable (corrupt?): {e}") from None
+        return True
+
     def iter_rows(self, key: str | None = None, batch_size: int = 4096
                   ) -> Iterator[tuple[Tensor, Tensor]]:
         """Sequential (acts [b, d], row_ids [b]) batches over the whole store, in order."""
@@ -159,4 +192,5 @@ class ActivationStore:
             raise ConfigError(f"store {self.path} holds {sum(sizes)} rows, fewer than one batch "
                               f"of {batch_size}")
         return ShuffledBatches(sizes, lambda i: tuple(self.read_shard(i, names)), batch_size,
-                               buffer_rows, seed)
+                               buffer_rows, seed,
+                               load_into=lambda i, dest: self.read_shard_into(i, names, dest))

@@ -21,9 +21,13 @@ class ShuffledBatches:
     """An endless, deterministic stream of shuffled batches over chunks of rows."""
 
     def __init__(self, chunk_rows: list[int], load: Callable[[int], Rows], batch_size: int,
-                 buffer_rows: int, seed: int = 0):
+                 buffer_rows: int, seed: int = 0,
+                 load_into: Callable[[int, Rows], bool] | None = None):
         self.chunk_rows = chunk_rows
         self.load = load
+        self.load_into = load_into
+        """Optional: write chunk i straight into the given slices of the buffer and return
+        True (False when it cannot, e.g. another dtype; `load` is used then)."""
         self.batch_size = batch_size
         self.buffer_rows = max(buffer_rows, batch_size)
         self.seed = seed
@@ -67,6 +71,7 @@ class ShuffledBatches:
                 if seen + n <= start:
                     seen += n
                     continue
+                rows = perm = None  # drop the previous group before loading the next
                 rows = self._load_group(group)
                 perm = torch.randperm(rows[0].shape[0], generator=self._generator(epoch, gi, 1))
                 for b in range(max(0, start - seen), n):
@@ -76,10 +81,29 @@ class ShuffledBatches:
             epoch += 1
 
     def _load_group(self, group: list[int]) -> Rows:
-        parts = [self.load(i) for i in group]
-        if len(parts) == 1:
-            return parts[0]
-        return tuple(torch.cat(ts) for ts in zip(*parts))
+        """The rows of a group in one buffer, filled chunk by chunk: the peak is the buffer plus
+        at most one chunk (none when `load_into` writes straight into the buffer)."""
+        if len(group) == 1 and self.load_into is None:
+            return self.load(group[0])
+        total = sum(self.chunk_rows[i] for i in group)
+        out: Rows | None = None
+        at = 0
+        for i in group:
+            n = self.chunk_rows[i]
+            if out is not None and self.load_into is not None and \
+                    self.load_into(i, tuple(o[at:at + n] for o in out)):
+                at += n
+                continue
+            part = self.load(i)
+            if part[0].shape[0] != n:
+                raise ValueError(f"chunk {i} holds {part[0].shape[0]} rows, expected {n}")
+            if out is None:
+                out = tuple(torch.empty((total, *t.shape[1:]), dtype=t.dtype) for t in part)
+            for o, t in zip(out, part):
+                o[at:at + n].copy_(t)
+            at += n
+            del part
+        return out
 
 
 def tensor_batches(data: Tensor | Rows, batch_size: int, seed: int = 0,
