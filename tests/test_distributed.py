@@ -49,6 +49,33 @@ def _scenarios(rank: int, tmp: str, store: str) -> dict:
     for arch in ("topk", "relu"):
         sae = saelab.fit(_dictionary(arch), x, _cfg(out=f"{tmp}/dp_{arch}"))
         torch.save(sae.state_dict(), f"{tmp}/dp_{arch}_rank{rank}.pt")
+    # a run killed after its checkpoint at step 6 resumes there (rank 0 reads the checkpoint and
+    # sends the loop state and optimiser to rank 1)
+    from saelab.train import loop
+
+    original_step = loop._one_step
+    def dying(run, batch):
+        if run.step == 8:
+            raise KeyboardInterrupt
+        return original_step(run, batch)
+    loop._one_step = dying
+    try:
+        saelab.fit(_dictionary("topk"), x, _cfg(out=f"{tmp}/resumed"))
+    except KeyboardInterrupt:
+        facts["killed"] = True
+    finally:
+        loop._one_step = original_step
+    taken = []
+    def counting(run, batch):
+        taken.append(run.step)
+        return original_step(run, batch)
+    loop._one_step = counting
+    try:
+        sae = saelab.fit(_dictionary("topk"), x, _cfg(out=f"{tmp}/resumed"))
+    finally:
+        loop._one_step = original_step
+    facts["resumed_steps"] = taken
+    torch.save(sae.state_dict(), f"{tmp}/resumed_rank{rank}.pt")
     # data parallel over a store, each rank reading its own shards
     from saelab.store import ActivationStore
 
@@ -170,6 +197,18 @@ def test_two_ranks_reach_the_weights_of_one_process(ranks, tmp_path, arch):
         a, b = json.loads(a), json.loads(b)
         assert a["tokens"] == b["tokens"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
         assert a["dead_fraction"] == b["dead_fraction"]
+
+
+def test_a_killed_two_rank_run_resumes_to_the_same_weights(ranks):
+    tmp, facts = ranks
+    assert all(f["killed"] for f in facts)
+    assert [f["resumed_steps"] for f in facts] == [list(range(6, 12))] * WORLD
+    full = _weights(tmp / "dp_topk_rank0.pt")
+    for r in range(WORLD):
+        _assert_close(full, _weights(tmp / f"resumed_rank{r}.pt"), 1e-6)
+    steps = [json.loads(ln)["step"] for ln in
+             (tmp / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 8, 12]
 
 
 def test_store_shards_are_read_per_rank_and_the_ranks_agree(ranks, store):
