@@ -69,15 +69,15 @@ def launched_by_torchrun() -> bool:
 def init_from_env(device: str | None = None) -> bool:
     """Initialise the default process group from torchrun's environment variables, if any.
 
-    Backend: $SAELAB_DIST_BACKEND, else nccl when training on CUDA (`device` cuda/auto/None with a
-    GPU present; each rank then uses GPU $LOCAL_RANK), else gloo. Returns whether a process group
-    is initialised (False for a plain single-process run)."""
+    Backend: $SAELAB_DIST_BACKEND, else nccl when training on CUDA (`device` auto or cuda with a
+    GPU present; each rank then uses GPU $LOCAL_RANK as its `cuda` device), else gloo. Returns
+    whether a process group is initialised (False for a plain single-process run)."""
     if is_initialized():
         return True
     if not launched_by_torchrun():
         return False
-    cuda = torch.cuda.is_available() and (device is None or device == "auto"
-                                          or device.startswith("cuda"))
+    cuda = torch.cuda.is_available() and device is not None and (
+        device == "auto" or device.startswith("cuda"))
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     backend = os.environ.get("SAELAB_DIST_BACKEND") or ("nccl" if cuda else "gloo")

@@ -127,7 +127,8 @@ def _initialise(run: _Run) -> None:
     """Input scale and data-dependent initialisation, from the data (fresh runs only)."""
     first = next(run.data.batches(0))
     check_batch(first, run.dictionary.d_in, run.dictionary.d_out, 0, _source(run))
-    first = run.group.gather_rows(first)  # the whole global batch, the same on every rank
+    if run.group.active:  # the whole global batch, the same on every rank (nccl: on the GPU)
+        first = run.group.gather_rows(tuple(t.to(run.device) for t in first))
     msn = run.data.mean_sq_norm
     if msn is None:
         msn = float(first[0].float().pow(2).sum(-1).mean())
