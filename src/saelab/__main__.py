@@ -1,0 +1,6 @@
+"""`python -m saelab ...` runs the command line (also under torchrun: `torchrun ... -m saelab train ...`)."""
+
+from saelab.cli import main
+
+if __name__ == "__main__":
+    main()
