@@ -4,7 +4,8 @@ reader's shuffle buffer.
 Builds (once, in --dir) a store of synthetic rows with saelab's store writer (a small model whose
 hookpoint outputs random 768-d activations: `--rows` rows, float32, shards of `--shard-rows`),
 then measures, each in its own subprocess so that the peaks are separate, the peak resident set
-size (getrusage ru_maxrss) of:
+size of (VmHWM from /proc/self/status, reset to the resident size after the imports; getrusage
+ru_maxrss where /proc is missing):
 
 - baseline: importing torch and saelab and opening the store;
 - read: one full epoch of shuffled batches through the store's reader, with `--buffer` rows of
@@ -22,6 +23,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -32,8 +34,32 @@ D = 768
 MB = 1 << 20
 
 
+def _status(field: str) -> float | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(field + r":\s+(\d+)", text)
+    return int(m.group(1)) / 1024 if m else None
+
+
+def rss_mb() -> float:
+    """Resident size now (Linux /proc), or the peak so far where /proc is missing."""
+    now = _status("VmRSS")
+    return now if now is not None else peak_mb()
+
+
+def reset_peak() -> None:
+    """Reset the peak resident size to the current one (Linux >= 4.0; no-op elsewhere)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    hwm = _status("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build(args) -> None:
@@ -71,7 +97,8 @@ def measure(args) -> None:
     from saelab.store import ActivationStore
 
     store = ActivationStore(args.dir)
-    base = peak_mb()
+    base = rss_mb()
+    reset_peak()
     t = time.perf_counter()
     result = {"mode": args.mode, "buffer_rows": args.buffer, "baseline_mb": base}
     if args.mode == "read":

@@ -132,29 +132,3 @@ def test_streaming_batches_come_from_the_model(tiny_lm, tokens):
     total = sum(b[0].shape[0] for b in batches)
     assert total > 0.8 * (tokens != 2).sum()
 
-
-def test_reading_straight_into_the_buffer_gives_the_rows_of_read_shard(tiny_lm, tokens,
-                                                                          tmp_path):
-    store = make_store(tiny_lm, tokens, tmp_path / "s", shard_rows=100)
-    names = [f"acts/{k}" for k in store.hookpoints]
-    for i, shard in enumerate(store.manifest["shards"]):
-        expected = store.read_shard(i, names)
-        dest = tuple(torch.full_like(t, float("nan")) for t in expected)
-        assert store.read_shard_into(i, names, dest)
-        assert all(torch.equal(a, b) for a, b in zip(dest, expected))
-    wrong = (torch.empty(1, 1),) * len(names)
-    assert not store.read_shard_into(0, names, wrong)
-
-
-def test_shuffled_store_batches_do_not_depend_on_how_the_buffer_is_filled(tiny_lm, tokens,
-                                                                          tmp_path):
-    store = make_store(tiny_lm, tokens, tmp_path / "s", shard_rows=60)
-    direct = store.shuffled_hookpoints(HP, 32, buffer_rows=150, seed=2)
-    through_copies = store.shuffled_hookpoints(HP, 32, buffer_rows=150, seed=2)
-    through_copies.load_into = None
-    a, b = direct.iterate(), through_copies.iterate()
-    n = 2 * direct.batches_per_epoch()
-    assert n > 4
-    for _ in range(n):
-        x, y = next(a), next(b)
-        assert len(x) == 2 and all(torch.equal(u, v) for u, v in zip(x, y))

@@ -65,6 +65,7 @@ class ShuffledBatches:
         if sum(self.chunk_rows) < self.batch_size:
             raise ValueError(f"only {sum(self.chunk_rows)} rows for batches of {self.batch_size}")
         epoch, seen = 0, 0
+        buffer: Rows | None = None
         while True:
             for gi, group in enumerate(self.groups(epoch)):
                 n = self.batches_in(group)
@@ -72,7 +73,7 @@ class ShuffledBatches:
                     seen += n
                     continue
                 rows = perm = None  # drop the previous group before loading the next
-                rows = self._load_group(group)
+                rows, buffer = self._load_group(group, buffer)
                 perm = torch.randperm(rows[0].shape[0], generator=self._generator(epoch, gi, 1))
                 for b in range(max(0, start - seen), n):
                     idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
@@ -80,13 +81,20 @@ class ShuffledBatches:
                 seen += n
             epoch += 1
 
-    def _load_group(self, group: list[int]) -> Rows:
-        """The rows of a group in one buffer, filled chunk by chunk: the peak is the buffer plus
-        at most one chunk (none when `load_into` writes straight into the buffer)."""
-        if len(group) == 1 and self.load_into is None:
-            return self.load(group[0])
+    def _load_group(self, group: list[int], buffer: Rows | None) -> tuple[Rows, Rows | None]:
+        """The rows of a group in one buffer, filled chunk by chunk, and that buffer.
+
+        With `load_into` (stores), one buffer is allocated for the whole iteration and every
+        group is read straight into it: the peak is the buffer plus one chunk, once, whatever
+        the number of groups and epochs. Without it, each group gets a fresh buffer (a group of
+        one chunk is used as loaded, without a copy)."""
         total = sum(self.chunk_rows[i] for i in group)
-        out: Rows | None = None
+        if self.load_into is None:
+            if len(group) == 1:
+                return self.load(group[0]), None
+            buffer = None
+        out = None if buffer is None or buffer[0].shape[0] < total else \
+            tuple(t[:total] for t in buffer)
         at = 0
         for i in group:
             n = self.chunk_rows[i]
@@ -98,12 +106,17 @@ class ShuffledBatches:
             if part[0].shape[0] != n:
                 raise ValueError(f"chunk {i} holds {part[0].shape[0]} rows, expected {n}")
             if out is None:
-                out = tuple(torch.empty((total, *t.shape[1:]), dtype=t.dtype) for t in part)
+                size = total
+                if self.load_into is not None:  # room for the largest group of any epoch
+                    size = max(total, min(self.buffer_rows, sum(self.chunk_rows)))
+                buffer = out = None
+                buffer = tuple(torch.empty((size, *t.shape[1:]), dtype=t.dtype) for t in part)
+                out = tuple(t[:total] for t in buffer)
             for o, t in zip(out, part):
                 o[at:at + n].copy_(t)
             at += n
             del part
-        return out
+        return out, buffer
 
 
 def tensor_batches(data: Tensor | Rows, batch_size: int, seed: int = 0,
