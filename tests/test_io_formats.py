@@ -94,21 +94,35 @@ def test_saelens_folder_round_trips_through_saelab_bit_exactly(case, tmp_path):
         assert cfg_a.get(key) == cfg_b.get(key), key
 
 
-def test_saelens_jumprelu_round_trip_keeps_thresholds_to_float32_log_precision(tmp_path):
-    """saelab stores log(theta); exp does not reach every float32, so theta comes back exactly
-    where some float32 log reaches it, else as close as one does (relative error below 1e-6:
-    a few ulps where |log theta| is large). Every other tensor is bit-exact."""
-    ref = _saelens("jumprelu")
-    ref.to(torch.float32).save_model(tmp_path / "ref")
+def test_saelens_jumprelu_round_trip_is_bit_exact_thresholds_included(tmp_path):
+    """saelab stores log(theta) and exp does not reach every float32: the thresholds as read
+    travel in exact.safetensors beside the saelab folder and are written back while
+    exp(log_threshold) still equals what was read. Negative thresholds (0 in effect) too."""
+    ref = _saelens("jumprelu").to(torch.float32)
+    with torch.no_grad():
+        ref.threshold[:3] = torch.tensor([-0.25, 0.0, 1e-30])
+    ref.save_model(tmp_path / "ref")
     convert(tmp_path / "ref", tmp_path / "ours", to="saelab")
+    assert (tmp_path / "ours" / "exact.safetensors").is_file()
     convert(tmp_path / "ours", tmp_path / "back", to="saelens")
     a = sl.read_tensors(tmp_path / "ref" / sl.WEIGHTS)
     b = sl.read_tensors(tmp_path / "back" / sl.WEIGHTS)
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+    assert sorted(a) == sorted(b)
+    for name in a:
         assert torch.equal(a[name], b[name]), name
-    ta, tb = a["threshold"], b["threshold"]
-    assert ((ta - tb).abs() <= 1e-6 * ta).all()
-    assert (ta == tb).float().mean() > 0.3
+    assert not torch.equal(saelab.load(tmp_path / "ours").threshold, a["threshold"])  # the case
+
+
+def test_saelens_jumprelu_threshold_changed_in_saelab_is_written_as_changed(tmp_path):
+    ref = _saelens("jumprelu").to(torch.float32)
+    ref.save_model(tmp_path / "ref")
+    sae = saelab.load(tmp_path / "ref")
+    with torch.no_grad():
+        sae.log_threshold[:4] += 0.5
+    sl.save(sae, tmp_path / "back")
+    a = sl.read_tensors(tmp_path / "ref" / sl.WEIGHTS)["threshold"]
+    b = sl.read_tensors(tmp_path / "back" / sl.WEIGHTS)["threshold"]
+    assert torch.equal(b[:4], sae.threshold[:4].detach()) and torch.equal(a[4:], b[4:])
 
 
 def _trained_like(arch, **kw):
@@ -166,10 +180,82 @@ def test_saelens_expected_average_norm_is_folded_like_saelens(tmp_path):
     assert "folded" in sae.provenance["input_normalization"]
 
 
-def test_saelens_run_time_normalisation_is_refused_with_the_reason(tmp_path):
-    _saelens("standard", normalize_activations="layer_norm").save_model(tmp_path / "ref")
-    with pytest.raises(saelab.SaelabError, match="layer_norm.*normalises each input"):
+NORMS = ["constant_norm_rescale", "layer_norm"]
+NORM_ARCHS = {"standard": ({}, "relu"), "topk": ({"k": 5}, "topk"), "jumprelu": ({}, "jumprelu"),
+              "gated": ({}, "gated"),
+              "jumprelu_no_b_dec_in": ({"apply_b_dec_to_input": False}, "jumprelu")}
+
+
+@pytest.mark.parametrize("case", sorted(NORM_ARCHS))
+@pytest.mark.parametrize("norm", NORMS)
+def test_saelens_run_time_normalisation_gives_saelens_outputs(norm, case, tmp_path):
+    kw, ours = NORM_ARCHS[case]
+    ref = _saelens(case.split("_no_")[0], normalize_activations=norm, **kw)
+    ref.save_model(tmp_path / "ref")
+    sae = saelab.load(tmp_path / "ref")
+    assert sae.architecture == ours and sae.cfg.input_norm == norm
+    x = _x() * 3 + 1  # off-centre, not unit norm: both statistics matter
+    ref_codes = ref.encode(x)
+    codes = sae.encode(x)  # keeps x's statistics for the next decode, as SAELens does
+    torch.testing.assert_close(codes, ref_codes, **TOL)
+    assert (codes != 0).equal(ref_codes != 0)
+    torch.testing.assert_close(sae.decode(codes), ref.decode(ref_codes), **TOL)
+    torch.testing.assert_close(sae(x).x_hat, ref(x), **TOL)
+    torch.testing.assert_close(sae(x).codes, ref_codes, **TOL)
+    with pytest.raises(RuntimeError, match="call encode"):
+        sae.decode(codes)  # the statistics went with the first decode (SAELens: AttributeError)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_saelens_run_time_normalisation_round_trips_bit_exactly(norm, tmp_path):
+    ref = _saelens("jumprelu", normalize_activations=norm).to(torch.float32)
+    ref.save_model(tmp_path / "ref")
+    convert(tmp_path / "ref", tmp_path / "ours", to="saelab")
+    again = saelab.load(tmp_path / "ours")
+    assert again.cfg.input_norm == norm
+    convert(tmp_path / "ours", tmp_path / "back", to="saelens")
+    a = sl.read_tensors(tmp_path / "ref" / sl.WEIGHTS)
+    b = sl.read_tensors(tmp_path / "back" / sl.WEIGHTS)
+    assert sorted(a) == sorted(b) and all(torch.equal(a[n], b[n]) for n in a)
+    cfg = json.loads((tmp_path / "back" / "cfg.json").read_text())
+    assert cfg["normalize_activations"] == norm
+    back = sae_lens.SAE.load_from_disk(tmp_path / "back")
+    x = _x().float()
+    torch.testing.assert_close(back(x), ref(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_saelab_dictionary_with_input_norm_reads_the_same_in_saelens(norm, tmp_path):
+    sae = _trained_like("topk", k=5, input_norm=norm)
+    sl.save(sae, tmp_path / "sl")
+    ref = sae_lens.SAE.load_from_disk(tmp_path / "sl")
+    assert ref.cfg.normalize_activations == norm
+    x = _x() * 2 - 1
+    torch.testing.assert_close(ref.encode(x), sae.encode(x), **TOL)
+    torch.testing.assert_close(ref(x), sae(x).x_hat, **TOL)
+    back = saelab.load(tmp_path / "sl")
+    assert back.cfg == sae.cfg and type(back) is type(sae)
+    with pytest.raises(saelab.SaelabError, match="no per-input normalisation"):
+        save_in(sae, tmp_path / "sp", format="sparsify")
+
+
+def test_input_norm_refuses_training_and_transcoders(tmp_path):
+    sae = saelab.create("relu", d_in=D, n_latents=F, input_norm="layer_norm")
+    with pytest.raises(saelab.SaelabError, match="training with input_norm"):
+        sae.loss(_x().float(), None)
+    with pytest.raises(saelab.SaelabError, match="not transcoders"):
+        saelab.create("transcoder", d_in=D, n_latents=F, d_out=DOUT, k=5,
+                      input_norm="layer_norm")
+    ref = _saelens("transcoder", d_out=DOUT, apply_b_dec_to_input=False,
+                   normalize_activations="layer_norm")
+    ref.save_model(tmp_path / "ref")
+    with pytest.raises(saelab.SaelabError, match="layer_norm.*transcoder"):
         saelab.load(tmp_path / "ref")
+
+
+def test_default_dictionaries_are_unchanged_by_input_norm():
+    sae = saelab.create("topk", d_in=D, n_latents=F, k=5)
+    assert sae.cfg.input_norm == "none" and type(sae) is saelab.dictionaries.get("topk")
 
 
 def test_saelens_sparsity_file_travels_with_a_conversion(tmp_path):

@@ -15,6 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from saelab.config import check, option, required
+from saelab.errors import ConfigError
+
+INPUT_NORMS = ("none", "constant_norm_rescale", "layer_norm")
+"""Values of `DictionaryConfig.input_norm` (SAELens' run-time `normalize_activations`)."""
+LAYER_NORM_EPS = 1e-5
+"""SAELens' epsilon of its run-time layer norm."""
 
 
 @dataclass
@@ -25,10 +31,15 @@ class DictionaryConfig:
     n_latents: int = required("Number of dictionary atoms (latents).")
     d_out: int | None = option(None, "Width of the output; defaults to d_in (differs for "
                                      "transcoders).")
+    input_norm: str = option("none", "Per-input normalisation around encode/decode, as SAELens' "
+                             "normalize_activations: none, constant_norm_rescale or layer_norm. "
+                             "Set when reading such a SAELens SAE; training with it is refused.")
 
     def __post_init__(self) -> None:
         if self.d_out is None:
             self.d_out = self.d_in
+        check(self.input_norm in INPUT_NORMS, "input_norm",
+              f"must be one of {', '.join(INPUT_NORMS)}, got {self.input_norm!r}")
         for name in ("d_in", "n_latents", "d_out"):
             value = getattr(self, name)
             check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name,
@@ -99,6 +110,14 @@ class Dictionary(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.provenance: dict[str, Any] = {}
+        self.exact_tensors: dict[str, Tensor] = {}
+        """Tensors as a foreign file stored them, where saelab's parametrisation cannot hold every
+        value bit for bit (a SAELens JumpReLU threshold vs saelab's log_threshold). Never used
+        in computation; writers put them back where the parameter still maps to them."""
+        if getattr(cfg, "input_norm", "none") != "none":
+            check(not self.needs_target and cfg.d_in == cfg.d_out, "input_norm",
+                  "is for dictionaries that reconstruct their input (SAEs), not transcoders")
+            self.__class__ = _input_normalised(type(self))
 
     # --- the contract -----------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
@@ -181,6 +200,91 @@ class Dictionary(nn.Module):
         fields = ", ".join(f"{f.name}={getattr(self.cfg, f.name)!r}"
                            for f in dataclasses.fields(self.cfg))
         return f"architecture={self.architecture!r}, {fields}"
+
+
+class _InputNorm:
+    """Mixed in front of a variant whose cfg.input_norm is not "none" (see `_input_normalised`).
+
+    SAELens' run-time normalisation, formula for formula (sae_lens.saes.sae,
+    `_setup_activation_normalization`), per input row x [.., d_in]:
+    - constant_norm_rescale: c = sqrt(d_in) / |x|; encode sees x * c; decode returns out / c.
+    - layer_norm: mu = mean(x), s = std(x - mu) (unbiased, as torch.std); encode sees
+      (x - mu) / (s + 1e-5); decode returns out * s + mu (SAELens leaves the eps out here).
+    The contract is SAELens': `encode(x)` keeps the statistics of x and the next `decode(codes)`
+    uses them and drops them (decode without a preceding encode of the same batch is an error);
+    `forward(x)` / `dictionary(x)` does both at once and keeps nothing. Nested encode/decode calls
+    inside a variant's own forward or encode are passed through untouched.
+    """
+
+    _norm_stats: tuple[Tensor, ...] | None = None
+    _norm_busy: bool = False
+
+    def _norm_in(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        if self.cfg.input_norm == "constant_norm_rescale":
+            coeff = (self.cfg.d_in ** 0.5) / x.norm(dim=-1, keepdim=True)
+            return x * coeff, (coeff,)
+        mu = x.mean(dim=-1, keepdim=True)
+        x = x - mu
+        std = x.std(dim=-1, keepdim=True)
+        return x / (std + LAYER_NORM_EPS), (mu, std)
+
+    def _norm_out(self, out: Tensor, stats: tuple[Tensor, ...]) -> Tensor:
+        if self.cfg.input_norm == "constant_norm_rescale":
+            return out / stats[0]
+        mu, std = stats
+        return out * std + mu
+
+    def _norm_call(self, method, x: Tensor, *args, **kwargs):
+        xn, stats = self._norm_in(x)
+        self._norm_busy = True
+        try:
+            return method(xn, *args, **kwargs), stats
+        finally:
+            self._norm_busy = False
+
+    def encode(self, x: Tensor, *args, **kwargs) -> Tensor:
+        if self._norm_busy:
+            return super().encode(x, *args, **kwargs)
+        codes, self._norm_stats = self._norm_call(super().encode, x, *args, **kwargs)
+        return codes
+
+    def decode(self, codes: Tensor, *args, **kwargs) -> Tensor:
+        if self._norm_busy:
+            return super().decode(codes, *args, **kwargs)
+        stats, self._norm_stats = self._norm_stats, None
+        if stats is None or stats[0].shape[:-1] != codes.shape[:-1]:
+            raise RuntimeError(f"input_norm={self.cfg.input_norm!r}: decode needs the statistics "
+                               "of the inputs its codes came from; call encode(x) on the same "
+                               "batch just before (as in SAELens), or use dictionary(x)")
+        return self._norm_out(super().decode(codes, *args, **kwargs), stats)
+
+    def forward(self, x: Tensor, *args, **kwargs):
+        if self._norm_busy:
+            return super().forward(x, *args, **kwargs)
+        out, stats = self._norm_call(super().forward, x, *args, **kwargs)
+        return out._replace(x_hat=self._norm_out(out.x_hat, stats))
+
+    def loss(self, *args, **kwargs):
+        raise ConfigError(f"training with input_norm={self.cfg.input_norm!r} is not "
+                          "supported: it is read from SAELens for inference; saelab trains on "
+                          "inputs as they come (its own normalisation is a fixed scale folded "
+                          "into the weights)")
+
+    fit = loss
+
+
+_NORMALISED: dict[type, type] = {}
+
+
+def _input_normalised(cls: type) -> type:
+    """`cls` with `_InputNorm` in front, made once per variant (and kept if already one)."""
+    if issubclass(cls, _InputNorm):
+        return cls
+    if cls not in _NORMALISED:
+        name = f"InputNormalised{cls.__name__}"
+        _NORMALISED[cls] = type(name, (_InputNorm, cls), {"__module__": cls.__module__,
+                                                         "__qualname__": name})
+    return _NORMALISED[cls]
 
 
 def unit_rows(n: int, d: int, generator: torch.Generator | None = None) -> Tensor:

@@ -21,6 +21,9 @@ from saelab.errors import FormatError
 
 CFG = "cfg.json"
 WEIGHTS = "weights.safetensors"
+EXACT = "exact.safetensors"
+"""A dictionary's `exact_tensors` (foreign values its parameters cannot hold bit for bit), when
+it has any; a separate file, so that weights.safetensors is exactly the state dict."""
 
 
 def _version() -> str:
@@ -38,6 +41,9 @@ def save(dictionary, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.mkdir()
         write_safetensors(tmp / WEIGHTS, tensors, metadata={"format": "saelab"})
+        if dictionary.exact_tensors:
+            write_safetensors(tmp / EXACT, {name: t.detach().cpu() for name, t in
+                                            dictionary.exact_tensors.items()})
         write_json(tmp / CFG, cfg)
     return path
 
@@ -81,6 +87,8 @@ def load(path: str | Path):
     if "W_dec" in tensors and tensors["W_dec"].is_floating_point():
         dictionary.to(tensors["W_dec"].dtype)  # keep the saved precision (float64, bfloat16, ...)
     load_state(dictionary, tensors, path / WEIGHTS)
+    if (path / EXACT).is_file():
+        dictionary.exact_tensors.update(load_weights(path / EXACT))
     return dictionary
 
 

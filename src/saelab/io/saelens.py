@@ -59,7 +59,9 @@ its backward-compatibility path, so this must be at least 6.0.0)."""
 
 READS = ("standard", "topk", "jumprelu", "gated", "transcoder", "skip_transcoder", "batchtopk",
          "matryoshka_batchtopk")
-NORMALISATIONS = ("none", "expected_average_only_in")
+RUN_TIME = ("constant_norm_rescale", "layer_norm")
+"""Normalisations SAELens applies to each input at run time: saelab's `input_norm`."""
+NORMALISATIONS = ("none", "expected_average_only_in", *RUN_TIME)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "bfloat16": torch.bfloat16}
 
@@ -123,12 +125,20 @@ def load(path: str | Path, norm_scaling_factor: float | None = None):
     record = meta.get(SAELAB_KEY) if isinstance(meta.get(SAELAB_KEY), dict) else None
     builder = _READERS[arch]
     name, fields, state = builder(cfg, tensors, d_in, d_sae, source)
-    _normalisation(cfg, state, norm_scaling_factor, path, provenance)
+    input_norm = _normalisation(cfg, state, norm_scaling_factor, path, provenance, name)
+    if input_norm != "none":
+        fields["input_norm"] = input_norm
+    dictionary = None
     if record is not None:
-        restored = _restore(record, name, state, source)
-        if restored is not None:
-            return restored
-    return make(name, fields, state, provenance, source)
+        dictionary = _restore(record, name, state, source, input_norm)
+    if dictionary is None:
+        dictionary = make(name, fields, state, provenance, source)
+    # theta that exp(log_threshold) cannot give back bit for bit is kept for the way back
+    if dictionary.architecture == "jumprelu":
+        theta = tensors["threshold"]
+        if not torch.equal(dictionary.threshold.detach(), theta):
+            dictionary.exact_tensors["threshold"] = theta.clone()
+    return dictionary
 
 
 def _finetuning_scale(tensors: dict[str, Tensor], source: Path) -> dict[str, Tensor]:
@@ -252,30 +262,41 @@ _READERS = {"standard": _read_standard, "topk": _read_topk, "jumprelu": _read_ju
 
 
 def _normalisation(cfg, state: dict[str, Tensor], factor: float | None, path: Path,
-                   provenance: dict) -> None:
+                   provenance: dict, name: str) -> str:
+    """Apply `normalize_activations`: fold the expected-average factor into the weights, or
+    return the run-time normalisation the dictionary applies per input (its `input_norm`)."""
     norm = cfg.get("normalize_activations", "none") or "none"
     if norm not in NORMALISATIONS:
-        raise FormatError(f"{path / CFG}: normalize_activations={norm!r} normalises each input at "
-                          "run time, which saelab dictionaries do not do; saelab reads "
-                          f"{', '.join(NORMALISATIONS)}")
+        raise FormatError(f"{path / CFG}: normalize_activations={norm!r} is not one saelab "
+                          f"reads; saelab reads {', '.join(NORMALISATIONS)}")
+    if norm in RUN_TIME:
+        if name in ("transcoder", "skip_transcoder"):
+            raise FormatError(f"{path / CFG}: normalize_activations={norm!r} on a transcoder "
+                              "(SAELens normalises its input only); saelab reads run-time "
+                              "normalisation for SAEs, not transcoders")
+        return norm
     if norm == "expected_average_only_in":
         if factor is None:
             log.warning("%s: normalize_activations='expected_average_only_in' without a "
                         "norm_scaling_factor: the weights are used as stored (as SAELens' "
                         "load_from_disk does); pass norm_scaling_factor to fold it in", path)
             provenance["input_normalization"] = "expected_average_only_in (factor not folded)"
-            return
+            return "none"
         # SAELens' fold_activation_norm_scaling_factor, on saelab's [n_latents, d_in] W_enc
         state["W_enc"] = state["W_enc"] * factor
         state["W_dec"] = state["W_dec"] / factor
         state["b_dec"] = state["b_dec"] / factor
         provenance["input_normalization"] = f"expected_average_only_in, folded ({factor})"
+    return "none"
 
 
-def _restore(record: dict, name: str, state: dict[str, Tensor], source: Path):
-    """The saelab dictionary recorded in the metadata, if the weights still fit it."""
+def _restore(record: dict, name: str, state: dict[str, Tensor], source: Path, input_norm: str):
+    """The saelab dictionary recorded in the metadata, if the weights (and the normalisation)
+    still fit it."""
     arch, fields = record.get("architecture"), record.get("config")
     if not isinstance(arch, str) or not isinstance(fields, dict):
+        return None
+    if fields.get("input_norm", "none") != input_norm:
         return None
     state = dict(state)
     scalars = record.get("scalars") or {}
@@ -337,7 +358,7 @@ def to_saelens(dictionary) -> tuple[dict[str, Any], dict[str, Tensor]]:
     if arch == "topk":
         extra = {"k": dictionary.cfg.k, "rescale_acts_by_decoder_norm": False}
     elif arch == "jumprelu":
-        tensors["threshold"] = dictionary.threshold.detach().cpu()
+        tensors["threshold"] = _exact_threshold(dictionary)
     elif arch == "batchtopk":
         tensors["threshold"] = dictionary.inference_threshold().detach().cpu()
     elif arch == "matryoshka":
@@ -358,9 +379,21 @@ def to_saelens(dictionary) -> tuple[dict[str, Any], dict[str, Tensor]]:
     dtype = str(tensors["W_dec"].dtype).replace("torch.", "")
     cfg = {"architecture": name, "d_in": dictionary.d_in, "d_sae": dictionary.n_latents,
            "dtype": dtype, "device": "cpu", "apply_b_dec_to_input": not transcoder,
-           "normalize_activations": "none", "reshape_activations": "none", **extra,
+           "normalize_activations": dictionary.cfg.input_norm, "reshape_activations": "none",
+           **extra,
            "metadata": _json_safe(meta)}
     return cfg, tensors
+
+
+def _exact_threshold(dictionary) -> Tensor:
+    """exp(log_threshold), except where it still equals what reading a SAELens threshold gave:
+    there the threshold as that file stored it (exp does not reach every float, see log_exact)."""
+    theta = dictionary.threshold.detach().cpu()
+    exact = dictionary.exact_tensors.get("threshold")
+    if exact is None or exact.shape != theta.shape or exact.dtype != theta.dtype:
+        return theta
+    as_read = log_exact(exact).exp()
+    return torch.where(theta == as_read, exact, theta)
 
 
 def _json_safe(obj: Any) -> Any:

@@ -97,6 +97,10 @@ def to_sparsify(dictionary) -> tuple[dict[str, Any], dict[str, Tensor]]:
     if arch != "topk" and dictionary.cfg.activation != "topk":
         raise FormatError(f"sparsify's transcoders use TopK; this {arch} has activation="
                           f"{dictionary.cfg.activation!r} (write it to SAELens instead)")
+    if dictionary.cfg.input_norm != "none":
+        raise FormatError(f"sparsify has no per-input normalisation; this dictionary has "
+                          f"input_norm={dictionary.cfg.input_norm!r} (write it to SAELens or "
+                          "keep saelab's format)")
     if dictionary.d_in != dictionary.d_out:
         raise FormatError(f"sparsify dictionaries have equal input and output widths; this one "
                           f"has d_in={dictionary.d_in}, d_out={dictionary.d_out}")
