@@ -15,11 +15,16 @@ Architectures, SAELens <-> saelab:
 |---|---|
 | standard | relu |
 | topk | topk (`rescale_acts_by_decoder_norm` folded into the weights on read) |
-| jumprelu | jumprelu (theta <-> log_threshold) |
+| jumprelu | jumprelu (theta <-> log_threshold; theta as read kept in `exact_tensors`) |
 | gated | gated |
 | transcoder, skip_transcoder | transcoder, skip_transcoder with activation="relu" |
 | batchtopk, matryoshka_batchtopk (training checkpoints) | batchtopk, matryoshka |
 | jumprelu (written from) | batchtopk, matryoshka (their inference thresholds) |
+
+`normalize_activations`: `expected_average_only_in` is folded into the weights when the factor
+is given; `constant_norm_rescale` and `layer_norm` become the dictionary's `input_norm` (applied
+per input around encode/decode, as SAELens does; see `saelab.dictionaries._base._InputNorm`) and
+are written back as they were.
 
 `apply_b_dec_to_input=False` (e.g. Gemma Scope) is folded into the encoder bias on read
 (saelab centres the input of an SAE by b_dec): same function, not the same bits.
