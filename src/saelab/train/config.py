@@ -10,6 +10,7 @@ import torch
 from saelab.config import check, option
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+ORDERS = ("shuffle", "sequential")
 
 
 @dataclass
@@ -37,6 +38,9 @@ class TrainConfig:
                                          "one).")
     target_hookpoint: str | None = option(None, "Hookpoint to reconstruct instead of the input "
                                                 "(transcoders).")
+    order: str = option("shuffle", "Order of rows from a store: shuffle (rows mixed across "
+                                   "contexts) or sequential (FAST: whole contexts, in store "
+                                   "order, packed into batches of at most batch_size rows).")
     buffer_rows: int = option(1 << 19, "Rows held in the shuffle buffer when reading a store.")
     device: str | None = option(None, "Device to train on: cpu, cuda, cuda:1, ... or auto (cuda "
                                       "when available); default: the dictionary's device.")
@@ -61,6 +65,8 @@ class TrainConfig:
         check(self.checkpoint_every > 0, "checkpoint_every", "must be > 0")
         check(self.log_every > 0, "log_every", "must be > 0")
         check(self.dead_after_tokens > 0, "dead_after_tokens", "must be > 0")
+        check(self.order in ORDERS, "order",
+              f"must be one of {', '.join(ORDERS)}, got {self.order!r}")
         check(self.precision in PRECISIONS, "precision",
               f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         check(self.device is None or isinstance(self.device, str) and
@@ -89,4 +95,7 @@ class TrainConfig:
         keep = ("steps", "epochs", "batch_size", "lr", "warmup_steps", "decay_start", "seed",
                 "dead_after_tokens", "normalize", "init_b_dec", "hookpoint", "target_hookpoint",
                 "buffer_rows", "precision")
-        return {k: getattr(self, k) for k in keep}
+        identity = {k: getattr(self, k) for k in keep}
+        if self.order != "shuffle":  # absent in the default, so older checkpoints still resume
+            identity["order"] = self.order
+        return identity
