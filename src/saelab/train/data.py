@@ -4,6 +4,7 @@ one kind of training data: batches from any position, batches per epoch, and the
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
@@ -28,6 +29,24 @@ class TrainData(NamedTuple):
     """Mean squared norm of the inputs, if known without reading batches."""
     describe: dict
     """Provenance (kind, rows, path, hookpoint, ...)."""
+    labelled: bool = False
+    """Whether the last tensor of each batch holds per-row labels (see `Labelled`)."""
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """Rows with per-row concept labels, for dictionaries trained with supervision (`guided`):
+    `fit(sae, Labelled(x, labels))`. `x` is a tensor [N, d_in] or an (x, target) tuple, `labels` a
+    tensor [N, n_concepts] with values in [0, 1]. The loop passes each batch's labels to the loss
+    as `StepState.extra["labels"]`."""
+
+    x: Tensor | tuple[Tensor, ...]
+    labels: Tensor
+
+
+def split_labels(batch: Batch, data: TrainData) -> tuple[Batch, Tensor | None]:
+    """(rows, labels) of a batch: the labels are its last tensor when the data is labelled."""
+    return (batch[:-1], batch[-1]) if data.labelled else (batch, None)
 
 
 def _as_rows(batch) -> Batch:
@@ -115,6 +134,21 @@ def from_tensor(rows: Batch, d_in: int, cfg) -> TrainData:
                      float(sample.pow(2).sum(-1).mean()), describe)
 
 
+def from_labelled(data: Labelled, d_in: int, cfg) -> TrainData:
+    rows = _as_rows(data.x)
+    labels = data.labels
+    if not isinstance(labels, Tensor) or labels.ndim != 2 or labels.shape[0] != rows[0].shape[0]:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise DataError(f"labels have shape {shape}; expected [N={rows[0].shape[0]}, "
+                        f"n_concepts], one row of labels per row of data")
+    labels = labels.float()
+    if not torch.isfinite(labels).all() or labels.min() < 0 or labels.max() > 1:
+        raise DataError("labels must be finite values in [0, 1] (1: the concept is present)")
+    data_ = from_tensor((*rows, labels), d_in, cfg)
+    return data_._replace(labelled=True,
+                          describe={**data_.describe, "labels": int(labels.shape[1])})
+
+
 def from_iterable(data: Iterable) -> TrainData:
     def batches(start: int) -> Iterator[Batch]:
         return (_as_rows(b) for b in itertools.islice(iter(data), start, None))
@@ -146,6 +180,8 @@ def as_train_data(data, d_in: int, cfg, group=None) -> TrainData:
         return sharded(as_train_data(data, d_in, cfg), group)
     if isinstance(data, (str, Path, ActivationStore)):
         return from_store(_store(data), d_in, cfg)
+    if isinstance(data, Labelled):
+        return from_labelled(data, d_in, cfg)
     if isinstance(data, Tensor) or (isinstance(data, tuple) and data
                                     and all(isinstance(t, Tensor) for t in data)):
         return from_tensor(_as_rows(data), d_in, cfg)

@@ -1,0 +1,189 @@
+"""Guided SAE (G-SAE; Härle, Friedrich et al. 2025, "Measuring and Guiding Monosemanticity").
+
+A TopK SAE whose first `n_guided` latents are reserved for labelled concepts: during training a
+supervised term conditions latent j on concept j, so that the concept ends up in one known latent
+instead of being spread over (or hidden in) unnamed ones. Detection then reads latent j directly.
+
+What changes relative to TopK (saelab's reading of the paper, which reserves a few latent
+indices for the concepts and puts a binary cross-entropy on them):
+- the guided latents are ReLU(pre-activation) and stay outside the TopK competition (TopK with k
+  runs over the other n_latents - n_guided latents), so a guided latent is never crowded out of
+  the code when its concept is present: the L0 is k plus the number of concepts detected;
+- the loss gains `guide_coeff * BCE(sigmoid(pre_j), label_j)`: each guided latent's encoder
+  pre-activation, taken as a logit, against its concept label in [0, 1], averaged over the batch
+  and the guided latents. The paper squashes the latents with a sigmoid; taking the
+  pre-activation as the logit is the same loss on the same encoder row and keeps the latent's
+  scale free for reconstruction. A guided latent is then positive exactly when its concept is
+  predicted present, and its decoder row is the concept's direction (for steering);
+- AuxK revives dead unguided latents only.
+With n_guided = 0 it is TopK.
+
+Labels reach the loss as `StepState.extra["labels"]`, a float tensor [B, n_guided]; the trainer
+fills it from `saelab.fit(sae, Labelled(x, labels))` (saelab.train.data.Labelled). Without labels
+the supervised term is off (reconstruction only); `fit` refuses plain activations
+when the guidance is on (n_guided > 0 and guide_coeff > 0). `row_labels` and `store_row_labels`
+turn per-document labels (e.g. the topics of the packaged Wikipedia summaries) into per-row label
+tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saelab.config import check, option
+from saelab.dictionaries._base import Loss, StepState, fvu, squared_error
+from saelab.dictionaries._registry import register
+from saelab.dictionaries.topk import TopK, TopKConfig
+from saelab.errors import DataError
+from saelab.ops import sparse_decode, to_dense, topk_encode, topk_relu
+from saelab.ops.auxk import auxk_loss
+
+
+@dataclass
+class GuidedConfig(TopKConfig):
+    n_guided: int = option(0, "Latents conditioned on concept labels (latents 0..n_guided-1); "
+                              "set it to the number of label columns. 0 is plain TopK.")
+    guide_coeff: float = option(1.0, "Weight of the supervised (BCE) term on the guided latents "
+                                     "(0 disables it).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n = self.n_guided
+        check(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= self.n_latents,
+              "n_guided", f"must be an integer in [0, n_latents={self.n_latents}], got {n!r}")
+        check(self.k <= self.n_latents - n, "k",
+              f"must be at most n_latents - n_guided = {self.n_latents - n} (TopK runs over the "
+              f"unguided latents), got {self.k}")
+        check(isinstance(self.guide_coeff, (int, float)) and not isinstance(self.guide_coeff, bool)
+              and self.guide_coeff >= 0, "guide_coeff",
+              f"must be a number >= 0, got {self.guide_coeff!r}")
+
+
+@register("guided")
+class Guided(TopK):
+    """TopK SAE plus n_guided concept latents (weights as TopK). Latents 0..n_guided-1 are the
+    guided ones, ReLU(pre-activation), outside the TopK competition; the other latents are TopK
+    with k."""
+
+    Config = GuidedConfig
+
+    @property
+    def needs_labels(self) -> bool:
+        """True when training uses labels: `fit` refuses data without them."""
+        return self.cfg.n_guided > 0 and self.cfg.guide_coeff > 0
+
+    def guided_logits(self, x: Tensor) -> Tensor:
+        """Pre-activations of the guided latents [B, n_guided]: concept logits."""
+        g = self.cfg.n_guided
+        return F.linear(self._centered(x), self.W_enc[:g], self.b_enc[:g])
+
+    def concept_scores(self, x: Tensor) -> Tensor:
+        """Predicted probability of each concept [B, n_guided] (sigmoid of the logits)."""
+        return torch.sigmoid(self.guided_logits(x))
+
+    def encode(self, x: Tensor) -> Tensor:
+        g = self.cfg.n_guided
+        pre = self.pre_activations(x)
+        free = to_dense(topk_relu(pre[:, g:], self.cfg.k), self.n_latents - g)
+        return torch.cat([pre[:, :g].relu(), free], dim=1)
+
+    def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
+        g, cfg = self.cfg.n_guided, self.cfg
+        target = x if target is None else target
+        xc = self._centered(x)
+        codes = topk_encode(xc, self.W_enc[g:], self.b_enc[g:], cfg.k)
+        x_hat = sparse_decode(codes.values, codes.indices, self.W_dec[g:]) + self.b_dec
+        logits = F.linear(xc, self.W_enc[:g], self.b_enc[:g])  # [B, g]
+        if g:
+            x_hat = x_hat + logits.relu() @ self.W_dec[:g]
+        mse = squared_error(x_hat, target).mean()
+        terms = {"mse": mse}
+        total = mse
+        dead = state.dead_mask
+        if dead is not None and g:
+            dead = dead.clone()
+            dead[:g] = False  # a guided latent fires with its concept: AuxK leaves it alone
+        if cfg.auxk_coeff > 0 and dead is not None and dead.any():
+            terms["auxk"] = auxk_loss(xc, target - x_hat.detach(), self.W_enc, self.b_enc,
+                                      self.W_dec, dead, cfg.auxk_k)
+            total = total + cfg.auxk_coeff * terms["auxk"]
+        labels = state.extra.get("labels")
+        metrics = {}
+        if labels is not None and g and cfg.guide_coeff > 0:
+            if labels.shape != (x.shape[0], g):
+                raise DataError(f"labels have shape {tuple(labels.shape)}; the guided "
+                                f"dictionary expects [batch={x.shape[0]}, n_guided={g}]")
+            labels = labels.to(logits.device, torch.float32)
+            terms["guide"] = F.binary_cross_entropy_with_logits(logits.float(), labels)
+            total = total + cfg.guide_coeff * terms["guide"]
+            metrics["guide_acc"] = ((logits > 0) == (labels > 0.5)).float().mean().item()
+        fired = codes.values > 0
+        active = torch.bincount(codes.indices.reshape(-1) + g, weights=fired.reshape(-1).float(),
+                                minlength=self.n_latents) > 0
+        guided_fired = (logits > 0).detach()
+        active[:g] |= guided_fired.any(0)
+        metrics.update(fvu=fvu(x_hat.detach(), target).item(),
+                       l0=(fired.sum(-1) + guided_fired.sum(-1)).float().mean().item())
+        return Loss(total, terms, metrics, active)
+
+
+def row_labels(doc_ids: Tensor, doc_labels: Sequence[str | None],
+               concepts: Sequence[str] | None = None) -> tuple[Tensor, list[str]]:
+    """One-hot concept labels per row from per-document labels.
+
+    `doc_ids` [N]: the document of each row (an index into `doc_labels`; negative for rows that
+    belong to no document, such as a BOS token, which get all-zero labels). `doc_labels`: the
+    label of each document (e.g. `Document.label`, the Wikipedia topic), None for unlabelled ones.
+    `concepts`: the label names in column order (default: the sorted distinct labels).
+    Returns (labels [N, len(concepts)] float32, concepts)."""
+    if concepts is None:
+        concepts = sorted({lab for lab in doc_labels if lab is not None})
+    concepts = list(concepts)
+    column = {c: i for i, c in enumerate(concepts)}
+    per_doc = torch.tensor([column.get(lab, -1) if lab is not None else -1
+                            for lab in doc_labels] + [-1], dtype=torch.long)  # [-1]: no doc
+    doc_ids = doc_ids.long().reshape(-1)
+    if doc_ids.numel() and int(doc_ids.max()) >= len(doc_labels):
+        raise DataError(f"doc_ids reach {int(doc_ids.max())}, but only {len(doc_labels)} "
+                        f"document labels were given")
+    cols = per_doc[torch.where(doc_ids < 0, len(doc_labels), doc_ids)]
+    out = torch.zeros(doc_ids.shape[0], len(concepts))
+    hit = cols >= 0
+    out[hit.nonzero(as_tuple=True)[0], cols[hit]] = 1.0
+    return out, concepts
+
+
+def store_row_labels(store, doc_labels: Sequence[str | None],
+                     concepts: Sequence[str] | None = None) -> tuple[Tensor, list[str]]:
+    """`row_labels` for every row of an activation store, in the store's row order (the order
+    of `store.iter_rows`): each row's document is read from the store's contexts (`doc_ids`,
+    recorded when the capture was given them) at the row's (ctx, pos)."""
+    ctx = store.contexts()
+    if "doc_ids" not in ctx:
+        raise DataError(f"store {store.path} was captured without doc_ids: its rows cannot be "
+                        f"matched to documents; capture with the tokenized corpus's doc_ids")
+    index = store.row_index()
+    return row_labels(ctx["doc_ids"][index["ctx"], index["pos"]], doc_labels, concepts)
+
+
+def detection_auc(scores: Tensor, labels: Tensor) -> Tensor:
+    """ROC AUC of each column of `scores` [N, L] (e.g. latent activations) as a detector of the
+    binary `labels` [N]; ties count one half (a latent that is 0 on most rows is not rewarded for
+    it). Returns [L]; 0.5 is chance. Used to compare guided latents with unguided ones."""
+    pos = labels.reshape(-1) > 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise DataError("detection_auc needs both positive and negative rows")
+    out = []
+    for s in scores.reshape(scores.shape[0], -1).float().T:
+        _, inverse, counts = torch.unique(s, return_inverse=True, return_counts=True)
+        # average rank (1-based) of each distinct value, so ties share their mean rank
+        ends = counts.cumsum(0).double()
+        ranks = (ends - (counts.double() - 1) / 2)[inverse]
+        out.append((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return torch.stack(out).float()
