@@ -202,6 +202,22 @@ class Dictionary(nn.Module):
         return f"architecture={self.architecture!r}, {fields}"
 
 
+def check_k(cfg: DictionaryConfig, name: str = "k") -> None:
+    """Validate an active-latent count field: an integer in [1, n_latents]."""
+    k = getattr(cfg, name)
+    check(isinstance(k, int) and not isinstance(k, bool) and 0 < k <= cfg.n_latents, name,
+          f"must be an integer in [1, n_latents={cfg.n_latents}], got {k!r}")
+
+
+def check_auxk(cfg: DictionaryConfig) -> None:
+    """Validate `auxk_coeff` (>= 0) and `auxk_k` (default d_in // 2, a positive integer)."""
+    check(cfg.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {cfg.auxk_coeff}")
+    if cfg.auxk_k is None:
+        cfg.auxk_k = max(1, cfg.d_in // 2)
+    check(isinstance(cfg.auxk_k, int) and not isinstance(cfg.auxk_k, bool) and cfg.auxk_k > 0,
+          "auxk_k", f"must be a positive integer, got {cfg.auxk_k!r}")
+
+
 class _InputNorm:
     """Mixed in front of a variant whose cfg.input_norm is not "none" (see `_input_normalised`).
 

@@ -24,12 +24,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.config import check, option
+from saelab.config import option
 from saelab.dictionaries._base import (
     Dictionary,
     DictionaryConfig,
     Loss,
     StepState,
+    check_auxk,
+    check_k,
     fvu,
     squared_error,
 )
@@ -46,14 +48,8 @@ class AbsTopKConfig(DictionaryConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(isinstance(self.k, int) and not isinstance(self.k, bool)
-              and 0 < self.k <= self.n_latents, "k",
-              f"must be an integer in [1, n_latents={self.n_latents}], got {self.k!r}")
-        check(self.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {self.auxk_coeff}")
-        if self.auxk_k is None:
-            self.auxk_k = max(1, self.d_in // 2)
-        check(isinstance(self.auxk_k, int) and self.auxk_k > 0, "auxk_k",
-              f"must be a positive integer, got {self.auxk_k!r}")
+        check_k(self)
+        check_auxk(self)
 
 
 def abs_topk_chosen(pre: Tensor, k: int) -> Tensor:

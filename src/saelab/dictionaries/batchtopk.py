@@ -52,8 +52,16 @@ import torch
 from torch import Tensor
 
 from saelab.config import check, option
-from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState, fvu,
-                                       squared_error)
+from saelab.dictionaries._base import (
+    Dictionary,
+    DictionaryConfig,
+    Loss,
+    StepState,
+    check_auxk,
+    check_k,
+    fvu,
+    squared_error,
+)
 from saelab.dictionaries._registry import register
 from saelab.dictionaries.jumprelu import JumpReLU, Listed, jumprelu, list_rows, listed_encode
 from saelab.ops import linear, sparse_decode
@@ -70,15 +78,10 @@ class BatchTopKConfig(DictionaryConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(isinstance(self.k, int) and not isinstance(self.k, bool)
-              and 0 < self.k <= self.n_latents, "k",
-              f"must be an integer in [1, n_latents={self.n_latents}], got {self.k!r}")
+        check_k(self)
         check(0 <= self.threshold_decay < 1, "threshold_decay",
               f"must be in [0, 1), got {self.threshold_decay}")
-        check(self.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {self.auxk_coeff}")
-        if self.auxk_k is None:
-            self.auxk_k = max(1, self.d_in // 2)
-        check(self.auxk_k > 0, "auxk_k", f"must be a positive integer, got {self.auxk_k}")
+        check_auxk(self)
 
 
 def batch_topk(pre: Tensor, k: int) -> Listed:

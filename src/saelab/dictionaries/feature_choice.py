@@ -43,6 +43,7 @@ from saelab.dictionaries._base import (
     DictionaryConfig,
     Loss,
     StepState,
+    check_k,
     fvu,
     squared_error,
 )
@@ -76,9 +77,7 @@ class FeatureChoiceConfig(DictionaryConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(isinstance(self.k, int) and not isinstance(self.k, bool)
-              and 0 < self.k <= self.n_latents, "k",
-              f"must be an integer in [1, n_latents={self.n_latents}], got {self.k!r}")
+        check_k(self)
         check(self.capacity in ("zipf", "uniform"), "capacity",
               f"must be 'zipf' or 'uniform', got {self.capacity!r}")
         check_aux_fields(self)

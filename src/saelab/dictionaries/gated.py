@@ -50,8 +50,16 @@ import torch
 from torch import Tensor, nn
 
 from saelab.config import check, option
-from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState, fvu,
-                                       squared_error, unit_rows)
+from saelab.dictionaries._base import (
+    Dictionary,
+    DictionaryConfig,
+    Loss,
+    StepState,
+    check_auxk,
+    fvu,
+    squared_error,
+    unit_rows,
+)
 from saelab.dictionaries._registry import register
 from saelab.ops import linear
 from saelab.ops.auxk import auxk_loss
@@ -79,11 +87,7 @@ class GatedConfig(DictionaryConfig):
               f"must be one of {', '.join(L1_FORMS)}, got {self.l1_form!r}")
         check(0 <= self.l1_warmup <= 1, "l1_warmup", f"must be in [0, 1], got {self.l1_warmup}")
         check(self.aux_coeff >= 0, "aux_coeff", f"must be >= 0, got {self.aux_coeff}")
-        check(self.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {self.auxk_coeff}")
-        if self.auxk_k is None:
-            self.auxk_k = max(1, self.d_in // 2)
-        check(isinstance(self.auxk_k, int) and self.auxk_k > 0, "auxk_k",
-              f"must be a positive integer, got {self.auxk_k!r}")
+        check_auxk(self)
 
 
 class GatePreActivations(NamedTuple):

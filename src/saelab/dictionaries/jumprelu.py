@@ -49,12 +49,19 @@ import torch
 from torch import Tensor, nn
 
 from saelab.config import check, option
-from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState, fvu,
-                                       squared_error)
+from saelab.dictionaries._base import (
+    Dictionary,
+    DictionaryConfig,
+    Loss,
+    StepState,
+    check_auxk,
+    fvu,
+    squared_error,
+)
 from saelab.dictionaries._registry import register
 from saelab.ops import linear, sparse_decode
-from saelab.ops.sparse import gather_rows, scatter_rows
 from saelab.ops.auxk import auxk_loss
+from saelab.ops.sparse import gather_rows, scatter_rows
 
 SPARSITY_FORMS = ("step", "tanh")
 
@@ -102,10 +109,7 @@ class JumpReLUConfig(DictionaryConfig):
               f"must be > 0, got {self.threshold_init}")
         check(self.tanh_scale > 0, "tanh_scale", f"must be > 0, got {self.tanh_scale}")
         check(0 <= self.l0_warmup <= 1, "l0_warmup", f"must be in [0, 1], got {self.l0_warmup}")
-        check(self.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {self.auxk_coeff}")
-        if self.auxk_k is None:
-            self.auxk_k = max(1, self.d_in // 2)
-        check(self.auxk_k > 0, "auxk_k", f"must be a positive integer, got {self.auxk_k}")
+        check_auxk(self)
 
 
 def jumprelu(pre: Tensor, threshold: Tensor) -> Tensor:

@@ -47,8 +47,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saelab.config import check, option
-from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState,
-                                       squared_error)
+from saelab.dictionaries._base import (
+    Dictionary,
+    DictionaryConfig,
+    Loss,
+    StepState,
+    check_auxk,
+    check_k,
+    squared_error,
+)
 from saelab.dictionaries._registry import register
 from saelab.ops import linear
 from saelab.ops.auxk import auxk_loss
@@ -75,17 +82,11 @@ class MatryoshkaConfig(DictionaryConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(isinstance(self.k, int) and not isinstance(self.k, bool)
-              and 0 < self.k <= self.n_latents, "k",
-              f"must be an integer in [1, n_latents={self.n_latents}], got {self.k!r}")
+        check_k(self)
         if self.prefixes is None:
             self.prefixes = default_prefixes(self.n_latents)
         self.prefixes = self._checked_prefixes(self.prefixes)
-        check(self.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {self.auxk_coeff}")
-        if self.auxk_k is None:
-            self.auxk_k = max(1, self.d_in // 2)
-        check(isinstance(self.auxk_k, int) and self.auxk_k > 0, "auxk_k",
-              f"must be a positive integer, got {self.auxk_k!r}")
+        check_auxk(self)
 
     def _checked_prefixes(self, prefixes) -> list[int]:
         allowed = (f"must be a strictly increasing list of positive integers ending at "

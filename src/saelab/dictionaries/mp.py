@@ -39,8 +39,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saelab.config import check, option
-from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, Output, StepState, fvu,
-                                       squared_error, unit_rows)
+from saelab.dictionaries._base import (
+    Dictionary,
+    DictionaryConfig,
+    Loss,
+    Output,
+    StepState,
+    check_auxk,
+    check_k,
+    fvu,
+    squared_error,
+    unit_rows,
+)
 from saelab.dictionaries._registry import register
 from saelab.ops import SparseCodes, linear, sparse_decode
 from saelab.ops.auxk import auxk_loss
@@ -66,16 +76,12 @@ class MPConfig(DictionaryConfig):
         super().__post_init__()
         check(self.d_out == self.d_in, "d_out",
               f"must equal d_in={self.d_in} (MP-SAE reconstructs its input), got {self.d_out}")
-        check(isinstance(self.k, int) and 0 < self.k <= self.n_latents, "k",
-              f"must be an integer in [1, n_latents={self.n_latents}], got {self.k!r}")
+        check_k(self)
         check(self.selection in SELECTIONS, "selection",
               f"must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         check(0 <= self.residual_tol < 1, "residual_tol",
               f"must be in [0, 1), got {self.residual_tol}")
-        check(self.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {self.auxk_coeff}")
-        if self.auxk_k is None:
-            self.auxk_k = max(1, self.d_in // 2)
-        check(self.auxk_k > 0, "auxk_k", f"must be a positive integer, got {self.auxk_k}")
+        check_auxk(self)
 
 
 class Pursuit(NamedTuple):

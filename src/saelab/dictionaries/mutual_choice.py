@@ -37,6 +37,7 @@ from saelab.dictionaries._base import (
     DictionaryConfig,
     Loss,
     StepState,
+    check_k,
     fvu,
     squared_error,
 )
@@ -96,9 +97,7 @@ class MutualChoiceConfig(DictionaryConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(isinstance(self.k, int) and not isinstance(self.k, bool)
-              and 0 < self.k <= self.n_latents, "k",
-              f"must be an integer in [1, n_latents={self.n_latents}], got {self.k!r}")
+        check_k(self)
         check_aux_fields(self)
 
 

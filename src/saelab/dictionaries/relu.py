@@ -16,8 +16,15 @@ import torch
 from torch import Tensor, nn
 
 from saelab.config import check, option
-from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, StepState, fvu,
-                                       squared_error, unit_rows)
+from saelab.dictionaries._base import (
+    Dictionary,
+    DictionaryConfig,
+    Loss,
+    StepState,
+    fvu,
+    squared_error,
+    unit_rows,
+)
 from saelab.dictionaries._registry import register
 
 L1_FORMS = ("plain", "decoder_norm")

@@ -32,6 +32,7 @@ from saelab.dictionaries._base import (
     DictionaryConfig,
     Loss,
     StepState,
+    check_auxk,
     fvu,
     squared_error,
 )
@@ -57,11 +58,7 @@ class TopAFAConfig(DictionaryConfig):
               and 0 < self.k_max <= self.n_latents, "k_max",
               f"must be an integer in [1, n_latents={self.n_latents}], got {self.k_max!r}")
         check(self.afa_coeff >= 0, "afa_coeff", f"must be >= 0, got {self.afa_coeff}")
-        check(self.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {self.auxk_coeff}")
-        if self.auxk_k is None:
-            self.auxk_k = max(1, self.d_in // 2)
-        check(isinstance(self.auxk_k, int) and self.auxk_k > 0, "auxk_k",
-              f"must be a positive integer, got {self.auxk_k!r}")
+        check_auxk(self)
 
 
 @register("topafa")

@@ -31,8 +31,18 @@ import torch
 from torch import Tensor, nn
 
 from saelab.config import check, option
-from saelab.dictionaries._base import (Dictionary, DictionaryConfig, Loss, Output, StepState, fvu,
-                                       squared_error, unit_rows)
+from saelab.dictionaries._base import (
+    Dictionary,
+    DictionaryConfig,
+    Loss,
+    Output,
+    StepState,
+    check_auxk,
+    check_k,
+    fvu,
+    squared_error,
+    unit_rows,
+)
 from saelab.dictionaries._registry import register
 from saelab.errors import DataError
 from saelab.ops import SparseCodes, linear, sparse_decode, to_dense, topk_encode, topk_relu
@@ -62,15 +72,13 @@ class TranscoderConfig(DictionaryConfig):
         super().__post_init__()
         check(self.activation in ACTIVATIONS, "activation",
               f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        check(isinstance(self.k, int) and 0 < self.k <= self.n_latents, "k",
-              f"must be an integer in [1, n_latents={self.n_latents}], got {self.k!r}")
+        check_k(self)
         check(self.l1_coeff >= 0, "l1_coeff", f"must be >= 0, got {self.l1_coeff}")
         if self.auxk_coeff is None:
             self.auxk_coeff = 1 / 32 if self.activation == "topk" else 0.0
-        check(self.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {self.auxk_coeff}")
         if self.auxk_k is None:
             self.auxk_k = max(1, self.d_out // 2)
-        check(self.auxk_k > 0, "auxk_k", f"must be a positive integer, got {self.auxk_k}")
+        check_auxk(self)
 
 
 @register("transcoder")

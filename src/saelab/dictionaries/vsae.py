@@ -46,6 +46,8 @@ from saelab.dictionaries._base import (
     DictionaryConfig,
     Loss,
     StepState,
+    check_auxk,
+    check_k,
     fvu,
     squared_error,
 )
@@ -65,19 +67,14 @@ class VSAEConfig(DictionaryConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(isinstance(self.k, int) and not isinstance(self.k, bool)
-              and 0 < self.k <= self.n_latents, "k",
-              f"must be an integer in [1, n_latents={self.n_latents}], got {self.k!r}")
+        check_k(self)
         check(isinstance(self.kl_coeff, (int, float)) and self.kl_coeff >= 0, "kl_coeff",
               f"must be >= 0, got {self.kl_coeff!r}")
         check(isinstance(self.init_log_var, (int, float)) and -30 <= self.init_log_var <= 5,
               "init_log_var", f"must be in [-30, 5], got {self.init_log_var!r}")
         check(isinstance(self.learn_variance, bool), "learn_variance",
               f"must be true or false, got {self.learn_variance!r}")
-        check(self.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {self.auxk_coeff}")
-        if self.auxk_k is None:
-            self.auxk_k = max(1, self.d_in // 2)
-        check(self.auxk_k > 0, "auxk_k", f"must be a positive integer, got {self.auxk_k}")
+        check_auxk(self)
 
 
 def gaussian_kl(mu: Tensor, log_var: Tensor) -> Tensor:
