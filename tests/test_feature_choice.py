@@ -59,7 +59,10 @@ def test_feature_choice_inference_does_not_depend_on_the_batch(planted):
     sae = saelab.fit(saelab.create("feature_choice", d_in=16, n_latents=64, k=3), x,
                      saelab.TrainConfig(steps=20, batch_size=256, seed=0, progress=False))
     assert not sae.training and (sae.threshold > 0).any()
-    assert torch.equal(sae.encode(x[:5]), sae.encode(x[:300])[:5])
+    # the same rows get the same codes alone or among 295 others (up to the rounding of the
+    # matrix product, whose kernel depends on the batch size; a batch-level selection would
+    # change which latents fire)
+    torch.testing.assert_close(sae.encode(x[:5]), sae.encode(x[:300])[:5], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("field,value", [("capacity", "round_robin"), ("aux", "l1"),
