@@ -141,6 +141,17 @@ class Dictionary(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient; use saelab.fit")
 
     # --- shared helpers ---------------------------------------------------------------------
+    def _centered(self, x: Tensor) -> Tensor:
+        """The encoder's input: x - b_dec for autoencoders (d_in == d_out), x for transcoders."""
+        return x - self.b_dec if self.d_in == self.d_out else x
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """Encoder pre-activations [B, n_latents] = centred x W_enc^T + b_enc (for variants with
+        those weights)."""
+        from saelab.ops import linear
+
+        return linear(self._centered(x), self.W_enc, self.b_enc)
+
     def init_tied_weights(self) -> None:
         """W_dec with random unit rows [n_latents, d_out], W_enc its copy (tied initialisation,
         as in Gao et al. 2024; independent unit rows when d_in != d_out), zero biases."""

@@ -37,7 +37,7 @@ from saelab.dictionaries._base import (
 )
 from saelab.dictionaries._registry import register
 from saelab.dictionaries.jumprelu import listed_encode
-from saelab.ops import linear, sparse_decode
+from saelab.ops import sparse_decode
 
 
 @dataclass
@@ -87,13 +87,6 @@ class AbsTopK(Dictionary):
     def __init__(self, cfg: AbsTopKConfig):
         super().__init__(cfg)
         self.init_tied_weights()
-
-    def _centered(self, x: Tensor) -> Tensor:
-        return x - self.b_dec if self.d_in == self.d_out else x
-
-    def pre_activations(self, x: Tensor) -> Tensor:
-        """Encoder pre-activations [B, n_latents]."""
-        return linear(self._centered(x), self.W_enc, self.b_enc)
 
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_activations(x)

@@ -64,7 +64,7 @@ from saelab.dictionaries._base import (
 )
 from saelab.dictionaries._registry import register
 from saelab.dictionaries.jumprelu import JumpReLU, Listed, jumprelu, list_rows, listed_encode
-from saelab.ops import linear, sparse_decode
+from saelab.ops import sparse_decode
 from saelab.ops.auxk import auxk_loss
 
 
@@ -140,13 +140,6 @@ class BatchTopK(Dictionary):
         self.init_tied_weights()
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("threshold_batches", torch.zeros((), dtype=torch.long))
-
-    def _centered(self, x: Tensor) -> Tensor:
-        return x - self.b_dec if self.d_in == self.d_out else x
-
-    def pre_activations(self, x: Tensor) -> Tensor:
-        """Encoder pre-activations [B, n_latents]."""
-        return linear(self._centered(x), self.W_enc, self.b_enc)
 
     def inference_threshold(self) -> Tensor:
         """theta as the JumpReLU of `to_inference()` stores it: exp(log theta), [n_latents]."""

@@ -50,7 +50,7 @@ from saelab.dictionaries._base import (
 from saelab.dictionaries._registry import register
 from saelab.dictionaries.jumprelu import jumprelu, list_rows, listed_encode
 from saelab.dictionaries.mutual_choice import auxiliary, check_aux_fields
-from saelab.ops import linear, sparse_decode
+from saelab.ops import sparse_decode
 from saelab.ops.allocation import (
     feature_capacity,
     feature_choice_chosen,
@@ -106,13 +106,6 @@ class FeatureChoice(Dictionary):
             m = feature_capacity(cfg.k, batch, self.n_latents)
             return torch.full((self.n_latents,), m, dtype=torch.long)
         return zipf_capacities(cfg.k, batch, self.n_latents, cfg.zipf_exponent)
-
-    def _centered(self, x: Tensor) -> Tensor:
-        return x - self.b_dec if self.d_in == self.d_out else x
-
-    def pre_activations(self, x: Tensor) -> Tensor:
-        """Encoder pre-activations [B, n_latents]."""
-        return linear(self._centered(x), self.W_enc, self.b_enc)
 
     def choose(self, pre: Tensor) -> Tensor:
         """Flat indices (increasing) of each latent's m_i largest positive entries."""

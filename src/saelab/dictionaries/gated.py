@@ -132,9 +132,6 @@ class Gated(Dictionary):
         """Magnitude-path weights [n_latents, d_in]: the gate weights rescaled per latent."""
         return self.r_mag.exp()[:, None] * self.W_enc
 
-    def _centered(self, x: Tensor) -> Tensor:
-        return x - self.b_dec if self.d_in == self.d_out else x
-
     def pre_activations(self, x: Tensor) -> GatePreActivations:
         """Gate and magnitude pre-activations [B, n_latents]; one shared product W_gate x."""
         shared = linear(x, self.W_enc)  # [B, n_latents]

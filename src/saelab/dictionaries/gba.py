@@ -129,9 +129,6 @@ class GBA(Dictionary):
         """Target activation frequency of each latent [n_latents]."""
         return self.group_targets()[self.groups()]
 
-    def _centered(self, x: Tensor) -> Tensor:
-        return x - self.b_dec if self.d_in == self.d_out else x
-
     def encoder_weight(self) -> Tensor:
         """The encoder's rows [n_latents, d_in]: W_dec when tied, else W_enc."""
         return self.W_dec if self.cfg.tied else self.W_enc

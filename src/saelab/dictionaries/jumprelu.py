@@ -249,13 +249,6 @@ class JumpReLU(Dictionary):
         """theta [n_latents], in input units."""
         return self.log_threshold.exp()
 
-    def _centered(self, x: Tensor) -> Tensor:
-        return x - self.b_dec if self.d_in == self.d_out else x
-
-    def pre_activations(self, x: Tensor) -> Tensor:
-        """Encoder pre-activations [B, n_latents]."""
-        return linear(self._centered(x), self.W_enc, self.b_enc)
-
     def encode(self, x: Tensor) -> Tensor:
         return jumprelu(self.pre_activations(x), self.threshold)
 

@@ -248,13 +248,6 @@ class Matryoshka(Dictionary):
         # inference threshold on the codes; < 0 until a training batch has set it
         self.register_buffer("threshold", torch.tensor(-1.0))
 
-    def _centered(self, x: Tensor) -> Tensor:
-        return x - self.b_dec if self.d_in == self.d_out else x
-
-    def pre_activations(self, x: Tensor) -> Tensor:
-        """Encoder pre-activations [B, n_latents]."""
-        return linear(self._centered(x), self.W_enc, self.b_enc)
-
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_activations(x)
         if self.threshold < 0:  # no threshold learned yet: select as in training

@@ -44,7 +44,7 @@ from saelab.dictionaries._base import (
 from saelab.dictionaries._registry import register
 from saelab.dictionaries.batchtopk import batch_topk_chosen
 from saelab.dictionaries.jumprelu import jumprelu, list_rows, listed_encode
-from saelab.ops import linear, sparse_decode
+from saelab.ops import sparse_decode
 from saelab.ops.allocation import update_running
 from saelab.ops.auxk import auxk_loss
 from saelab.ops.zipf import register_usage_buffers, zipf_aux_term
@@ -116,13 +116,6 @@ class MutualChoice(Dictionary):
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("threshold_batches", torch.zeros((), dtype=torch.long))
         register_usage_buffers(self, cfg.n_latents)
-
-    def _centered(self, x: Tensor) -> Tensor:
-        return x - self.b_dec if self.d_in == self.d_out else x
-
-    def pre_activations(self, x: Tensor) -> Tensor:
-        """Encoder pre-activations [B, n_latents]."""
-        return linear(self._centered(x), self.W_enc, self.b_enc)
 
     def choose(self, pre: Tensor) -> Tensor:
         """Flat indices (increasing) of the pairs the batch's budget buys."""

@@ -73,13 +73,6 @@ class TopAFA(Dictionary):
         super().__init__(cfg)
         self.init_tied_weights()
 
-    def _centered(self, x: Tensor) -> Tensor:
-        return x - self.b_dec if self.d_in == self.d_out else x
-
-    def pre_activations(self, x: Tensor) -> Tensor:
-        """Encoder pre-activations [B, n_latents]."""
-        return linear(self._centered(x), self.W_enc, self.b_enc)
-
     def _chooser(self, xc: Tensor):
         z_norm = xc.detach().norm(dim=-1)  # [B]: the AFA of each input
         dec_norms = self.W_dec.detach().norm(dim=-1)  # [n_latents]

@@ -25,7 +25,7 @@ from saelab.dictionaries._base import (
     squared_error,
 )
 from saelab.dictionaries._registry import register
-from saelab.ops import linear, sparse_decode, to_dense, topk_encode, topk_relu
+from saelab.ops import sparse_decode, to_dense, topk_encode, topk_relu
 from saelab.ops.auxk import auxk_loss
 
 
@@ -52,13 +52,6 @@ class TopK(Dictionary):
     def __init__(self, cfg: TopKConfig):
         super().__init__(cfg)
         self.init_tied_weights()
-
-    def _centered(self, x: Tensor) -> Tensor:
-        return x - self.b_dec if self.d_in == self.d_out else x
-
-    def pre_activations(self, x: Tensor) -> Tensor:
-        """Encoder pre-activations [B, n_latents]."""
-        return linear(self._centered(x), self.W_enc, self.b_enc)
 
     def encode(self, x: Tensor) -> Tensor:
         return to_dense(topk_relu(self.pre_activations(x), self.cfg.k), self.n_latents)

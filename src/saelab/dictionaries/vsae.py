@@ -97,9 +97,6 @@ class VSAE(Dictionary):
                                     requires_grad=cfg.learn_variance)
         self.register_buffer("noise_seed", torch.randint(0, 2**62, ()))
 
-    def _centered(self, x: Tensor) -> Tensor:
-        return x - self.b_dec if self.d_in == self.d_out else x
-
     def pre_activations(self, x: Tensor) -> Tensor:
         """Posterior means before selection [B, n_latents]."""
         return linear(self._centered(x), self.W_enc, self.b_enc)
