@@ -3,5 +3,6 @@
 from saelab.train.config import TrainConfig
 from saelab.train.data import Labelled
 from saelab.train.loop import fit
+from saelab.train.multi import LiveSource, fit_many
 
-__all__ = ["Labelled", "TrainConfig", "fit"]
+__all__ = ["Labelled", "LiveSource", "TrainConfig", "fit", "fit_many"]
