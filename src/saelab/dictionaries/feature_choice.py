@@ -44,13 +44,10 @@ from saelab.dictionaries._base import (
     Loss,
     StepState,
     check_k,
-    fvu,
-    squared_error,
 )
 from saelab.dictionaries._registry import register
-from saelab.dictionaries.jumprelu import jumprelu, list_rows, listed_encode
-from saelab.dictionaries.mutual_choice import auxiliary, check_aux_fields
-from saelab.ops import sparse_decode
+from saelab.dictionaries.jumprelu import jumprelu, list_rows
+from saelab.dictionaries.mutual_choice import allocated_loss, check_aux_fields
 from saelab.ops.allocation import (
     feature_capacity,
     feature_choice_chosen,
@@ -129,23 +126,4 @@ class FeatureChoice(Dictionary):
                        mask=kept if int(self.threshold_batches) > 0 else None)
 
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
-        target = x if target is None else target
-        xc = self._centered(x)
-        values, indices, valid = listed_encode(xc, self.W_enc, self.b_enc, self.choose)
-        fired = valid & (values.detach() > 0)
-        if self.training and bool(fired.any()):
-            self._update_thresholds(values.detach(), indices, fired)
-        x_hat = sparse_decode(values, indices, self.W_dec) + self.b_dec
-        mse = squared_error(x_hat, target).mean()
-        terms, total = {"mse": mse}, mse
-        aux = auxiliary(self, xc, target - x_hat.detach(), indices[fired], state)
-        if aux is not None:
-            terms["aux"] = aux
-            total = total + self.cfg.aux_coeff * aux
-        active = torch.zeros(self.n_latents, dtype=torch.bool, device=x.device)
-        active[indices[fired]] = True
-        l0 = fired.sum(-1).float()
-        metrics = {"fvu": fvu(x_hat.detach(), target).item(), "l0": l0.mean().item(),
-                   "l0_max": l0.max().item(), "inputs_without_latents": (l0 == 0).float()
-                   .mean().item()}
-        return Loss(total, terms, metrics, active)
+        return allocated_loss(self, x, state, target, self.choose, self._update_thresholds)

@@ -82,6 +82,34 @@ def auxiliary(dictionary: Dictionary, xc: Tensor, residual: Tensor, active: Tens
     return auxk_loss(xc, residual, dictionary.W_enc, dictionary.b_enc, dictionary.W_dec,
                      state.dead_mask, cfg.aux_k)
 
+def allocated_loss(dictionary: Dictionary, x: Tensor, state: StepState, target: Tensor | None,
+                   choose, update_thresholds) -> Loss:
+    """The training loss shared by the allocation variants (Mutual and Feature Choice): encode
+    the entries `choose(pre)` picks as per-row lists, fold the fired values into the inference
+    thresholds (`update_thresholds(values, indices, fired)`, training mode only), reconstruct,
+    and add the configured auxiliary term. Metrics: fvu, l0, l0_max, inputs_without_latents."""
+    target = x if target is None else target
+    xc = dictionary._centered(x)
+    values, indices, valid = listed_encode(xc, dictionary.W_enc, dictionary.b_enc, choose)
+    fired = valid & (values.detach() > 0)
+    if dictionary.training and bool(fired.any()):
+        update_thresholds(values.detach(), indices, fired)
+    x_hat = sparse_decode(values, indices, dictionary.W_dec) + dictionary.b_dec
+    mse = squared_error(x_hat, target).mean()
+    terms, total = {"mse": mse}, mse
+    aux = auxiliary(dictionary, xc, target - x_hat.detach(), indices[fired], state)
+    if aux is not None:
+        terms["aux"] = aux
+        total = total + dictionary.cfg.aux_coeff * aux
+    active = torch.zeros(dictionary.n_latents, dtype=torch.bool, device=x.device)
+    active[indices[fired]] = True
+    l0 = fired.sum(-1).float()
+    metrics = {"fvu": fvu(x_hat.detach(), target).item(), "l0": l0.mean().item(),
+               "l0_max": l0.max().item(), "inputs_without_latents": (l0 == 0).float()
+               .mean().item()}
+    return Loss(total, terms, metrics, active)
+
+
 
 @dataclass
 class MutualChoiceConfig(DictionaryConfig):
@@ -129,24 +157,11 @@ class MutualChoice(Dictionary):
         return values.new_zeros(pre.shape).scatter_add_(1, indices, values)
 
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
-        target = x if target is None else target
-        xc = self._centered(x)
-        values, indices, valid = listed_encode(xc, self.W_enc, self.b_enc,
-                                               partial(batch_topk_chosen, k=self.cfg.k))
-        fired = valid & (values.detach() > 0)
-        if self.training and bool(fired.any()):
-            update_running(self.threshold, self.threshold_batches, values.detach()[fired].min(),
+        def update(values: Tensor, indices: Tensor, fired: Tensor) -> None:
+            update_running(self.threshold, self.threshold_batches, values[fired].min(),
                            self.cfg.threshold_decay)
-        x_hat = sparse_decode(values, indices, self.W_dec) + self.b_dec
-        mse = squared_error(x_hat, target).mean()
-        terms, total = {"mse": mse}, mse
-        aux = auxiliary(self, xc, target - x_hat.detach(), indices[fired], state)
-        if aux is not None:
-            terms["aux"] = aux
-            total = total + self.cfg.aux_coeff * aux
-        active = torch.zeros(self.n_latents, dtype=torch.bool, device=x.device)
-        active[indices[fired]] = True
-        l0 = fired.sum(-1).float()
-        metrics = {"fvu": fvu(x_hat.detach(), target).item(), "l0": l0.mean().item(),
-                   "l0_max": l0.max().item(), "threshold": float(self.threshold)}
-        return Loss(total, terms, metrics, active)
+
+        out = allocated_loss(self, x, state, target, partial(batch_topk_chosen, k=self.cfg.k),
+                             update)
+        out.metrics["threshold"] = float(self.threshold)
+        return out
