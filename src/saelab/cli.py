@@ -160,6 +160,9 @@ def cmd_eval(args) -> int:
     hookpoint = store.hookpoint(args.hookpoint or
                                 (trained_on if trained_on in store.hookpoints else None))
     kwargs: dict = {}
+    target = args.target_hookpoint or sae.provenance.get("data_target_hookpoint")
+    if sae.needs_target and target:  # a transcoder: compared with and spliced at its target
+        kwargs["target_hookpoint"] = store.hookpoint(target)
     if args.splice_tokens > 0:
         from saelab.models import load
 
@@ -167,7 +170,8 @@ def cmd_eval(args) -> int:
         if lm.kind == "causal_lm":
             n = max(1, args.splice_tokens // store.manifest["context_len"])
             kwargs = dict(model=lm.model, tokens=store.contexts()["tokens"][:n],
-                          exclusion=Exclusion.from_json(store.manifest.get("exclusion")))
+                          exclusion=Exclusion.from_json(store.manifest.get("exclusion")),
+                          **kwargs)
     out = args.out or str(Path(args.sae).parent / "eval")
     report = saelab.evaluate(sae, store, hookpoint=hookpoint, out=out, progress=True, **kwargs)
     print(format_report(report))
@@ -269,6 +273,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument("sae", help="Dictionary folder.")
     p.add_argument("store", help="Activation store (held-out data).")
     p.add_argument("--hookpoint", help="Store hookpoint (default: the dictionary's).")
+    p.add_argument("--target-hookpoint", dest="target_hookpoint",
+                   help="Transcoders: the hookpoint they predict, compared with and spliced "
+                        "(default: the one they were trained on).")
     p.add_argument("--splice-tokens", type=int, default=8192, dest="splice_tokens",
                    help="Tokens for the spliced next-token loss (0 skips it; needs the model).")
     p.add_argument("--out", help="Report folder (default: beside the dictionary, eval/).")

@@ -46,7 +46,9 @@ def evaluate(dictionary, data, *, hookpoint: str | None = None, batch_size: int 
 
     With `model` and `tokens` [N, T] (a causal LM), also the spliced CE loss and KL at
     `hookpoint`. Transcoders are compared with their target: `target_hookpoint` of a store, or
-    (x, y) tensors. With `out`, writes report.json and plots there. Returns the report dict.
+    (x, y) tensors; their spliced loss replaces `target_hookpoint` by the transcoder's
+    prediction from `hookpoint` (both are then model hookpoints, e.g. 'MODULE:input' and
+    'MODULE'). With `out`, writes report.json and plots there. Returns the report dict.
     """
     if dictionary.needs_target and target_hookpoint is None and not isinstance(data, tuple):
         from saelab.errors import ConfigError
@@ -63,14 +65,9 @@ def evaluate(dictionary, data, *, hookpoint: str | None = None, batch_size: int 
     report: dict = {"architecture": dictionary.architecture, "n_latents": dictionary.n_latents}
     for acc in accs:
         report.update(acc.result())
-    if dictionary.needs_target:
-        report["note"] = "spliced loss is not computed for transcoders yet"
-    elif model is not None and tokens is not None:
-        if hookpoint is None:
-            raise ValueError("spliced loss needs the hookpoint the dictionary was trained on")
-        mean = _data_mean(data, hookpoint)
-        report.update(spliced_loss(model, tokens, hookpoint, dictionary, exclusion, mean,
-                                   progress=progress))
+    if model is not None and tokens is not None:
+        report.update(_splice(dictionary, data, model, tokens, hookpoint, target_hookpoint,
+                              exclusion, progress))
     if out is not None:
         sp = next((a for a in accs if a.family == "sparsity"), None)
         write_report(out, report, sp.l0_per_input() if sp else None,
@@ -78,13 +75,34 @@ def evaluate(dictionary, data, *, hookpoint: str | None = None, batch_size: int 
     return report
 
 
-def _data_mean(data, hookpoint: str) -> Tensor | None:
+def _splice(dictionary, data, model, tokens: Tensor, hookpoint: str | None,
+            target_hookpoint: str | None, exclusion, progress: bool) -> dict:
+    """Spliced loss at the dictionary's hookpoint, or for a transcoder at its target with the
+    source read from `hookpoint` in the same forward."""
+    from saelab.errors import ConfigError
+
+    if hookpoint is None:
+        raise ConfigError("the spliced loss needs the hookpoint the dictionary was trained on: "
+                          "pass hookpoint (for a transcoder, the hookpoint it reads)")
+    if dictionary.needs_target and target_hookpoint is None:
+        raise ConfigError(f"the spliced loss of a {dictionary.architecture} replaces the "
+                          f"activation it predicts: pass target_hookpoint (e.g. "
+                          f"hookpoint='MODULE:input', target_hookpoint='MODULE')")
+    mean = _data_mean(data, target_hookpoint or hookpoint, target=target_hookpoint is not None)
+    return spliced_loss(model, tokens, hookpoint, dictionary, exclusion, mean, progress=progress,
+                        target_hookpoint=target_hookpoint)
+
+
+def _data_mean(data, hookpoint: str, target: bool = False) -> Tensor | None:
+    """Mean of the activation at `hookpoint` (the y of (x, y) tensors when `target`)."""
     from saelab.store import ActivationStore, is_store
 
     if isinstance(data, (str, Path)) and is_store(data):
         data = ActivationStore(data)
     if isinstance(data, ActivationStore):
         return data.mean(hookpoint)
-    if isinstance(data, Tensor):
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        return data[1 if target else 0].float().mean(0)
+    if isinstance(data, Tensor) and not target:
         return data.float().mean(0)
     return None

@@ -1,30 +1,97 @@
-"""Spliced next-token loss: the model's CE loss and KL with the dictionary's reconstruction in
-place of the activation at a hookpoint, against the clean model, zero-ablation and
-mean-ablation of that activation.
+"""Spliced next-token loss: the model's CE loss and KL with the dictionary's output in place of
+the activation at a hookpoint, against the clean model, zero-ablation and mean-ablation of that
+activation.
 
-Positions the exclusion rule drops (special tokens, massive-norm rows) are left untouched in
-every condition, so that the comparison is about the positions the dictionary was trained on.
+An SAE reads and replaces the same activation. A transcoder reads one hookpoint (the source: a
+module's input, or an earlier hookpoint) and predicts another (the target: that module's output):
+during one forward the source is recorded by a hook as the model computes it, and the target is
+replaced by transcoder(source). The ablations replace the target. The source must be computed
+before the target is needed; when it is not (it comes later in the forward, or depends on the
+target), splicing is impossible and is an error.
+
+Positions the exclusion rule drops (special tokens, massive-norm rows of the source or the target)
+are left untouched in every condition, so that the comparison is about the positions the
+dictionary was trained on.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saelab.capture import Capture
+from saelab.capture import Hookpoint, _first_tensor, _module_input, resolve
 from saelab.capture.exclude import Exclusion
 from saelab.capture.patch import patch
+from saelab.errors import ConfigError
+
+Condition = Callable[[Tensor, Tensor], Tensor]
+"""(target rows [N, d_out], source rows [N, d_in]) -> replacement of the target rows [N, d_out]."""
 
 
-def _replacer(exclusion: Exclusion, key: str, tokens: Tensor, fn: Callable[[Tensor], Tensor]):
+def _one(model: nn.Module, spec: str | Hookpoint) -> Hookpoint:
+    hps = resolve(model, [spec])
+    if len(hps) != 1:
+        raise ConfigError(f"splicing needs one module, but hookpoint {Hookpoint.parse(spec).key!r} "
+                          f"matches {len(hps)}; name a single module")
+    return hps[0]
+
+
+class _Source:
+    """Records the source activation of each forward as the model computes it (the input site
+    from a pre-hook, so that it is there before anything inside the module runs)."""
+
+    def __init__(self, model: nn.Module, hp: Hookpoint):
+        self.hp = hp
+        self.module = dict(model.named_modules())[hp.module]
+        self.act: Tensor | None = None
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator["_Source"]:
+        self.act = None
+        if self.hp.site == "input":
+            def pre_hook(mod, args, kwargs):
+                self.act = _module_input(args, kwargs)
+            handle = self.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        else:
+            def hook(mod, args, kwargs, output):
+                out = _first_tensor(output)
+                self.act = out if self.hp.site == "output" else out - _module_input(args, kwargs)
+            handle = self.module.register_forward_hook(hook, with_kwargs=True)
+        try:
+            yield self
+        finally:
+            handle.remove()
+            self.act = None
+
+
+def _order_error(source: Hookpoint, target: Hookpoint) -> ConfigError:
+    return ConfigError(
+        f"cannot splice at {target.key!r}: the dictionary reads {source.key!r}, which the model "
+        f"has not computed yet when {target.key!r} must be replaced (it comes later in the "
+        f"forward, or depends on the target). A transcoder can only be spliced when its source "
+        f"comes before its target, e.g. hookpoint='MODULE:input', target_hookpoint='MODULE'; "
+        f"check that the two hookpoints are not swapped")
+
+
+def _replacer(exclusion: Exclusion, tokens: Tensor, source: _Source, target: Hookpoint,
+              fn: Condition) -> Callable[[Tensor], Tensor]:
+    """The patch function for `target`: kept positions become fn(target, source)."""
     def replace(act: Tensor) -> Tensor:
-        keep = exclusion.keep_mask(tokens, {key: act})  # [B, T]
+        src = source.act
+        if src is None:
+            raise _order_error(source.hp, target)
+        if src.shape[:-1] != act.shape[:-1]:
+            raise ConfigError(f"source {source.hp.key!r} has positions {tuple(src.shape[:-1])} "
+                              f"but target {target.key!r} has {tuple(act.shape[:-1])}; splicing "
+                              f"needs one activation per token at both")
+        keep = exclusion.keep_mask(tokens, {source.hp.key: src, target.key: act})  # [B, T]
         new = act.clone()
-        new[keep] = fn(act[keep]).to(act.dtype)
+        new[keep] = fn(act[keep], src[keep]).to(act.dtype)
         return new
     return replace
 
@@ -36,18 +103,36 @@ def _ce_and_logp(model: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
     return ce, logp
 
 
+def _predict(dictionary) -> Condition:
+    """The spliced condition: the dictionary's output for the source rows."""
+    def spliced(act: Tensor, src: Tensor) -> Tensor:
+        x_hat = dictionary(src.float()).x_hat
+        if x_hat.shape[-1] != act.shape[-1]:
+            raise ConfigError(f"the dictionary predicts {x_hat.shape[-1]} dimensions, but the "
+                              f"activation it replaces has {act.shape[-1]}; pass the hookpoint "
+                              f"(and, for a transcoder, the target_hookpoint) it was trained on")
+        return x_hat
+    return spliced
+
+
 @torch.no_grad()
 def spliced_loss(model: nn.Module, tokens: Tensor, hookpoint: str, dictionary,
                  exclusion: Exclusion | None = None, mean: Tensor | None = None,
-                 batch_contexts: int = 8, progress: bool = False) -> dict[str, float]:
-    """CE loss (nats/token) clean, spliced, zero- and mean-ablated; KL(clean || condition)."""
+                 batch_contexts: int = 8, progress: bool = False,
+                 target_hookpoint: str | None = None) -> dict[str, float]:
+    """CE loss (nats/token) clean, spliced, zero- and mean-ablated; KL(clean || condition).
+
+    `hookpoint` is what the dictionary reads; `target_hookpoint` (transcoders) what it predicts,
+    which is the activation replaced and ablated (default: `hookpoint`). `mean` is the mean of
+    the replaced activation.
+    """
     exclusion = exclusion or Exclusion(norm_factor=None)
-    with Capture(model, [hookpoint]) as cap:
-        key = cap.hookpoints[0].key
-    conditions = {"spliced": lambda a: dictionary(a.float()).x_hat,
-                  "ablated": torch.zeros_like}
+    source = _Source(model, _one(model, hookpoint))
+    target = _one(model, target_hookpoint or hookpoint)
+    conditions: dict[str, Condition] = {"spliced": _predict(dictionary),
+                                        "ablated": lambda a, s: torch.zeros_like(a)}
     if mean is not None:
-        conditions["mean_ablated"] = lambda a: mean.to(a).expand_as(a)
+        conditions["mean_ablated"] = lambda a, s: mean.to(a).expand_as(a)
     sums = {name: [0.0, 0.0] for name in ["clean", *conditions]}  # ce sum, kl sum
     count = 0
     for start in tqdm(range(0, tokens.shape[0], batch_contexts), desc="spliced loss",
@@ -56,7 +141,8 @@ def spliced_loss(model: nn.Module, tokens: Tensor, hookpoint: str, dictionary,
         ce_clean, logp_clean = _ce_and_logp(model, batch)
         sums["clean"][0] += float(ce_clean.sum())
         for name, fn in conditions.items():
-            with patch(model, hookpoint, _replacer(exclusion, key, batch, fn)):
+            with source.recording(), patch(model, target,
+                                           _replacer(exclusion, batch, source, target, fn)):
                 ce, logp = _ce_and_logp(model, batch)
             sums[name][0] += float(ce.sum())
             kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1)
