@@ -69,7 +69,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     BLAS behind torch.addmm: the same float32 arithmetic, twice as fast on an AMD EPYC (where the
     bundled MKL runs at AVX2 speed, oneDNN at AVX-512 speed). That kernel has no autograd formula,
     so it is used only where no gradient is recorded (inside an autograd Function, under no_grad,
-    or for inputs that need none); everywhere else this is torch.addmm.
+    or for inputs that need none); everywhere else, and under torch.compile, this is torch.addmm.
     """
     global _onednn_linear
     if (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
@@ -79,6 +79,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         x, weight = x.bfloat16(), weight.bfloat16()
         bias = bias.bfloat16() if bias is not None else None
     if (_onednn_linear is not None and x.dim() == 2 and x.shape[0] >= 16
+            and not torch.compiler.is_compiling()  # inductor cannot lower the oneDNN op
             and x.device.type == "cpu"
             and all(t is None or t.dtype == x.dtype for t in (weight, bias))
             and x.dtype in (torch.float32, torch.bfloat16)
@@ -186,8 +187,12 @@ class _SparseDecode(torch.autograd.Function):
         return g_values, None, g_W
 
 
+@torch.compiler.disable
 def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
-    """sum_j values[b, j] * W_dec[indices[b, j]] as [B, d_out], with an O(B k d) backward."""
+    """sum_j values[b, j] * W_dec[indices[b, j]] as [B, d_out], with an O(B k d) backward.
+
+    Under torch.compile this runs eagerly (a graph break): its kernels are already the sparse
+    ones, and their host-side sort is outside what the compiler can trace."""
     return _SparseDecode.apply(values, indices, W_dec)
 
 
@@ -242,8 +247,10 @@ class _TopKEncode(torch.autograd.Function):
         return g_x, g_W, g_b, None
 
 
+@torch.compiler.disable
 def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> SparseCodes:
     """ReLU(TopK(x W_enc^T + b_enc)) as sparse codes; the backward touches only the k active
-    latents of each row (no dense [B, n_latents] gradient)."""
+    latents of each row (no dense [B, n_latents] gradient). Eager under torch.compile, like
+    `sparse_decode`."""
     values, indices = _TopKEncode.apply(x, W_enc, b_enc, k)
     return SparseCodes(values, indices)

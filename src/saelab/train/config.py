@@ -47,6 +47,9 @@ class TrainConfig:
     precision: str = option("fp32", "fp32, or bf16: bfloat16 autocast of the forward products "
                                     "with float32 master weights and optimiser (about 2x on "
                                     "GPUs and on CPUs with AVX-512 BF16).")
+    compile: bool = option(False, "Compile the loss with torch.compile: the first step takes "
+                                  "seconds to a minute longer; the sparse TopK kernels stay "
+                                  "eager. See the README for what it gains per variant.")
     shard_store: bool = option(True, "Under torchrun (data parallel), each rank reads only its "
                                      "share of the store's shards (I/O split over the ranks; "
                                      "not the batches of one process); False: every rank reads "

@@ -41,6 +41,7 @@ class _Run:
         self.device = cfg.resolve_device(next(dictionary.parameters()).device)
         dictionary.to(self.device)
         self.optimizer = make_optimizer(dictionary.parameters(), cfg.learning_rate)
+        self.loss_fn = torch.compile(dictionary.loss) if cfg.compile else dictionary.loss
         self.since_fired = torch.zeros(dictionary.n_latents, dtype=torch.long)
         self.scale = 1.0
         self.step = 0
@@ -232,7 +233,7 @@ def _one_step(run: _Run, batch):
     if labels is not None:
         state.extra["labels"] = labels.to(run.device).float()
     loss = train_step(run.dictionary, run.optimizer, x, state, target, run.cfg.autocast_dtype,
-                      run.group)
+                      run.group, run.loss_fn)
     active, finite = run.group.reduce_step(loss.active, loss.total)
     if not finite:
         raise DataError(f"the loss became {loss.total.item()} at step {run.step}"

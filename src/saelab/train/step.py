@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -11,15 +13,17 @@ from saelab.train.distributed import Group
 
 def train_step(dictionary: Dictionary, optimizer: torch.optim.Optimizer, x: Tensor,
                state: StepState, target: Tensor | None = None,
-               autocast: torch.dtype | None = None, group: Group | None = None) -> Loss:
+               autocast: torch.dtype | None = None, group: Group | None = None,
+               loss_fn: Callable[..., Loss] | None = None) -> Loss:
     """Loss, backward, decoder-gradient projection, Adam step, decoder renormalisation.
 
     `autocast` (e.g. torch.bfloat16) runs the loss under torch.autocast with that dtype; weights,
     gradients and the optimiser stay float32. With a data-parallel `group`, the gradients are
-    averaged over its ranks right after backward, and buffers follow its rank 0 after the step."""
+    averaged over its ranks right after backward, and buffers follow its rank 0 after the step.
+    `loss_fn` replaces `dictionary.loss` (its torch.compile'd form)."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
-        loss = dictionary.loss(x, state, target)
+        loss = (loss_fn or dictionary.loss)(x, state, target)
     loss.total.backward()
     if group is not None and group.active:
         group.average_gradients(dictionary.parameters())
