@@ -189,6 +189,16 @@ class Dictionary(nn.Module):
             getattr(self, name).div_(scale)
 
     @torch.no_grad()
+    def fold_scales(self, input_scale: float, target_scale: float) -> None:
+        """Turn a dictionary trained on (input_scale * x, target_scale * y) into the same one on
+        (x, y). A dictionary that reconstructs its input has one scale (`fold_input_scale`);
+        transcoders, whose target lives in another space, override this."""
+        if target_scale != input_scale:
+            raise ValueError(f"{self.architecture} reconstructs its input: one scale, got "
+                             f"{input_scale} and {target_scale}")
+        self.fold_input_scale(input_scale)
+
+    @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Rescale the rows of W_dec to unit norm."""
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))

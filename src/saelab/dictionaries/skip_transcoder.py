@@ -8,8 +8,8 @@ latents only have to explain what a linear map of the input cannot.
 Choices where the paper leaves room:
 - W_skip [d_out, d_in] starts at zero (as in the paper's code, sparsify): training begins as a
   plain transcoder and the linear part grows as the data asks for it.
-- W_skip is not in `scales_with_input`: the trainer scales input and target by the same factor,
-  so the linear map between them is the same before and after folding.
+- The trainer scales input and target to unit mean squared norm each (sx, sy): folding the
+  scales back multiplies W_skip by sx / sy, as the transcoder's W_enc.
 - `decode(codes)` is the sparse part alone (it cannot see x); `forward(x).x_hat` adds the skip
   term, which `forward(x).skip` also returns on its own.
 Everything else (activation, encoder on x itself, the error without a target) is the
@@ -54,6 +54,11 @@ class SkipTranscoder(Transcoder):
     def __init__(self, cfg: SkipTranscoderConfig):
         super().__init__(cfg)
         self.W_skip = nn.Parameter(torch.zeros(cfg.d_out, cfg.d_in))
+
+    @torch.no_grad()
+    def fold_scales(self, input_scale: float, target_scale: float) -> None:
+        super().fold_scales(input_scale, target_scale)
+        self.W_skip.mul_(input_scale / target_scale)
 
     def skip(self, x: Tensor) -> Tensor:
         return x @ self.W_skip.t()

@@ -88,6 +88,15 @@ class Transcoder(Dictionary):
 
     Config = TranscoderConfig
     scales_with_input = ("b_enc", "b_dec")
+
+    @torch.no_grad()
+    def fold_scales(self, input_scale: float, target_scale: float) -> None:
+        """Trained on (sx x, sy y): W_enc * sx / sy and b_enc / sy give codes 1/sy of the
+        trained ones on x (TopK picks the same latents, ReLU commutes with a positive scale),
+        so with b_dec / sy the output is y's. With sx == sy this is `fold_input_scale`."""
+        self.W_enc.mul_(input_scale / target_scale)
+        self.b_enc.div_(target_scale)
+        self.b_dec.div_(target_scale)
     needs_target: ClassVar[bool] = True
     """`loss` needs the target (the module's output); `fit` needs (input, output) pairs."""
 

@@ -44,6 +44,7 @@ class _Run:
         self.loss_fn = torch.compile(dictionary.loss) if cfg.compile else dictionary.loss
         self.since_fired = torch.zeros(dictionary.n_latents, dtype=torch.long)
         self.scale = 1.0
+        self.target_scale = 1.0  # of the targets (transcoders); the input's otherwise
         self.step = 0
         self.out = Path(cfg.out) if cfg.out and self.group.main else None  # rank 0 writes
         self.identity = {"train": cfg.run_identity(), "steps": steps,
@@ -58,7 +59,8 @@ class _Run:
         return self.out / "checkpoint" if self.out else None
 
     def info(self) -> dict:
-        return {"step": self.step, "scale": self.scale, "identity": self.identity}
+        return {"step": self.step, "scale": self.scale, "target_scale": self.target_scale,
+                "identity": self.identity}
 
     def dead_mask(self) -> torch.Tensor:
         return (self.since_fired >= self.cfg.dead_after_tokens).to(self.device)
@@ -86,14 +88,14 @@ def _prepare_out(run: _Run) -> bool:
     if g.main:
         try:
             resumed = _open_out(run)
-            shared = (resumed, run.step, run.scale, run.since_fired,
+            shared = (resumed, run.step, run.scale, run.target_scale, run.since_fired,
                       run.optimizer.state_dict() if resumed else None)
         except Exception as e:  # noqa: BLE001 (every rank raises it, not only rank 0)
             shared = e
     shared = g.broadcast_object(shared)
     if isinstance(shared, Exception):
         raise shared
-    resumed, run.step, run.scale, run.since_fired, opt_state = shared
+    resumed, run.step, run.scale, run.target_scale, run.since_fired, opt_state = shared
     if resumed and not g.main:
         run.optimizer.load_state_dict(opt_state)
     return resumed
@@ -102,7 +104,7 @@ def _prepare_out(run: _Run) -> bool:
 def _sync_start(run: _Run) -> None:
     """Every rank starts from rank 0's weights and input scale."""
     run.group.broadcast_state(run.dictionary)
-    run.scale = run.group.broadcast_object(run.scale)
+    run.scale, run.target_scale = run.group.broadcast_object((run.scale, run.target_scale))
 
 
 def _open_out(run: _Run) -> bool:
@@ -112,6 +114,7 @@ def _open_out(run: _Run) -> bool:
     if info is not None and info.get("identity") == json.loads(json.dumps(run.identity)):
         run.since_fired = ckpt.load_checkpoint(run.checkpoint_dir, run.dictionary, run.optimizer)
         run.step, run.scale = info["step"], info["scale"]
+        run.target_scale = info.get("target_scale", run.scale)
         log.info("resuming %s at step %d of %d", run.out, run.step, run.steps)
         return True
     if run.out.exists() and any(run.out.iterdir()):
@@ -136,9 +139,15 @@ def _initialise(run: _Run) -> None:
     if run.cfg.normalize:
         if not msn > 0:
             raise DataError("the data is all zeros: nothing to learn")
-        run.scale = 1.0 / math.sqrt(msn)
+        run.scale = run.target_scale = 1.0 / math.sqrt(msn)
+        if len(first) > 1:  # a transcoder's target: its own scale (an MLP's output can be
+            target_msn = float(first[1].float().pow(2).sum(-1).mean())  # 1000x its input's)
+            if not target_msn > 0:
+                raise DataError("the targets are all zeros: nothing to learn")
+            run.target_scale = 1.0 / math.sqrt(target_msn)
     if run.cfg.init_b_dec:
-        run.dictionary.init_from_data(first[-1].to(run.device).float() * run.scale)
+        scale = run.target_scale if len(first) > 1 else run.scale
+        run.dictionary.init_from_data(first[-1].to(run.device).float() * scale)
 
 
 def _source(run: _Run) -> str:
@@ -228,7 +237,7 @@ def _loop(run: _Run) -> None:
 def _one_step(run: _Run, batch):
     batch, labels = split_labels(batch, run.data)
     x = batch[0].to(run.device).float() * run.scale
-    target = batch[1].to(run.device).float() * run.scale if len(batch) > 1 else None
+    target = batch[1].to(run.device).float() * run.target_scale if len(batch) > 1 else None
     state = StepState(run.step, run.steps, run.dead_mask())
     if labels is not None:
         state.extra["labels"] = labels.to(run.device).float()
@@ -260,12 +269,12 @@ def _finish(run: _Run) -> Dictionary:
     """Fold the input scale into the weights, record provenance, save `out/sae`."""
     sae = run.dictionary
     sae.eval()
-    if run.cfg.normalize and run.scale != 1.0:
-        sae.fold_input_scale(run.scale)
+    if run.cfg.normalize and (run.scale, run.target_scale) != (1.0, 1.0):
+        sae.fold_scales(run.scale, run.target_scale)
     sae.provenance.update({"train": to_dict(run.cfg), "steps": run.step,
                            "vectors_seen": run.step * run.cfg.batch_size,
-                           "input_scale": run.scale, **{f"data_{k}": v for k, v in
-                                                        run.data.describe.items()}})
+                           "input_scale": run.scale, "target_scale": run.target_scale,
+                           **{f"data_{k}": v for k, v in run.data.describe.items()}})
     if run.group.active:
         sae.provenance["ranks"] = run.group.world
     if run.data.describe["kind"] == "store":

@@ -244,7 +244,7 @@ def _initialise(run: _Run, x: Tensor) -> None:
     if run.cfg.normalize:
         if not msn > 0:
             raise DataError(f"{run.source}: the data is all zeros: nothing to learn")
-        run.scale = 1.0 / math.sqrt(msn)
+        run.scale = run.target_scale = 1.0 / math.sqrt(msn)
     if run.cfg.init_b_dec:
         _set_rng(run.rng, run.device)
         sae.init_from_data(x.to(run.device).float() * run.scale)
