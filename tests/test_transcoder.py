@@ -119,13 +119,19 @@ def test_encoder_reads_the_input_itself_not_input_minus_b_dec():
     assert torch.equal(tc.encode(x), before)
 
 
-@pytest.mark.parametrize("name", ["transcoder", "skip_transcoder"])
-def test_folding_the_input_scale_gives_the_same_transcoder_on_raw_inputs(name):
+def perturbed(name):
+    """A small transcoder with random weights (no parameter at its initial value)."""
     torch.manual_seed(0)
     tc = saelab.create(name, d_in=16, d_out=12, n_latents=64, k=4)
     with torch.no_grad():
         for p in tc.parameters():
             p.add_(torch.randn_like(p) * 0.3)
+    return tc
+
+
+@pytest.mark.parametrize("name", ["transcoder", "skip_transcoder"])
+def test_folding_the_input_scale_gives_the_same_transcoder_on_raw_inputs(name):
+    tc = perturbed(name)
     x, s = torch.randn(30, 16) * 7 + 1, 0.13
     with torch.no_grad():
         scaled = tc(x * s).x_hat / s
@@ -138,11 +144,7 @@ def test_folding_the_input_scale_gives_the_same_transcoder_on_raw_inputs(name):
 
 @pytest.mark.parametrize("name", ["transcoder", "skip_transcoder"])
 def test_folding_separate_input_and_target_scales_gives_the_transcoder_on_raw_data(name):
-    torch.manual_seed(0)
-    tc = saelab.create(name, d_in=16, d_out=12, n_latents=64, k=4)
-    with torch.no_grad():
-        for p in tc.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+    tc = perturbed(name)
     x, sx, sy = torch.randn(30, 16) * 7 + 1, 0.13, 40.0
     with torch.no_grad():
         scaled = tc(x * sx).x_hat / sy  # trained on (sx x, sy y): predicts sy y
