@@ -63,3 +63,15 @@ def tiny_lm():
 def tokens():
     g = torch.Generator().manual_seed(1)
     return torch.randint(2, 64, (24, 16), generator=g)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A folder holding a tiny 2-layer Llama with the SmolLM2 tokenizer (for CLI runs)."""
+    from saelab.models import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    tok = load_tokenizer("smollm2-135m")
+    tiny_llama(vocab=len(tok), hidden=32, layers=2).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -11,18 +11,6 @@ import pytest
 import torch
 
 from saelab.cli import main
-from tests.conftest import tiny_llama
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from saelab.models import load_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny_model")
-    tok = load_tokenizer("smollm2-135m")
-    tiny_llama(vocab=len(tok), hidden=32, layers=2).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

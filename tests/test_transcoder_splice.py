@@ -123,17 +123,6 @@ def test_a_transcoder_of_the_wrong_width_is_a_clear_error(lm, tokens):
         spliced_loss(lm, tokens, f"{MLP}:input", tc, target_hookpoint=MLP)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from saelab.models import load_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny_model")
-    tok = load_tokenizer("smollm2-135m")
-    tiny_llama(vocab=len(tok), hidden=32, layers=2).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def test_saelab_eval_reports_the_spliced_loss_of_a_trained_transcoder(model_dir, tmp_path):
     from saelab.cli import main
 
