@@ -108,6 +108,22 @@ def test_afa_report_sees_over_activation():
     assert r["afa_ratio_median"] == pytest.approx(2.0, rel=1e-3) and r["afa_over"] == 1.0
 
 
+def test_afa_is_a_metric_family_of_evaluate():
+    torch.manual_seed(0)
+    ref = orthonormal_sae()
+    sae = saelab.create("topk", d_in=16, n_latents=16, k=6)
+    sae.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        sae.W_dec.mul_(2)  # over-activated codes, so the figures are not all trivial
+    x, _, _ = sparse_inputs(ref)
+    report = saelab.evaluate(sae, x, batch_size=7, metrics=("reconstruction", "sparsity", "afa"))
+    expected = afa_report(sae, x)
+    assert expected["afa_over"] == 1.0
+    for key, value in expected.items():  # streamed over batches of 7 = all rows at once
+        assert report[key] == pytest.approx(value, rel=1e-6), key
+    assert "afa_ratio_mean" not in saelab.evaluate(sae, x)  # not a default family
+
+
 def closest_prefix_holds(sae, x) -> bool:
     """Whether every row's active count is a prefix length whose norm is closest to ||z||."""
     pre = sae.pre_activations(x).detach()
@@ -133,3 +149,10 @@ def test_trained_topafa_still_follows_the_afa_with_a_variable_l0(planted):
 def test_topafa_bad_fields_are_named(field, value):
     with pytest.raises(ConfigError, match=field):
         saelab.create("topafa", d_in=16, n_latents=64, **{field: value})
+
+
+def test_saelab_eval_takes_the_afa_family():
+    from saelab.cli import build_parser
+
+    argv = ["eval", "sae", "store", "--metrics", "reconstruction", "afa"]
+    assert build_parser(argv).parse_args(argv).metrics == ["reconstruction", "afa"]

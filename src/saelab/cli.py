@@ -173,7 +173,8 @@ def cmd_eval(args) -> int:
                           exclusion=Exclusion.from_json(store.manifest.get("exclusion")),
                           **kwargs)
     out = args.out or str(Path(args.sae).parent / "eval")
-    report = saelab.evaluate(sae, store, hookpoint=hookpoint, out=out, progress=True, **kwargs)
+    report = saelab.evaluate(sae, store, hookpoint=hookpoint, out=out, progress=True,
+                             metrics=tuple(args.metrics), **kwargs)
     print(format_report(report))
     print(f"report: {Path(out) / 'report.json'}")
     return 0
@@ -233,6 +234,7 @@ def cmd_push(args) -> int:
 # --- parser ---------------------------------------------------------------------------------------
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     from saelab.dictionaries import get, names
+    from saelab.evaluate import families
     from saelab.pipeline import CaptureConfig, DemoConfig
     from saelab.train import TrainConfig
 
@@ -276,6 +278,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--target-hookpoint", dest="target_hookpoint",
                    help="Transcoders: the hookpoint they predict, compared with and spliced "
                         "(default: the one they were trained on).")
+    p.add_argument("--metrics", nargs="+", default=["reconstruction", "sparsity"],
+                   choices=families(), help="Metric families (default: reconstruction "
+                                            "sparsity; afa: the AFA norm check).")
     p.add_argument("--splice-tokens", type=int, default=8192, dest="splice_tokens",
                    help="Tokens for the spliced next-token loss (0 skips it; needs the model).")
     p.add_argument("--out", help="Report folder (default: beside the dictionary, eval/).")

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saelab.evaluate import reconstruction, sparsity  # noqa: F401  (registers the families)
+from saelab.evaluate import afa, reconstruction, sparsity  # noqa: F401  (registers the families)
 from saelab.evaluate._registry import families, make
 from saelab.evaluate.report import format_report, write_report
 from saelab.evaluate.splice import spliced_loss
@@ -56,7 +56,7 @@ def evaluate(dictionary, data, *, hookpoint: str | None = None, batch_size: int 
         raise ConfigError(f"{dictionary.architecture} predicts another activation: pass "
                           f"target_hookpoint (a store) or (x, y) tensors to evaluate it")
     dictionary.eval()
-    accs = [make(name, dictionary.n_latents) for name in metrics]
+    accs = [make(name, dictionary) for name in metrics]
     for x, y in tqdm(_batches(data, batch_size, hookpoint, target_hookpoint), desc="evaluate",
                      disable=not progress):
         out_ = dictionary(x.float())

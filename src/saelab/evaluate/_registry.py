@@ -22,7 +22,9 @@ def families() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def make(name: str, n_latents: int):
+def make(name: str, dictionary):
+    """The accumulator of family `name` for `dictionary` (families read what they need of it:
+    the number of latents, the decoder)."""
     if name not in _FAMILIES:
         raise ConfigError(f"unknown metric family {name!r}; known: {', '.join(families())}")
-    return _FAMILIES[name](n_latents)
+    return _FAMILIES[name](dictionary)

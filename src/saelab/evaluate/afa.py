@@ -20,9 +20,8 @@ feature activation; bounds in saelab.ops.afa). This family measures, on held-out
   construction, and far below it when the atoms an input uses are more orthogonal than the
   worst pair.
 
-Use it with `afa_report(dictionary, data)`, or as an accumulator, `AFA(dictionary)` then
-`update(x, x_hat, codes)` per batch and `result()`: the same protocol as the families of
-saelab.evaluate, except that it needs the dictionary (the decoder), not just n_latents.
+Use it with `saelab.evaluate(sae, data, metrics=("reconstruction", "sparsity", "afa"))`
+(`saelab eval --metrics reconstruction sparsity afa`), or `afa_report(dictionary, data)`.
 """
 
 from __future__ import annotations
@@ -30,13 +29,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saelab.evaluate._registry import register
 from saelab.ops.afa import afa_bounds, coherence, epsilon_lower_bound
 
 
+@register("afa")
 class AFA:
     """Streaming AFA metrics of one dictionary (see the module docstring)."""
-
-    family = "afa"
 
     def __init__(self, dictionary):
         self.b_dec = dictionary.b_dec.detach()

@@ -13,7 +13,7 @@ class Reconstruction:
     """Streaming MSE, FVU (against the per-dimension mean of the evaluated data), mean cosine
     similarity of x and x_hat, and mean norm ratio ||x_hat|| / ||x||."""
 
-    def __init__(self, n_latents: int):
+    def __init__(self, dictionary):
         self.n = 0
         self.sq_err = 0.0
         self.sum_x: Tensor | None = None

@@ -16,9 +16,9 @@ class Sparsity:
     """Streaming L0 (mean active latents per input) and per-latent firing counts; dead = never
     fired on the evaluated data, dense = fired on more than 10% of it."""
 
-    def __init__(self, n_latents: int):
+    def __init__(self, dictionary):
         self.n = 0
-        self.fires = torch.zeros(n_latents, dtype=torch.long)
+        self.fires = torch.zeros(dictionary.n_latents, dtype=torch.long)
         self.l0_counts: list[Tensor] = []
 
     def update(self, x: Tensor, x_hat: Tensor, codes: Tensor) -> None:
