@@ -1,19 +1,42 @@
 """G-SAE ("Measuring and Guiding Monosemanticity", 2025): guided latents detect their labelled
-concepts better than any latent of a TopK SAE trained on the same activations.
+concepts better than any latent of a TopK SAE trained on the same activations, read through
+the code that `encode` returns (what dashboards and steering use).
 
 Planted data: 3 of 128 unit atoms per row in d=64; concept c = "any atom of group c (4 atoms)
-is active", a topic spread over several directions. Detection is the ROC AUC of one latent's
-score (its encoder output before the sparsity: the guided latent's sigmoid, the TopK latent's
-pre-activation; and the TopK latent's code) on held-out rows, per concept, averaged.
+is active", a topic spread over several directions. Detection is the ROC AUC of one latent on
+held-out rows, per concept, averaged: `code_auc` reads the codes (the guided latent's own code;
+the TopK SAE's best latent per concept, chosen on the held-out rows themselves, which favours
+TopK); `score_auc` reads the scores before the sparsity (the guided logit, TopK pre-activations).
+
+Wikipedia (`--real` through bench/seed_methods.py, or `python bench/claims_guided.py
+--wikipedia`): SmolLM2-135M residual stream after block 15 on the packaged Wikipedia summaries,
+concept = the article's topic (11 topics; "Uncategorized" articles are left out), every token
+labelled with its article's topic. Articles are split per topic into train and held-out ones
+and shuffled, so that a context mixes topics. Rows follow the capture's exclusion rule (special
+tokens and rows above 5x the median norm are left out). Per topic: the AUC of the guided latent's
+code on held-out tokens vs the TopK latent whose code had the best AUC on the training tokens
+(evaluated on held-out tokens; `topk_oracle` is the best on held-out, an upper bound;
+`topk_pre` reads the TopK pre-activation instead of the code, latent chosen on train), same k and
+the same number of unguided latents; the guided code's recall and false-positive rate (code > 0);
+FVU and L0 of both on held-out tokens.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
 import torch
 
 import saelab
-from saelab.dictionaries.guided import detection_auc
+from saelab.dictionaries.guided import detection_auc, store_row_labels
 from saelab.train.data import Labelled
+
+log = logging.getLogger(__name__)
 
 D, N_ATOMS, GROUP = 64, 128, 4
 
@@ -61,11 +84,149 @@ def guided_detection(args) -> list[dict]:
                          "which": "its own guided latent" if name == "guided"
                          else "best of all latents, per concept"})
     g, t = rows
-    holds = g["score_auc"] > t["score_auc"] + 0.05
+    holds = g["code_auc"] > t["code_auc"] + 0.05
     g["verdict"] = ("holds" if holds else "does not hold") + (
-        f": guided score AUC {g['score_auc']} vs best TopK latent {t['score_auc']}")
+        f": guided code AUC {g['code_auc']} vs best TopK latent's code {t['code_auc']}")
     t["verdict"] = "baseline"
+    if args.real:
+        rows += wikipedia_rows(args)
+    return rows
+
+
+# --- SmolLM2 on the Wikipedia topics -----------------------------------------------------------
+
+def _split_articles(per_topic_train: int, per_topic_eval: int, seed: int):
+    """(train docs, held-out docs, topics): per topic, a seeded choice of articles; each list
+    shuffled so that neighbouring articles in a context have random topics."""
+    from saelab.data import read_documents
+
+    by_topic: dict[str, list] = {}
+    for doc in read_documents("wikipedia"):
+        if doc.label and doc.label != "Uncategorized":
+            by_topic.setdefault(doc.label, []).append(doc)
+    rng = random.Random(seed)
+    train, held = [], []
+    for topic in sorted(by_topic):
+        docs = by_topic[topic][:]
+        rng.shuffle(docs)
+        train += docs[:per_topic_train]
+        held += docs[per_topic_train:per_topic_train + per_topic_eval]
+    rng.shuffle(train)
+    rng.shuffle(held)
+    return train, held, sorted(by_topic)
+
+
+def _capture(lm, docs, hookpoint: str, out: Path, topics: list[str]):
+    """Activations [N, d] and per-token topic labels [N, n_topics] of `docs` (cached in `out`)."""
+    from saelab.data import pack
+    from saelab.store import capture_to_store
+
+    corpus = pack(docs, lm.tokenizer, context_len=128)
+    store = capture_to_store(lm.model, corpus.tokens, [hookpoint], out, model_name=lm.name,
+                             doc_ids=corpus.doc_ids, special_ids=corpus.special_ids,
+                             progress=False)
+    x = torch.cat([a for a, _ in store.iter_rows(hookpoint, 8192)]).float()
+    labels, _ = store_row_labels(store, [d.label for d in docs], topics)
+    return x, labels, store.manifest.get("excluded_rows")
+
+
+def _fvu_l0(sae, x: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    with torch.no_grad():
+        z = sae.encode(x)
+        err = (sae.decode(z) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    return float(err), float((z != 0).sum(1).float().mean()), z
+
+
+def wikipedia_rows(args) -> list[dict]:
+    from saelab._paths import cache_dir
+    from saelab.models import load
+
+    n_train, n_eval, latents, epochs = (25, 10, 1152, 3) if args.quick else (100, 30, 2304, 4)
+    k, layer, t0 = 32, getattr(args, "layer", 15), time.time()
+    train_docs, held_docs, topics = _split_articles(n_train, n_eval, args.seed)
+    lm = load("smollm2-135m")
+    hp = lm.layer_template.format(layer)
+    root = cache_dir() / "bench_guided" / f"L{layer}_{n_train}x{n_eval}_s{args.seed}"
+    x, y, excl = _capture(lm, train_docs, hp, root / "train", topics)
+    h, yh, excl_h = _capture(lm, held_docs, hp, root / "eval", topics)
+    log.info("captured %d train / %d held-out tokens in %.0f s (excluded %s / %s)",
+             len(x), len(h), time.time() - t0, excl, excl_h)
+    c = len(topics)
+    cfg = saelab.TrainConfig(epochs=epochs, batch_size=1024, lr=2e-3, seed=args.seed,
+                             progress=False, dead_after_tokens=min(2_000_000, len(x)))
+    torch.manual_seed(args.seed)
+    guided = saelab.fit(saelab.create("guided", d_in=lm.d_model, n_latents=latents + c, k=k,
+                                      n_guided=c), Labelled(x, y), cfg)
+    torch.manual_seed(args.seed)
+    topk = saelab.fit(saelab.create("topk", d_in=lm.d_model, n_latents=latents, k=k), x, cfg)
+    g_fvu, g_l0, g_z = _fvu_l0(guided, h)
+    t_fvu, t_l0, t_z = _fvu_l0(topk, h)
+    with torch.no_grad():
+        g_code = detection_auc(g_z[:, :c], yh).diagonal()
+        g_logit = detection_auc(guided.guided_logits(h), yh).diagonal()
+        chosen = detection_auc(topk.encode(x), y).argmax(1)  # best latent per topic, on train
+        pre_chosen = detection_auc(topk.pre_activations(x), y).argmax(1)
+        t_pre = detection_auc(topk.pre_activations(h), yh).gather(1, pre_chosen[:, None])[:, 0]
+    t_all = detection_auc(t_z, yh)  # [c, latents] on held-out
+    t_chosen = t_all.gather(1, chosen[:, None])[:, 0]
+    t_oracle = t_all.max(1).values
+    fired, present = g_z[:, :c] > 0, yh > 0.5
+    recall = (fired & present).sum(0) / present.sum(0)
+    fpr = (fired & ~present).sum(0) / (~present).sum(0)
+    data = f"smollm2 L{layer} wikipedia"
+    rows = []
+    for i, topic in enumerate(topics):
+        win = float(g_code[i]) > float(t_chosen[i])
+        rows.append({"data": data, "method": f"topic: {topic}",
+                     "train_tokens": int(y[:, i].sum()), "held_tokens": int(yh[:, i].sum()),
+                     "guided_code": round(float(g_code[i]), 3),
+                     "guided_logit": round(float(g_logit[i]), 3),
+                     "topk_chosen": round(float(t_chosen[i]), 3),
+                     "topk_oracle": round(float(t_oracle[i]), 3),
+                     "topk_pre": round(float(t_pre[i]), 3),
+                     "g_recall": round(float(recall[i]), 3), "g_fpr": round(float(fpr[i]), 3),
+                     "verdict": "guided higher" if win else "topk higher or equal"})
+    wins = sum(r["verdict"] == "guided higher" for r in rows)
+    mean = {name: round(float(v.mean()), 3) for name, v in
+            (("guided_code", g_code), ("guided_logit", g_logit), ("topk_chosen", t_chosen),
+             ("topk_oracle", t_oracle), ("topk_pre", t_pre), ("g_recall", recall),
+             ("g_fpr", fpr))}
+    seconds = round(time.time() - t0, 1)
+    rows.append({"data": data, "method": f"guided k={k} +{c} guided", "l0": round(g_l0, 2),
+                 "fvu": round(g_fvu, 4), "train_tokens": len(x), "held_tokens": len(h),
+                 "guided_code": mean["guided_code"], "guided_logit": mean["guided_logit"],
+                 "g_recall": mean["g_recall"], "g_fpr": mean["g_fpr"], "seconds": seconds,
+                 "verdict": ("holds" if wins == c else "does not hold") +
+                 f": guided code AUC above the chosen TopK latent on {wins}/{c} topics, mean "
+                 f"{mean['guided_code']} vs {mean['topk_chosen']}"})
+    rows.append({"data": data, "method": f"topk k={k}", "l0": round(t_l0, 2),
+                 "fvu": round(t_fvu, 4), "train_tokens": len(x), "held_tokens": len(h),
+                 "topk_chosen": mean["topk_chosen"], "topk_oracle": mean["topk_oracle"],
+                 "topk_pre": mean["topk_pre"], "seconds": seconds, "verdict": "baseline"})
     return rows
 
 
 CLAIMS = {"guided_detection": guided_detection}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="G-SAE on planted data or on the Wikipedia topics")
+    p.add_argument("--wikipedia", action="store_true", help="SmolLM2 on the Wikipedia topics")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layer", type=int, default=15)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from seed_methods import table
+
+    args.real = False
+    t = time.time()
+    rows = wikipedia_rows(args) if args.wikipedia else guided_detection(args)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'quick' if args.quick else 'full'}, seed {args.seed}, {time.time() - t:.0f} s")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
