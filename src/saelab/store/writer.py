@@ -98,22 +98,27 @@ def capture_to_store(model: nn.Module, tokens: Tensor, hookpoints: list[str], ou
                      model_name: str, doc_ids: Tensor | None = None,
                      special_ids: list[int] | None = None, norm_factor: float | None = 5.0,
                      batch_contexts: int = 8, shard_rows: int = 1 << 16, dtype: str = "float32",
-                     overwrite: bool = False, progress: bool = True) -> ActivationStore:
+                     overwrite: bool = False, progress: bool = True,
+                     gradients: bool = False) -> ActivationStore:
     """Capture the activations of `hookpoints` for every context in `tokens` [N, T] into a store.
 
     Special tokens and rows whose norm is above `norm_factor` x the median are left out (see
     saelab.capture.exclude). Returns the finished store; a rerun with the same arguments resumes
-    an interrupted capture or returns the finished one at once.
+    an interrupted capture or returns the finished one at once. With `gradients` (one hookpoint,
+    a causal LM), the store also holds d(next-token loss)/d(activation) under `<key>.grad`, for
+    gradient-guided dictionaries (see saelab.capture.gradients); the forward then runs in full.
     """
     out = Path(out)
     if dtype not in DTYPES:
         raise DataError(f"unknown store dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    with Capture(model, hookpoints) as cap:
-        keys = [hp.key for hp in cap.hookpoints]
+    with _capturer(model, hookpoints, gradients) as cap:
+        keys = cap.keys if gradients else [hp.key for hp in cap.hookpoints]
         fingerprint = {"model": model_name, "hookpoints": keys, "context_len": tokens.shape[1],
                        "n_contexts": tokens.shape[0], "dtype": dtype,
                        "tokens_sha256": _sha256(tokens.contiguous().numpy().tobytes()),
                        "special_ids": sorted(special_ids or []), "norm_factor": norm_factor}
+        if gradients:
+            fingerprint["gradients"] = True
         manifest = _prepare_folder(out, fingerprint, overwrite)
         if manifest is None:
             manifest = _new_store(out, tokens, doc_ids, fingerprint)
@@ -125,6 +130,18 @@ def capture_to_store(model: nn.Module, tokens: Tensor, hookpoints: list[str], ou
         _capture_loop(cap, tokens, out, manifest, DTYPES[dtype], batch_contexts, shard_rows,
                       progress)
     return ActivationStore(out)
+
+
+def _capturer(model: nn.Module, hookpoints: list[str], gradients: bool):
+    """Capture (activations), or GradientCapture (activation and loss gradient, one hookpoint)."""
+    if not gradients:
+        return Capture(model, hookpoints)
+    from saelab.capture.gradients import GradientCapture
+
+    if len(hookpoints) != 1:
+        raise DataError(f"gradients=True captures one hookpoint (the activation and its loss "
+                        f"gradient), got {len(hookpoints)}: {', '.join(map(str, hookpoints))}")
+    return GradientCapture(model, hookpoints[0])
 
 
 def _new_store(out: Path, tokens: Tensor, doc_ids: Tensor | None, fingerprint: dict) -> dict:
@@ -161,7 +178,7 @@ def _capture_loop(cap: Capture, tokens: Tensor, out: Path, manifest: dict, dtype
                                 f"contexts {start}-{start + len(batch) - 1}; check the model's "
                                 f"dtype and inputs")
             manifest["d"][key] = a.shape[-1]
-        exclusion.calibrate(batch, acts)
+        exclusion.calibrate(batch, {k: a for k, a in acts.items() if not k.endswith(".grad")})
         rows, dropped = _rows_of_batch(acts, batch, start, exclusion, dtype)
         acc.add(rows)
         manifest["excluded_rows"] += dropped

@@ -29,8 +29,15 @@ class TrainData(NamedTuple):
     """Mean squared norm of the inputs, if known without reading batches."""
     describe: dict
     """Provenance (kind, rows, path, hookpoint, ...)."""
-    labelled: bool = False
-    """Whether the last tensor of each batch holds per-row labels (see `Labelled`)."""
+    extras: tuple[str, ...] = ()
+    """Names of the per-row tensors that end each batch, after the rows: "labels" (see
+    `Labelled`), "grads" (see `WithGradients`). The loop passes them to the loss as
+    `StepState.extra[name]`."""
+
+    @property
+    def labelled(self) -> bool:
+        """Whether each batch carries per-row labels."""
+        return "labels" in self.extras
 
 
 @dataclass(frozen=True)
@@ -44,9 +51,29 @@ class Labelled:
     labels: Tensor
 
 
+@dataclass(frozen=True)
+class WithGradients:
+    """Rows with the gradient of the model's loss with respect to each row, for gradient-guided
+    dictionaries (`gsae_gradient`): `fit(sae, WithGradients(x, grads))`. `x` is a tensor
+    [N, d_in], `grads` d(loss)/d(x) [N, d_in] (e.g. from saelab.capture.gradients). The loop
+    passes each batch's gradients to the loss as `StepState.extra["grads"]`."""
+
+    x: Tensor | tuple[Tensor, ...]
+    grads: Tensor
+
+
+def split_extras(batch: Batch, data: TrainData) -> tuple[Batch, dict[str, Tensor]]:
+    """(rows, {name: tensor}) of a batch: the named per-row tensors are its last ones."""
+    n = len(data.extras)
+    if not n:
+        return batch, {}
+    return batch[:-n], dict(zip(data.extras, batch[-n:]))
+
+
 def split_labels(batch: Batch, data: TrainData) -> tuple[Batch, Tensor | None]:
     """(rows, labels) of a batch: the labels are its last tensor when the data is labelled."""
-    return (batch[:-1], batch[-1]) if data.labelled else (batch, None)
+    rows, extras = split_extras(batch, data)
+    return rows, extras.get("labels")
 
 
 def _as_rows(batch) -> Batch:
@@ -68,26 +95,54 @@ def check_batch(batch: Batch, d_in: int, d_out: int, step: int, where: str) -> N
                             f"from {where}; clean or re-capture the data")
 
 
-def from_store(store: ActivationStore, d_in: int, cfg) -> TrainData:
-    key = store.hookpoint(cfg.hookpoint)
+def _training_hookpoint(store: ActivationStore, cfg) -> str:
+    """The store hookpoint to train on: `cfg.hookpoint`, or the only one that is not a gradient
+    (a store captured with gradients holds `<key>` and `<key>.grad`)."""
+    from saelab.capture.gradients import is_gradient_key
+
+    acts = [k for k in store.hookpoints if not is_gradient_key(k)]
+    if cfg.hookpoint is None and len(acts) == 1:
+        return acts[0]
+    return store.hookpoint(cfg.hookpoint)
+
+
+def store_keys(store: ActivationStore, key: str, cfg, gradients: bool) -> list[str]:
+    """Store hookpoints read per batch: the input, the target (transcoders), and with
+    `gradients` the input's loss gradients `<key>.grad` where the store holds them."""
+    from saelab.capture.gradients import gradient_key
+
+    keys = [key]
+    if cfg.target_hookpoint:
+        keys.append(store.hookpoint(cfg.target_hookpoint))
+    if gradients and gradient_key(key) in store.hookpoints:
+        keys.append(gradient_key(key))
+    return keys
+
+
+def from_store(store: ActivationStore, d_in: int, cfg, gradients: bool = False) -> TrainData:
+    key = _training_hookpoint(store, cfg)
     if store.d(key) != d_in:
         raise DataError(f"store {store.path} has d={store.d(key)} at {key!r}, but the dictionary "
                         f"has d_in={d_in}; create the dictionary with d_in={store.d(key)}")
-    shuffled = store.shuffled(cfg.batch_size, key, cfg.target_hookpoint, cfg.seed,
-                              cfg.buffer_rows)
+    keys = store_keys(store, key, cfg, gradients)
+    shuffled = store.shuffled_hookpoints(keys, cfg.batch_size, cfg.seed, cfg.buffer_rows)
     describe = {"kind": "store", "path": str(store.path), "model": store.model,
                 "hookpoint": key, "rows": store.n_rows,
                 "exclusion": store.manifest.get("exclusion")}
     if cfg.target_hookpoint:
         describe["target_hookpoint"] = cfg.target_hookpoint
+    extras = ("grads",) if len(keys) > 1 + bool(cfg.target_hookpoint) else ()
+    if extras:
+        describe["gradient_hookpoint"] = keys[-1]
     return TrainData(shuffled.iterate, shuffled.batches_per_epoch(),
-                     store.mean_squared_norm(key), describe)
+                     store.mean_squared_norm(key), describe, extras)
 
 
-def from_store_shards(store: ActivationStore, d_in: int, cfg, group) -> TrainData:
+def from_store_shards(store: ActivationStore, d_in: int, cfg, group,
+                      gradients: bool = False) -> TrainData:
     """Data parallelism over a store: rank r reads only shards r, r + world, ... and draws batches
     of batch_size / world rows from them (the global batch is the union over the ranks)."""
-    data = from_store(store, d_in, cfg)  # checks, provenance, statistics of the whole store
+    data = from_store(store, d_in, cfg, gradients)  # checks, provenance, whole-store statistics
     shards = store.manifest["shards"]
     mine = list(range(group.rank, len(shards), group.world))
     local = cfg.batch_size // group.world
@@ -97,13 +152,13 @@ def from_store_shards(store: ActivationStore, d_in: int, cfg, group) -> TrainDat
                           f"{group.world} gets {sum(sizes)} rows, fewer than its batch of {local}; "
                           f"pass shard_store=False (--no-shard-store) so that every rank reads "
                           f"every shard and keeps its slice of each batch")
-    names = [acts_name(data.describe["hookpoint"])]
-    if cfg.target_hookpoint:
-        names.append(acts_name(store.hookpoint(cfg.target_hookpoint)))
+    names = [acts_name(k) for k in store_keys(store, data.describe["hookpoint"], cfg,
+                                              bool(data.extras))]
     shuffled = ShuffledBatches(sizes, lambda j: tuple(store.read_shard(mine[j], names)), local,
                                cfg.buffer_rows, cfg.seed)
     describe = {**data.describe, "ranks": group.world, "shard_store": True}
-    return TrainData(shuffled.iterate, shuffled.batches_per_epoch(), data.mean_sq_norm, describe)
+    return TrainData(shuffled.iterate, shuffled.batches_per_epoch(), data.mean_sq_norm, describe,
+                     data.extras)
 
 
 def sharded(data: TrainData, group) -> TrainData:
@@ -145,8 +200,21 @@ def from_labelled(data: Labelled, d_in: int, cfg) -> TrainData:
     if not torch.isfinite(labels).all() or labels.min() < 0 or labels.max() > 1:
         raise DataError("labels must be finite values in [0, 1] (1: the concept is present)")
     data_ = from_tensor((*rows, labels), d_in, cfg)
-    return data_._replace(labelled=True,
+    return data_._replace(extras=("labels",),
                           describe={**data_.describe, "labels": int(labels.shape[1])})
+
+
+def from_with_gradients(data: WithGradients, d_in: int, cfg) -> TrainData:
+    rows = _as_rows(data.x)
+    grads = data.grads
+    if not isinstance(grads, Tensor) or grads.shape != rows[0].shape:
+        shape = tuple(grads.shape) if isinstance(grads, Tensor) else type(grads).__name__
+        raise DataError(f"grads have shape {shape}; expected {tuple(rows[0].shape)}, one "
+                        f"gradient d(loss)/d(x) per row of data")
+    if not torch.isfinite(grads).all():
+        raise DataError("grads hold non-finite values (NaN or inf); re-capture them")
+    data_ = from_tensor((*rows, grads.float()), d_in, cfg)
+    return data_._replace(extras=("grads",), describe={**data_.describe, "gradients": True})
 
 
 def from_iterable(data: Iterable) -> TrainData:
@@ -166,22 +234,25 @@ def _store(data) -> ActivationStore:
     return ActivationStore(data)
 
 
-def as_train_data(data, d_in: int, cfg, group=None) -> TrainData:
+def as_train_data(data, d_in: int, cfg, group=None, gradients: bool = False) -> TrainData:
     """Dispatch on the kind of `data`; with a data-parallel `group` (train/distributed.py), the
-    batches are this rank's share of each global batch."""
+    batches are this rank's share of each global batch. With `gradients`, a store's loss
+    gradients (`<hookpoint>.grad`, where it has them) are read along with the rows."""
     if getattr(cfg, "order", "shuffle") == "sequential":
-        return sequential_train_data(data, d_in, cfg, group)
+        return sequential_train_data(data, d_in, cfg, group, gradients)
     if group is not None and group.active:
         if cfg.batch_size % group.world:
             raise ConfigError(f"batch_size {cfg.batch_size} is not a multiple of the "
                               f"{group.world} ranks")
         if cfg.shard_store and isinstance(data, (str, Path, ActivationStore)):
-            return from_store_shards(_store(data), d_in, cfg, group)
-        return sharded(as_train_data(data, d_in, cfg), group)
+            return from_store_shards(_store(data), d_in, cfg, group, gradients)
+        return sharded(as_train_data(data, d_in, cfg, gradients=gradients), group)
     if isinstance(data, (str, Path, ActivationStore)):
-        return from_store(_store(data), d_in, cfg)
+        return from_store(_store(data), d_in, cfg, gradients)
     if isinstance(data, Labelled):
         return from_labelled(data, d_in, cfg)
+    if isinstance(data, WithGradients):
+        return from_with_gradients(data, d_in, cfg)
     if isinstance(data, Tensor) or (isinstance(data, tuple) and data
                                     and all(isinstance(t, Tensor) for t in data)):
         return from_tensor(_as_rows(data), d_in, cfg)
@@ -269,17 +340,15 @@ class SequentialBatches:
             i += 1
 
 
-def sequential_train_data(data, d_in: int, cfg, group=None) -> TrainData:
+def sequential_train_data(data, d_in: int, cfg, group=None, gradients: bool = False) -> TrainData:
     """TrainData for `order="sequential"`: whole contexts of a store, in store order."""
     if group is not None and group.active:
         raise ConfigError("order='sequential' (FAST) reads the store in order in one process; "
                           "it does not run data parallel under torchrun: use order='shuffle'")
     if isinstance(data, (str, Path, ActivationStore)):
         store = _store(data)
-        base = from_store(store, d_in, cfg)  # checks and provenance, no rows read
-        keys = [base.describe["hookpoint"]]
-        if cfg.target_hookpoint:
-            keys.append(store.hookpoint(cfg.target_hookpoint))
+        base = from_store(store, d_in, cfg, gradients)  # checks and provenance, no rows read
+        keys = store_keys(store, base.describe["hookpoint"], cfg, bool(base.extras))
         seq = SequentialBatches(store, [acts_name(k) for k in keys], cfg.batch_size)
         describe = {**base.describe, "order": "sequential",
                     "batches_per_epoch": seq.batches_per_epoch()}

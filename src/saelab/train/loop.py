@@ -23,7 +23,7 @@ from saelab.dictionaries._base import Dictionary, StepState
 from saelab.errors import ConfigError, DataError, OutputExistsError
 from saelab.train import checkpoint as ckpt
 from saelab.train.config import TrainConfig
-from saelab.train.data import TrainData, as_train_data, check_batch, split_labels
+from saelab.train.data import TrainData, as_train_data, check_batch, split_extras
 from saelab.train.distributed import Group
 from saelab.train.optim import lr_factor, make_optimizer
 from saelab.train.step import train_step
@@ -129,7 +129,7 @@ def _open_out(run: _Run) -> bool:
 
 def _initialise(run: _Run) -> None:
     """Input scale and data-dependent initialisation, from the data (fresh runs only)."""
-    first, _ = split_labels(next(run.data.batches(0)), run.data)
+    first, _ = split_extras(next(run.data.batches(0)), run.data)
     check_batch(first, run.dictionary.d_in, run.dictionary.d_out, 0, _source(run))
     if run.group.active:  # the whole global batch, the same on every rank (nccl: on the GPU)
         first = run.group.gather_rows(tuple(t.to(run.device) for t in first))
@@ -179,12 +179,16 @@ def fit(dictionary: Dictionary, data, config: TrainConfig | None = None) -> Dict
         return dictionary
     torch.manual_seed(cfg.seed)
     group = Group.current()
-    train_data = group.all_or_none(lambda: as_train_data(data, dictionary.d_in, cfg, group))
+    needs_gradients = getattr(dictionary, "needs_gradients", False)
+    train_data = group.all_or_none(lambda: as_train_data(data, dictionary.d_in, cfg, group,
+                                                         gradients=needs_gradients))
     if getattr(dictionary, "needs_labels", False) and not train_data.labelled:
         raise ConfigError(f"{dictionary.architecture}: this dictionary is trained on concept "
                           f"labels; pass saelab.train.data.Labelled(x, labels) (labels "
                           f"[N, n_guided]), or set guide_coeff=0 (or n_guided=0) to train it "
                           f"without them")
+    if needs_gradients and "grads" not in train_data.extras:
+        raise ConfigError(_missing_gradients(dictionary, train_data))
     run = _Run(dictionary, cfg, train_data, _total_steps(cfg, train_data, group), group)
     if not _prepare_out(run):
         _initialise(run)
@@ -193,6 +197,18 @@ def fit(dictionary: Dictionary, data, config: TrainConfig | None = None) -> Dict
         _trim_metrics(run)
     _loop(run)
     return _finish(run)
+
+
+def _missing_gradients(dictionary: Dictionary, data: TrainData) -> str:
+    """The error for a gradient-guided dictionary given rows without loss gradients."""
+    where = (f"store {data.describe['path']} has no gradient hookpoint "
+             f"'{data.describe['hookpoint']}.grad'; capture it with saelab.store."
+             f"capture_to_store(..., gradients=True), or pass"
+             if data.describe["kind"] == "store" else "pass")
+    return (f"{dictionary.architecture}: this dictionary selects its latents with the gradient of "
+            f"the model's loss with respect to each row; {where} saelab.train.WithGradients(x, "
+            f"grads) (grads [N, d_in], e.g. from saelab.capture.gradients."
+            f"activation_gradients), or set beta=0 to train it as plain TopK")
 
 
 def _loop(run: _Run) -> None:
@@ -210,7 +226,7 @@ def _loop(run: _Run) -> None:
             if batch is None:
                 log.warning("data ran out at step %d of %d", run.step, run.steps)
                 break
-            rows, _ = split_labels(batch, run.data)
+            rows, _ = split_extras(batch, run.data)
             check_batch(rows, sae.d_in, sae.d_out, run.step, _source(run))
             for group in run.optimizer.param_groups:
                 group["lr"] = base_lr * lr_factor(run.step, run.steps, warmup, cfg.decay_start)
@@ -235,12 +251,12 @@ def _loop(run: _Run) -> None:
 
 
 def _one_step(run: _Run, batch):
-    batch, labels = split_labels(batch, run.data)
+    batch, extras = split_extras(batch, run.data)
     x = batch[0].to(run.device).float() * run.scale
     target = batch[1].to(run.device).float() * run.target_scale if len(batch) > 1 else None
     state = StepState(run.step, run.steps, run.dead_mask())
-    if labels is not None:
-        state.extra["labels"] = labels.to(run.device).float()
+    for name, t in extras.items():  # labels, grads (the grads unscaled: g-SAE is scale-free)
+        state.extra[name] = t.to(run.device).float()
     loss = train_step(run.dictionary, run.optimizer, x, state, target, run.cfg.autocast_dtype,
                       run.group, run.loss_fn)
     active, finite = run.group.reduce_step(loss.active, loss.total)

@@ -1,0 +1,161 @@
+"""Gradient SAE (g-SAE; Olmo, Wilson, Forsey, Hepner, Howe and Wingate 2024, "Features that Make
+a Difference: Leveraging Gradients for Improved Dictionary Learning", arXiv 2411.10397).
+
+What changes relative to TopK: only which k latents are kept. TopK keeps the k largest
+pre-activations z; g-SAE ranks the latents by z plus a gradient-weighted term,
+
+    score_i = z_i + beta * z_i * a_i,    a_i = |W_dec_i . g| / mean_j |W_dec_j . g|,
+
+where g = d(loss)/d(x) is the gradient of the language model's next-token loss with respect to
+the activation x being encoded, so that W_dec_i . g is how much a small step along atom i would
+change the loss. The k latents with the highest score are kept, with their ordinary codes
+ReLU(z_i) (the score only selects; it never scales a code). A latent with a small activation but
+a large effect on the loss can then win a place that plain TopK gives to a larger, inert one.
+Reconstruction loss, AuxK and the sparse backward are TopK's.
+
+saelab's choices where the paper leaves room:
+- the per-row normalisation of a (its mean over the latents is 1): beta then means the same on
+  every token and layer, and the score does not depend on the gradient's scale (the loss's
+  reduction, the loop's input normalisation, the layer's gain); a row whose gradient is zero
+  (e.g. the last position of a context, which predicts nothing) is plain TopK;
+- beta defaults to 1: an atom twice as loss-relevant as the average gets a score 1.5x that of an
+  average one with the same activation; beta = 0 is TopK exactly;
+- at inference, where no gradient is at hand (`encode(x)`, `dictionary(x)`, splicing), the
+  selection is TopK's; `encode(x, grad)` gives the gradient-aware selection;
+- the dictionary must reconstruct its input (d_out == d_in): g is a gradient in the input space
+  and the atoms are read in it.
+
+Gradients reach the loss as `StepState.extra["grads"]` [B, d_in]; the trainer fills it from
+`saelab.fit(sae, WithGradients(x, grads))` (saelab.train.data.WithGradients) or from a store
+captured with gradients (`capture_to_store(..., gradients=True)`, which writes d(loss)/d(acts)
+under the hookpoint `<hookpoint>.grad`; see saelab.capture.gradients). `fit` refuses plain
+activations when beta > 0; `loss` without gradients selects like TopK.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saelab.config import check, option
+from saelab.dictionaries._base import Loss, Output, StepState, fvu, squared_error
+from saelab.dictionaries._registry import register
+from saelab.dictionaries.topk import TopK, TopKConfig
+from saelab.errors import DataError
+from saelab.ops import SparseCodes, linear, sparse_decode, to_dense
+from saelab.ops.auxk import auxk_loss
+from saelab.ops.sparse import gather_rows, scatter_rows
+
+GRADS = "grads"
+"""Key of the per-row gradients in `StepState.extra`."""
+
+
+@dataclass
+class GSAEGradientConfig(TopKConfig):
+    beta: float = option(1.0, "Weight of the gradient term in the TopK selection score "
+                              "z * (1 + beta * |W_dec g| / mean |W_dec g|); 0 is plain TopK.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(isinstance(self.beta, (int, float)) and not isinstance(self.beta, bool)
+              and self.beta >= 0 and self.beta != float("inf"), "beta",
+              f"must be a finite number >= 0, got {self.beta!r}")
+        check(self.d_out == self.d_in, "d_out",
+              f"must equal d_in={self.d_in}: g-SAE reads the loss gradient of its input "
+              f"through its decoder atoms (it is not a transcoder), got {self.d_out}")
+
+
+@register("gsae_gradient")
+class GSAEGradient(TopK):
+    """TopK SAE whose selection of the k active latents is weighted by the loss gradient
+    (weights as TopK)."""
+
+    Config = GSAEGradientConfig
+
+    @property
+    def needs_gradients(self) -> bool:
+        """True when training uses gradients: `fit` refuses data without them."""
+        return self.cfg.beta > 0
+
+    @torch.no_grad()
+    def gradient_weights(self, grad: Tensor) -> Tensor:
+        """a [B, n_latents]: |W_dec_i . g| per latent, divided by its mean over the latents
+        (zero rows stay zero)."""
+        a = linear(grad.to(self.W_dec.dtype), self.W_dec).abs()  # [B, n_latents]
+        return a / a.mean(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
+
+    @torch.no_grad()
+    def selection_scores(self, pre: Tensor, grad: Tensor | None) -> Tensor:
+        """The ranking score [B, n_latents]: z (1 + beta a), or z itself without a gradient."""
+        if grad is None or self.cfg.beta == 0:
+            return pre
+        return pre * (1 + self.cfg.beta * self.gradient_weights(grad))
+
+    def select(self, x: Tensor, grad: Tensor | None = None) -> SparseCodes:
+        """Sparse codes [B, k]: ReLU(z) at the k latents of highest score (differentiable in
+        the values, through the sparse backward)."""
+        self._check_grad(x, grad)
+        xc = self._centered(x)
+        with torch.no_grad():
+            pre = linear(xc, self.W_enc, self.b_enc)  # [B, n_latents]
+            indices = self.selection_scores(pre, grad).topk(self.cfg.k, dim=-1,
+                                                            sorted=False).indices
+            values = pre.gather(1, indices).relu_()
+        return SparseCodes(_EncodeAt.apply(xc, self.W_enc, self.b_enc, values, indices), indices)
+
+    def encode(self, x: Tensor, grad: Tensor | None = None) -> Tensor:
+        """Dense codes [B, n_latents]; the gradient-aware selection with `grad` [B, d_in],
+        TopK's without."""
+        return to_dense(self.select(x, grad), self.n_latents)
+
+    def forward(self, x: Tensor, grad: Tensor | None = None) -> Output:
+        codes = self.encode(x, grad)
+        return Output(self.decode(codes), codes)
+
+    def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
+        target = x if target is None else target
+        grad = state.extra.get(GRADS)
+        codes = self.select(x, None if grad is None else grad.to(x.device))
+        x_hat = sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
+        mse = squared_error(x_hat, target).mean()
+        terms = {"mse": mse}
+        total = mse
+        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
+            terms["auxk"] = auxk_loss(self._centered(x), target - x_hat.detach(), self.W_enc,
+                                      self.b_enc, self.W_dec, state.dead_mask, self.cfg.auxk_k)
+            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        fired = codes.values > 0
+        active = torch.bincount(codes.indices.reshape(-1), weights=fired.reshape(-1).float(),
+                                minlength=self.n_latents) > 0
+        metrics = {"fvu": fvu(x_hat.detach(), target).item(),
+                   "l0": fired.sum(-1).float().mean().item()}
+        return Loss(total, terms, metrics, active)
+
+    def _check_grad(self, x: Tensor, grad: Tensor | None) -> None:
+        if grad is not None and grad.shape != x.shape:
+            raise DataError(f"gradients have shape {tuple(grad.shape)}; g-SAE expects one per "
+                            f"input row, [batch={x.shape[0]}, d_in={self.d_in}]")
+
+
+class _EncodeAt(torch.autograd.Function):
+    """Codes ReLU(xc W_enc[i]^T + b_enc[i]) at given latents i [B, k], already computed in the
+    forward (`values`); the backward touches only those latents, as TopK's sparse encoder."""
+
+    @staticmethod
+    def forward(ctx, xc: Tensor, W_enc: Tensor, b_enc: Tensor, values: Tensor,
+                indices: Tensor) -> Tensor:
+        ctx.save_for_backward(xc, W_enc, values, indices)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad_values: Tensor):
+        xc, W_enc, values, indices = ctx.saved_tensors
+        g = grad_values.to(torch.promote_types(grad_values.dtype, xc.dtype)) * (values > 0)
+        g_x = gather_rows(indices, g, W_enc) if ctx.needs_input_grad[0] else None
+        g_W = scatter_rows(indices, g, xc, W_enc.shape[0]) if ctx.needs_input_grad[1] else None
+        g_b = None
+        if ctx.needs_input_grad[2]:
+            g_b = g.new_zeros(W_enc.shape[0]).index_add_(0, indices.reshape(-1), g.reshape(-1))
+        return g_x, g_W, g_b, None, None
