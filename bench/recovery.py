@@ -94,14 +94,21 @@ def run_dataset(title: str, data, args) -> None:
     header = (f"{'variant':<22}{'mean max cos':>13}{'recovered':>11}{'pairs':>8}{'FVU':>8}"
               f"{'L0':>7}{'dead':>7}{'time s':>8}")
     print(header)
-    rows = []
+
+    def row(label: str, sae, seconds: float) -> None:  # printed as soon as it is trained
+        mean_cos, frac = recovery(data.atoms, sae.W_dec.detach())
+        pairs = pair_recovery(data.atoms, data.parents, sae.W_dec.detach())
+        fvu, l0, dead = fvu_l0_dead(sae, held)
+        print(f"{label:<22}{mean_cos:>13.3f}{frac:>11.3f}{pairs:>8.3f}{fvu:>8.3f}{l0:>7.2f}"
+              f"{dead:>7.3f}{seconds:>8.1f}", flush=True)
+
     for name, fields in VARIANTS.items():
         if args.variants and name not in args.variants:
             continue
         if name not in saelab.architectures():
             print(f"{name:<22} not registered yet, skipped")
             continue
-        rows.append((f"saelab {name}", *train_saelab(name, fields, train, args)))
+        row(f"saelab {name}", *train_saelab(name, fields, train, args))
         for lib in () if args.no_references else ("saelens", "sparsify"):
             if implements(lib, name) is None:
                 continue
@@ -110,13 +117,7 @@ def run_dataset(title: str, data, args) -> None:
                                   fields=fields, dead_after_tokens=DEAD_TOKENS,
                                   wrap_unmatched=True)
             if ref is not None:
-                rows.append((f"{lib} {name}", ref, ref.provenance["train_seconds"]))
-    for label, sae, seconds in rows:
-        mean_cos, frac = recovery(data.atoms, sae.W_dec.detach())
-        pairs = pair_recovery(data.atoms, data.parents, sae.W_dec.detach())
-        fvu, l0, dead = fvu_l0_dead(sae, held)
-        print(f"{label:<22}{mean_cos:>13.3f}{frac:>11.3f}{pairs:>8.3f}{fvu:>8.3f}{l0:>7.2f}"
-              f"{dead:>7.3f}{seconds:>8.1f}")
+                row(f"{lib} {name}", ref, ref.provenance["train_seconds"])
 
 
 def run_real(args) -> None:
@@ -171,6 +172,8 @@ def main() -> None:
                    help=f"subset of {', '.join(VARIANTS)} (default: all)")
     p.add_argument("--no-references", action="store_true", dest="no_references",
                    help="skip the SAELens / sparsify rows")
+    p.add_argument("--datasets", nargs="+", default=["flat", "tree"], choices=["flat", "tree"],
+                   help="planted sets to run: flat, tree (parent/child pairs); default both")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
@@ -182,12 +185,14 @@ def main() -> None:
     print(f"date {datetime.datetime.now().isoformat(timespec='seconds')}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, saelab {saelab.__version__}")
     print("references: " + ", ".join(f"{k} {v}" for k, v in available().items()))
-    flat = planted(n=args.rows, d=64, n_atoms=512, mean_active=TARGET_L0, noise=0.01,
-                   seed=args.seed)
-    run_dataset("planted (flat)", flat, args)
-    tree = planted(n=args.rows, d=64, n_atoms=512, mean_active=4, noise=0.01, n_parents=32,
-                   children_per_parent=3, seed=args.seed + 1)
-    run_dataset("planted (parent/child)", tree, args)
+    if "flat" in args.datasets:
+        flat = planted(n=args.rows, d=64, n_atoms=512, mean_active=TARGET_L0, noise=0.01,
+                       seed=args.seed)
+        run_dataset("planted (flat)", flat, args)
+    if "tree" in args.datasets:
+        tree = planted(n=args.rows, d=64, n_atoms=512, mean_active=4, noise=0.01, n_parents=32,
+                       children_per_parent=3, seed=args.seed + 1)
+        run_dataset("planted (parent/child)", tree, args)
     if args.real:
         run_real(args)
 

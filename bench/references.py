@@ -51,6 +51,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import math
+import os
 import sys
 import time
 import types
@@ -167,6 +168,8 @@ def _sparsify() -> types.SimpleNamespace:
     LM-training stack: transformers, datasets, ...)."""
     if not _bare_package("sparsify"):
         raise ImportError("sparsify is not on sys.path")
+    if not torch.cuda.is_available():  # its Triton decoder is for CUDA; importable triton on a
+        os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # CPU would make it fail at run
     return types.SimpleNamespace(version=_version("eai-sparsify"),
                                  coder=importlib.import_module("sparsify.sparse_coder"),
                                  config=importlib.import_module("sparsify.config"))
