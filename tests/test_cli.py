@@ -36,6 +36,19 @@ def test_capture_train_eval_dashboard(model_dir, tmp_path, capsys):
     assert (tmp_path / "dash" / "index.html").is_file()
 
 
+def test_capture_with_gradients_then_train_a_gsae(model_dir, tmp_path):
+    store, runs = tmp_path / "store", tmp_path / "run"
+    assert main(["capture", "--model", str(model_dir), "--hookpoints", "model.layers.0",
+                 "--n-tokens", "1024", "--context-len", "64", "--gradients", "--out", str(store),
+                 "--no-progress"]) == 0
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["hookpoints"] == ["model.layers.0", "model.layers.0.grad"]
+    assert main(["train", str(store), "--architecture", "gsae_gradient", "--n-latents", "64",
+                 "--k", "4", "--batch-size", "128", "--steps", "5", "--out", str(runs),
+                 "--no-progress"]) == 0
+    assert json.loads((runs / "sae" / "cfg.json").read_text())["architecture"] == "gsae_gradient"
+
+
 def test_config_file_supplies_options(model_dir, tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"model": str(model_dir), "hookpoints": ["model.layers.1"],

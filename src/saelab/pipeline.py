@@ -42,6 +42,9 @@ class CaptureConfig:
     norm_factor: float | None = option(5.0, "Leave out rows whose norm exceeds this multiple of "
                                             "the median (massive activations); None keeps all.")
     exclude_special: bool = option(True, "Leave out BOS, EOS and separator tokens.")
+    gradients: bool = option(False, "Also store d(next-token loss)/d(activation) as "
+                                    "'<hookpoint>.grad' (one hookpoint, a causal LM), for "
+                                    "gsae_gradient.")
     overwrite: bool = option(False, "Replace a store captured with other settings.")
     progress: bool = option(True, "Show progress bars.")
 
@@ -82,7 +85,7 @@ def capture(cfg: CaptureConfig, lm=None):
                             special_ids=corpus.special_ids if cfg.exclude_special else [],
                             norm_factor=cfg.norm_factor, batch_contexts=cfg.batch_contexts,
                             shard_rows=cfg.shard_rows, dtype=cfg.dtype, overwrite=cfg.overwrite,
-                            progress=cfg.progress)
+                            progress=cfg.progress, gradients=cfg.gradients)
 
 
 def dashboard(sae, store, out: str | Path, lm=None, n_features: int = 200, n_top: int = 20,

@@ -83,12 +83,16 @@ class ActivationStore:
         return int(self.manifest["d"][self.hookpoint(key)])
 
     def hookpoint(self, key: str | None = None) -> str:
-        """`key` checked against the store, or the store's only hookpoint when None."""
+        """`key` checked against the store, or when None the store's only hookpoint (a store
+        captured with gradients holds `<key>` and `<key>.grad`: then `<key>`)."""
         if key is None:
-            if len(self.hookpoints) != 1:
+            from saelab.capture.gradients import is_gradient_key
+
+            acts = [k for k in self.hookpoints if not is_gradient_key(k)]
+            if len(acts) != 1:
                 raise ConfigError(f"store {self.path} holds several hookpoints "
                                   f"({', '.join(self.hookpoints)}); name one")
-            return self.hookpoints[0]
+            return acts[0]
         if key not in self.hookpoints:
             raise ConfigError(f"store {self.path} has no hookpoint {key!r}; it holds "
                               f"{', '.join(self.hookpoints)}")

@@ -95,17 +95,6 @@ def check_batch(batch: Batch, d_in: int, d_out: int, step: int, where: str) -> N
                             f"from {where}; clean or re-capture the data")
 
 
-def _training_hookpoint(store: ActivationStore, cfg) -> str:
-    """The store hookpoint to train on: `cfg.hookpoint`, or the only one that is not a gradient
-    (a store captured with gradients holds `<key>` and `<key>.grad`)."""
-    from saelab.capture.gradients import is_gradient_key
-
-    acts = [k for k in store.hookpoints if not is_gradient_key(k)]
-    if cfg.hookpoint is None and len(acts) == 1:
-        return acts[0]
-    return store.hookpoint(cfg.hookpoint)
-
-
 def store_keys(store: ActivationStore, key: str, cfg, gradients: bool) -> list[str]:
     """Store hookpoints read per batch: the input, the target (transcoders), and with
     `gradients` the input's loss gradients `<key>.grad` where the store holds them."""
@@ -120,7 +109,7 @@ def store_keys(store: ActivationStore, key: str, cfg, gradients: bool) -> list[s
 
 
 def from_store(store: ActivationStore, d_in: int, cfg, gradients: bool = False) -> TrainData:
-    key = _training_hookpoint(store, cfg)
+    key = store.hookpoint(cfg.hookpoint)
     if store.d(key) != d_in:
         raise DataError(f"store {store.path} has d={store.d(key)} at {key!r}, but the dictionary "
                         f"has d_in={d_in}; create the dictionary with d_in={store.d(key)}")
