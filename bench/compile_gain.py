@@ -5,9 +5,9 @@
 
 Both forms of each variant start from the same weights and run the same batches, interleaved
 (eager step, compiled step, ...) so that load on the machine hits both alike. The compiled form
-is `torch.compile(dictionary.loss)`, exactly what the training loop uses; the first compiled step
-(the compilation) is timed separately. Sparse TopK kernels stay eager under compile (graph
-breaks), so compile can only fuse the elementwise work around them.
+is what the training loop uses: `torch.compile(dictionary.loss)` with saelab's sparse TopK
+kernels left eager (graph breaks), so compile can only fuse the work around them; the first
+compiled step (the compilation) is timed separately.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import saelab  # noqa: E402
 from saelab.dictionaries import StepState  # noqa: E402
 from saelab.dictionaries._registry import get  # noqa: E402
 from saelab.train.optim import make_optimizer  # noqa: E402
+from saelab.train.loop import _compiled  # noqa: E402
 from saelab.train.step import train_step  # noqa: E402
 
 VARIANTS = ("relu", "gated", "jumprelu", "topk", "batchtopk")
@@ -39,7 +40,7 @@ VARIANTS = ("relu", "gated", "jumprelu", "topk", "batchtopk")
 def runner(sae, compiled: bool):
     """A function running one optimiser step of `sae` (compiled or eager) on a batch."""
     opt = make_optimizer(sae.parameters(), lr=1e-4)
-    loss_fn = torch.compile(sae.loss) if compiled else sae.loss
+    loss_fn = _compiled(sae.loss) if compiled else sae.loss
     dead = torch.zeros(sae.n_latents, dtype=torch.bool)
 
     def step(x: torch.Tensor, i: int) -> None:

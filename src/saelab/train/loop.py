@@ -41,7 +41,7 @@ class _Run:
         self.device = cfg.resolve_device(next(dictionary.parameters()).device)
         dictionary.to(self.device)
         self.optimizer = make_optimizer(dictionary.parameters(), cfg.learning_rate)
-        self.loss_fn = torch.compile(dictionary.loss) if cfg.compile else dictionary.loss
+        self.loss_fn = _compiled(dictionary.loss) if cfg.compile else dictionary.loss
         self.since_fired = torch.zeros(dictionary.n_latents, dtype=torch.long)
         self.scale = 1.0
         self.target_scale = 1.0  # of the targets (transcoders); the input's otherwise
@@ -64,6 +64,14 @@ class _Run:
 
     def dead_mask(self) -> torch.Tensor:
         return (self.since_fired >= self.cfg.dead_after_tokens).to(self.device)
+
+
+def _compiled(loss):
+    """torch.compile of a dictionary's loss, saelab's sparse kernels left eager inside it."""
+    from saelab.ops.sparse import keep_eager_under_compile
+
+    keep_eager_under_compile()
+    return torch.compile(loss)
 
 
 def _total_steps(cfg: TrainConfig, data: TrainData, group: Group) -> int:
