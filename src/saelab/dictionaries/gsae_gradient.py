@@ -40,13 +40,12 @@ import torch
 from torch import Tensor
 
 from saelab.config import check, option
-from saelab.dictionaries._base import Loss, Output, StepState, fvu, squared_error
+from saelab.dictionaries._base import Loss, Output, StepState
 from saelab.dictionaries._registry import register
 from saelab.dictionaries.topk import TopK, TopKConfig
 from saelab.errors import DataError
-from saelab.ops import SparseCodes, linear, sparse_decode, to_dense
-from saelab.ops.auxk import auxk_loss
-from saelab.ops.sparse import gather_rows, scatter_rows
+from saelab.ops import SparseCodes, linear, to_dense
+from saelab.ops.sparse import selected_encoder_grads
 
 GRADS = "grads"
 """Key of the per-row gradients in `StepState.extra`."""
@@ -118,20 +117,7 @@ class GSAEGradient(TopK):
         target = x if target is None else target
         grad = state.extra.get(GRADS)
         codes = self.select(x, None if grad is None else grad.to(x.device))
-        x_hat = sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
-        mse = squared_error(x_hat, target).mean()
-        terms = {"mse": mse}
-        total = mse
-        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
-            terms["auxk"] = auxk_loss(self._centered(x), target - x_hat.detach(), self.W_enc,
-                                      self.b_enc, self.W_dec, state.dead_mask, self.cfg.auxk_k)
-            total = total + self.cfg.auxk_coeff * terms["auxk"]
-        fired = codes.values > 0
-        active = torch.bincount(codes.indices.reshape(-1), weights=fired.reshape(-1).float(),
-                                minlength=self.n_latents) > 0
-        metrics = {"fvu": fvu(x_hat.detach(), target).item(),
-                   "l0": fired.sum(-1).float().mean().item()}
-        return Loss(total, terms, metrics, active)
+        return self.loss_of_codes(self._centered(x), target, codes, state)
 
     def _check_grad(self, x: Tensor, grad: Tensor | None) -> None:
         if grad is not None and grad.shape != x.shape:
@@ -151,11 +137,4 @@ class _EncodeAt(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values: Tensor):
-        xc, W_enc, values, indices = ctx.saved_tensors
-        g = grad_values.to(torch.promote_types(grad_values.dtype, xc.dtype)) * (values > 0)
-        g_x = gather_rows(indices, g, W_enc) if ctx.needs_input_grad[0] else None
-        g_W = scatter_rows(indices, g, xc, W_enc.shape[0]) if ctx.needs_input_grad[1] else None
-        g_b = None
-        if ctx.needs_input_grad[2]:
-            g_b = g.new_zeros(W_enc.shape[0]).index_add_(0, indices.reshape(-1), g.reshape(-1))
-        return g_x, g_W, g_b, None, None
+        return (*selected_encoder_grads(ctx, grad_values), None, None)

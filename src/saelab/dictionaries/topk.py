@@ -25,7 +25,7 @@ from saelab.dictionaries._base import (
     squared_error,
 )
 from saelab.dictionaries._registry import register
-from saelab.ops import sparse_decode, to_dense, topk_encode, topk_relu
+from saelab.ops import SparseCodes, sparse_decode, to_dense, topk_encode, topk_relu
 from saelab.ops.auxk import auxk_loss
 
 
@@ -59,7 +59,13 @@ class TopK(Dictionary):
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
         xc = self._centered(x)
-        codes = topk_encode(xc, self.W_enc, self.b_enc, self.cfg.k)
+        return self.loss_of_codes(xc, target, topk_encode(xc, self.W_enc, self.b_enc, self.cfg.k),
+                                  state)
+
+    def loss_of_codes(self, xc: Tensor, target: Tensor, codes: SparseCodes,
+                      state: StepState) -> Loss:
+        """MSE of the sparse `codes` of centred inputs `xc`, plus AuxK (shared with the variants
+        that only change the selection)."""
         x_hat = sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
         mse = squared_error(x_hat, target).mean()
         terms = {"mse": mse}
