@@ -56,15 +56,21 @@ def _data(args, signed: bool = False):
     return x[:split], x[split:], data.atoms
 
 
+DEAD_STEPS = 200
+
+
 def _fit(name: str, fields: dict, train, args, latents: int | None = None,
          steps: int | None = None, batch: int | None = None):
     s = _sizes(args)
     torch.manual_seed(args.seed)
     sae = saelab.create(name, d_in=train.shape[1], n_latents=latents or s["latents"], **fields)
     t = time.time()
-    sae = saelab.fit(sae, train, saelab.TrainConfig(steps=steps or s["steps"],
-                                                    batch_size=batch or s["batch"],
-                                                    seed=args.seed, progress=False))
+    batch = batch or s["batch"]
+    # dead (AuxK) after about 200 steps without firing, as in bench/recovery.py: the trainer's
+    # default window (2M vectors) is longer than these runs, so AuxK would never act
+    sae = saelab.fit(sae, train, saelab.TrainConfig(steps=steps or s["steps"], batch_size=batch,
+                                                    seed=args.seed, progress=False,
+                                                    dead_after_tokens=DEAD_STEPS * batch))
     return sae, time.time() - t
 
 
