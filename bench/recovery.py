@@ -172,8 +172,9 @@ def main() -> None:
                    help=f"subset of {', '.join(VARIANTS)} (default: all)")
     p.add_argument("--no-references", action="store_true", dest="no_references",
                    help="skip the SAELens / sparsify rows")
-    p.add_argument("--datasets", nargs="+", default=["flat", "tree"], choices=["flat", "tree"],
-                   help="planted sets to run: flat, tree (parent/child pairs); default both")
+    p.add_argument("--datasets", nargs="*", default=["flat", "tree"], choices=["flat", "tree"],
+                   help="planted sets to run: flat, tree (parent/child pairs); default both; "
+                        "none with --real alone")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
