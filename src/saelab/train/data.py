@@ -70,12 +70,6 @@ def split_extras(batch: Batch, data: TrainData) -> tuple[Batch, dict[str, Tensor
     return batch[:-n], dict(zip(data.extras, batch[-n:]))
 
 
-def split_labels(batch: Batch, data: TrainData) -> tuple[Batch, Tensor | None]:
-    """(rows, labels) of a batch: the labels are its last tensor when the data is labelled."""
-    rows, extras = split_extras(batch, data)
-    return rows, extras.get("labels")
-
-
 def _as_rows(batch) -> Batch:
     return (batch,) if isinstance(batch, Tensor) else tuple(batch)
 

@@ -154,8 +154,8 @@ def _initialise(run: _Run) -> None:
                 raise DataError("the targets are all zeros: nothing to learn")
             run.target_scale = 1.0 / math.sqrt(target_msn)
     if run.cfg.init_b_dec:
-        scale = run.target_scale if len(first) > 1 else run.scale
-        run.dictionary.init_from_data(first[-1].to(run.device).float() * scale)
+        # b_dec lives in the target's units (the input's when there is no target)
+        run.dictionary.init_from_data(first[-1].to(run.device).float() * run.target_scale)
 
 
 def _source(run: _Run) -> str:
