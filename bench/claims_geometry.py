@@ -24,6 +24,10 @@ import saelab
 from saelab.data.synthetic import planted, recovery
 
 N_LATENTS = 256
+# A latent counts as dead (AuxK acts on it) after 200 steps without firing, as in
+# bench/recovery.py and claims_allocation.py: the trainer's default window (2M vectors) is longer
+# than these runs (1M vectors at most), so AuxK would never act.
+DEAD_STEPS = 200
 
 
 def _steps(args, name: str = "") -> int:
@@ -45,7 +49,8 @@ def _train_eval(name: str, data, args, claim: str = "", **fields) -> tuple[saela
     sae = saelab.create(name, d_in=data.x.shape[1], n_latents=N_LATENTS, **fields)
     split = data.x.shape[0] * 5 // 6
     sae = saelab.fit(sae, data.x[:split], saelab.TrainConfig(
-        steps=_steps(args, claim), batch_size=512, seed=args.seed, progress=False))
+        steps=_steps(args, claim), batch_size=512, seed=args.seed, progress=False,
+        dead_after_tokens=DEAD_STEPS * 512))
     report = saelab.evaluate(sae, data.x[split:], batch_size=4096)
     _, rec = recovery(data.atoms, sae.W_dec.detach())
     fields_text = " ".join(f"{k}={v}" for k, v in fields.items())
@@ -117,7 +122,8 @@ def spade_vs_topk(args) -> list[dict]:
         sae = saelab.create(name, d_in=8, n_latents=24, **fields)
         sae = saelab.fit(sae, x, saelab.TrainConfig(steps=300 if args.quick else 1000,
                                                     batch_size=256, seed=args.seed,
-                                                    progress=False))
+                                                    progress=False,
+                                                    dead_after_tokens=DEAD_STEPS * 256))
         report = saelab.evaluate(sae, x, batch_size=4096)
         fields_text = " ".join(f"{k}={v}" for k, v in fields.items())
         toy.append({"data": "ring + centre", "method": f"{name} {fields_text}".strip(),

@@ -53,7 +53,7 @@ ACTIVATIONS = ("topk", "relu")
 NEEDS_PAIRS = ("a {name} predicts a module's output from its input, so it trains on (input, "
                "output) pairs, and this batch has no target. Capture both sites of the module "
                "(`saelab capture --hookpoints MODULE:input MODULE`) and train with "
-               "hookpoint='MODULE:input', target_hookpoint='MODULE' (--target_hookpoint), or "
+               "hookpoint='MODULE:input', target_hookpoint='MODULE' (--target-hookpoint), or "
                "pass saelab.fit({name}, (x, y), config)")
 
 
