@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import saelab
+from saelab.data.synthetic import planted as planted_set
+from saelab.data.synthetic import recovery
 from saelab.dictionaries import StepState
 from saelab.errors import ConfigError
 
@@ -108,3 +110,21 @@ def test_relu_rejects_unknown_l1_form_and_negative_coefficient():
         saelab.create("relu", d_in=8, n_latents=16, l1_form="l2")
     with pytest.raises(ConfigError, match="l1_coeff"):
         saelab.create("relu", d_in=8, n_latents=16, l1_coeff=-1.0)
+
+
+def test_relu_plain_encoder_starts_at_the_scale_that_reconstructs_the_input():
+    torch.manual_seed(0)
+    sae = saelab.create("relu", d_in=32, n_latents=512, l1_form="plain")
+    x = torch.randn(2000, 32)
+    ratio = sae(x).x_hat.norm(dim=1).mean() / x.norm(dim=1).mean()
+    assert 0.7 < ratio < 1.3  # unit-norm tied rows would give about 512 / 64 = 8
+
+
+def test_relu_plain_form_recovers_a_planted_dictionary():
+    data = planted_set(n=20_000, d=32, n_atoms=128, mean_active=3, seed=0)
+    torch.manual_seed(1)
+    sae = saelab.create("relu", d_in=32, n_latents=256, l1_form="plain", l1_coeff=0.3)
+    sae = saelab.fit(sae, data.x, saelab.TrainConfig(steps=1000, batch_size=512, lr=4e-3,
+                                                     seed=1, progress=False))
+    _, recovered = recovery(data.atoms, sae.W_dec.detach())
+    assert recovered >= 0.85

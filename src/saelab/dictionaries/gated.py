@@ -56,6 +56,7 @@ from saelab.dictionaries._base import (
     Loss,
     StepState,
     check_auxk,
+    dense_encoder_scale,
     fvu,
     squared_error,
     unit_rows,
@@ -111,11 +112,8 @@ class Gated(Dictionary):
         super().__init__(cfg)
         W = unit_rows(cfg.n_latents, cfg.d_out)
         self.W_dec = nn.Parameter(W)
-        # Encoder = decoder transpose, scaled by 2 d_in / n_latents (at most 1): with unit rows
-        # about half the gates open at initialisation and W_dec^T ReLU(W x) is about
-        # n_latents / (2 d_in) times x, so this scale starts the reconstruction at the input's
-        # size instead of several times it (see the module docstring)
-        scale = min(1.0, 2 * cfg.d_in / cfg.n_latents)
+        # Encoder = decoder transpose, scaled so the first reconstruction is the input's size
+        scale = dense_encoder_scale(cfg.d_in, cfg.n_latents)
         self.W_enc = nn.Parameter(scale * (W.clone() if cfg.d_in == cfg.d_out
                                            else unit_rows(cfg.n_latents, cfg.d_in)))
         self.b_gate = nn.Parameter(torch.zeros(cfg.n_latents))

@@ -6,6 +6,13 @@ k. Two forms:
 - `l1_form="plain"`: L1 of the codes, with the decoder rows held at unit norm (2023 recipe);
 - `l1_form="decoder_norm"`: L1 of code x decoder-row norm, decoder rows left free (2024 recipe).
 The L1 coefficient is warmed up linearly over the first `l1_warmup` fraction of training.
+
+Initialisation (a choice; the papers give only outlines): W_enc = W_dec transposed. In the
+decoder-norm form both have rows of norm 0.1 (the 2024 recipe); in the plain form the decoder
+rows are unit and the encoder is scaled by min(1, 2 d_in / n_latents)
+(`dense_encoder_scale`), so the first reconstruction is the input's size rather than
+n_latents / (2 d_in) times it. On 512 planted directions in 64 dimensions (1,024 latents, 3,000
+steps of 1,024, lambda 0.2) the unscaled plain form recovered 57% of them, the scaled one 99%.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from saelab.dictionaries._base import (
     DictionaryConfig,
     Loss,
     StepState,
+    dense_encoder_scale,
     fvu,
     squared_error,
     unit_rows,
@@ -56,11 +64,14 @@ class ReLU(Dictionary):
     def __init__(self, cfg: ReLUConfig):
         super().__init__(cfg)
         W = unit_rows(cfg.n_latents, cfg.d_out)
+        W_enc = W.clone() if cfg.d_in == cfg.d_out else unit_rows(cfg.n_latents, cfg.d_in)
         if cfg.l1_form == "decoder_norm":
             W = W * 0.1  # small decoder rows, as the 2024 recipe initialises them
+            W_enc = W_enc * 0.1
+        else:  # unit decoder rows: scale the encoder so the first reconstruction is x's size
+            W_enc = W_enc * dense_encoder_scale(cfg.d_in, cfg.n_latents)
         self.W_dec = nn.Parameter(W)
-        self.W_enc = nn.Parameter(W.clone() if cfg.d_in == cfg.d_out
-                                  else unit_rows(cfg.n_latents, cfg.d_in))
+        self.W_enc = nn.Parameter(W_enc)
         self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
 
