@@ -38,9 +38,10 @@ def test_topk_rejects_k_above_n_latents():
         saelab.create("topk", d_in=8, n_latents=16, k=17)
 
 
-def test_auxk_sends_gradient_only_to_dead_latents():
+@pytest.mark.parametrize("name,fields", [("topk", {"k": 4}), ("relu", {"auxk_coeff": 1 / 32})])
+def test_auxk_sends_gradient_only_to_dead_latents(name, fields):
     torch.manual_seed(0)
-    sae = saelab.create("topk", d_in=16, n_latents=64, k=4)
+    sae = saelab.create(name, d_in=16, n_latents=64, **fields)
     x = torch.randn(256, 16)
     dead = torch.zeros(64, dtype=torch.bool)
     dead[:8] = True
@@ -54,6 +55,13 @@ def test_auxk_sends_gradient_only_to_dead_latents():
 def test_auxk_is_absent_without_dead_latents():
     sae = saelab.create("topk", d_in=16, n_latents=64, k=4)
     loss = sae.loss(torch.randn(32, 16), StepState(dead_mask=torch.zeros(64, dtype=torch.bool)))
+    assert "auxk" not in loss.terms
+
+
+def test_relu_auxk_is_off_by_default():
+    dead = torch.ones(64, dtype=torch.bool)
+    loss = saelab.create("relu", d_in=16, n_latents=64).loss(torch.randn(32, 16),
+                                                              StepState(dead_mask=dead))
     assert "auxk" not in loss.terms
 
 

@@ -6,6 +6,8 @@ k. Two forms:
 - `l1_form="plain"`: L1 of the codes, with the decoder rows held at unit norm (2023 recipe);
 - `l1_form="decoder_norm"`: L1 of code x decoder-row norm, decoder rows left free (2024 recipe).
 The L1 coefficient is warmed up linearly over the first `l1_warmup` fraction of training.
+AuxK (Gao et al. 2024) is available for dead latents (`auxk_coeff`, off by default: neither L1
+recipe has it).
 
 Initialisation (a choice; the papers give only outlines): W_enc = W_dec transposed. In the
 decoder-norm form both have rows of norm 0.1 (the 2024 recipe); in the plain form the decoder
@@ -28,12 +30,14 @@ from saelab.dictionaries._base import (
     DictionaryConfig,
     Loss,
     StepState,
+    check_auxk,
     dense_encoder_scale,
     fvu,
     squared_error,
     unit_rows,
 )
 from saelab.dictionaries._registry import register
+from saelab.ops.auxk import auxk_loss
 
 L1_FORMS = ("plain", "decoder_norm")
 
@@ -45,6 +49,9 @@ class ReLUConfig(DictionaryConfig):
     l1_form: str = option("decoder_norm", "'plain' (unit-norm decoder) or 'decoder_norm' "
                                           "(L1 weighted by decoder-row norms).")
     l1_warmup: float = option(0.05, "Fraction of training over which the L1 weight ramps up.")
+    auxk_coeff: float = option(0.0, "Weight of the AuxK dead-latent loss (0 disables it; the "
+                                    "L1 recipes have none).")
+    auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -52,6 +59,7 @@ class ReLUConfig(DictionaryConfig):
         check(self.l1_form in L1_FORMS, "l1_form",
               f"must be one of {', '.join(L1_FORMS)}, got {self.l1_form!r}")
         check(0 <= self.l1_warmup <= 1, "l1_warmup", f"must be in [0, 1], got {self.l1_warmup}")
+        check_auxk(self)
 
 
 @register("relu")
@@ -92,8 +100,13 @@ class ReLU(Dictionary):
         l1 = (codes * weights if weights is not None else codes).sum(-1).mean()
         warm = self.cfg.l1_warmup * state.total_steps
         ramp = min(1.0, (state.step + 1) / warm) if warm > 0 else 1.0
+        terms = {"mse": mse, "l1": l1}
         total = mse + ramp * self.cfg.l1_coeff * l1
+        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
+            terms["auxk"] = auxk_loss(self._centered(x), target - x_hat.detach(), self.W_enc,
+                                      self.b_enc, self.W_dec, state.dead_mask, self.cfg.auxk_k)
+            total = total + self.cfg.auxk_coeff * terms["auxk"]
         fired = codes > 0
         metrics = {"fvu": fvu(x_hat.detach(), target).item(),
                    "l0": fired.sum(-1).float().mean().item(), "l1_weight": ramp * self.cfg.l1_coeff}
-        return Loss(total, {"mse": mse, "l1": l1}, metrics, fired.any(0))
+        return Loss(total, terms, metrics, fired.any(0))
