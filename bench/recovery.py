@@ -164,8 +164,11 @@ def run_real(args) -> None:
 # Dead (AuxK) after 50,000 vectors without firing, a quarter of the run: the trainer's default
 # (2M) is ten times these runs, so AuxK would never act.
 REAL_DEAD_TOKENS = 50_000
+# relu and gated: L1 weights near L0 32 at this budget (2026-12-01 sweeps on the same vectors:
+# relu 0.15 -> L0 52, 0.2 -> 39, 0.3 -> 20; gated 0.12 -> 67, 0.15 -> 27 with 82% dead)
 REAL_VARIANTS = {"topk": {"k": 32}, "batchtopk": {"k": 32}, "matryoshka": {"k": 32},
-                 "mp": {"k": 32}, "jumprelu": {}, "relu": {}, "gated": {}}
+                 "mp": {"k": 32}, "jumprelu": {}, "relu": {"l1_coeff": 0.22},
+                 "gated": {"l1_coeff": 0.14}}
 
 
 def main() -> None:
