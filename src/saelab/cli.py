@@ -233,10 +233,7 @@ def cmd_push(args) -> int:
 
 # --- parser ---------------------------------------------------------------------------------------
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    from saelab.dictionaries import get, names
-    from saelab.evaluate import families
     from saelab.pipeline import CaptureConfig, DemoConfig
-    from saelab.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="saelab", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="Show tracebacks of errors.")
@@ -255,9 +252,28 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                   DemoConfig)
     add_dataclass(command("capture", cmd_capture, "Capture activations into a store."),
                   CaptureConfig)
+    _train_args(command("train", cmd_train, "Train a dictionary on an activation store (data "
+                                            "parallel when launched with torchrun)."), argv)
+    _eval_args(command("eval", cmd_eval, "Evaluate a dictionary on an activation store."))
+    _dashboard_args(command("dashboard", cmd_dashboard, "Build the static HTML dashboard of a "
+                                                        "dictionary."))
+    _convert_args(command("convert", cmd_convert, "Convert a dictionary between saelab's, "
+                                                  "SAELens' and sparsify's formats (reads "
+                                                  "dictionary_learning too)."))
+    _push_args(command("push", cmd_push, "Upload a run's dictionary to the Hugging Face Hub with "
+                                         "a repo card (needs huggingface_hub and a token)."))
+    p = command("view", cmd_view, "Serve a dashboard folder on 127.0.0.1.")
+    p.add_argument("folder", help="Dashboard folder.")
+    p.add_argument("--port", type=int, default=8000, help="Port (default: 8000; 0 picks one).")
+    return parser
 
-    p = command("train", cmd_train, "Train a dictionary on an activation store (data parallel "
-                                     "when launched with torchrun).")
+
+def _train_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
+    """`saelab train`: the store, the architecture, then the fields of that architecture's
+    config and of TrainConfig (the architecture is read from argv first, so its fields exist)."""
+    from saelab.dictionaries import get, names
+    from saelab.train import TrainConfig
+
     p.add_argument("store", help="Activation store folder (from `saelab capture`).")
     p.add_argument("--hookpoints", nargs="+", metavar="HOOKPOINT",
                    help="Train one dictionary per hookpoint, each in OUT/HOOKPOINT/; under "
@@ -271,7 +287,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                   skip=("d_in", "n_latents"))
     add_dataclass(p, TrainConfig)
 
-    p = command("eval", cmd_eval, "Evaluate a dictionary on an activation store.")
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    from saelab.evaluate import families
+
     p.add_argument("sae", help="Dictionary folder.")
     p.add_argument("store", help="Activation store (held-out data).")
     p.add_argument("--hookpoint", help="Store hookpoint (default: the dictionary's).")
@@ -285,7 +304,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                    help="Tokens for the spliced next-token loss (0 skips it; needs the model).")
     p.add_argument("--out", help="Report folder (default: beside the dictionary, eval/).")
 
-    p = command("dashboard", cmd_dashboard, "Build the static HTML dashboard of a dictionary.")
+
+def _dashboard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("sae", help="Dictionary folder.")
     p.add_argument("store", help="Activation store whose contexts are shown.")
     p.add_argument("--out", default="dashboard", help="Output folder (default: dashboard).")
@@ -293,8 +313,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--n-features", dest="n_features", type=int, default=200,
                    help="Features shown (default: 200).")
 
-    p = command("convert", cmd_convert, "Convert a dictionary between saelab's, SAELens' and "
-                                        "sparsify's formats (reads dictionary_learning too).")
+
+def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="Dictionary folder in any known format, or hf://owner/repo/path.")
     p.add_argument("dst", help="Output folder (replaced atomically).")
     p.add_argument("--to", required=True, choices=("saelens", "sparsify", "saelab"),
@@ -303,18 +323,13 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--norm-scaling-factor", dest="norm_scaling_factor", type=float,
                    help="SAELens expected_average_only_in factor to fold into the weights.")
 
-    p = command("push", cmd_push, "Upload a run's dictionary to the Hugging Face Hub with a repo "
-                                  "card (needs huggingface_hub and a token).")
+
+def _push_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="Run folder (with sae/) or dictionary folder.")
     p.add_argument("repo", help="Hub repository, owner/name (created if missing).")
     p.add_argument("--path-in-repo", dest="path_in_repo", default="sae",
                    help="Folder inside the repository (default: sae).")
     p.add_argument("--private", action="store_true", help="Create the repository private.")
-
-    p = command("view", cmd_view, "Serve a dashboard folder on 127.0.0.1.")
-    p.add_argument("folder", help="Dashboard folder.")
-    p.add_argument("--port", type=int, default=8000, help="Port (default: 8000; 0 picks one).")
-    return parser
 
 
 def _peek(argv: list[str], flag: str, default: str) -> str:
