@@ -73,6 +73,17 @@ def test_auxiliary_loss_trains_the_gate_path_and_not_the_decoder():
         assert grad is None or not grad.any()
 
 
+def test_trained_aux_decoder_lets_the_auxiliary_loss_train_the_decoder():
+    sae = _gated(aux_decoder="trained")
+    loss = sae.loss(torch.randn(64, 16), StepState())
+    loss.terms["aux"].backward()
+    assert sae.W_dec.grad.abs().sum() > 0 and sae.b_dec.grad.abs().sum() > 0
+    assert sae.W_enc.grad.abs().sum() > 0
+    for name in ("r_mag", "b_mag"):
+        grad = getattr(sae, name).grad
+        assert grad is None or not grad.any()
+
+
 def test_reconstruction_trains_magnitude_path_and_decoder_but_not_gate_bias():
     sae = _gated()
     loss = sae.loss(torch.randn(64, 16), StepState())
@@ -161,6 +172,8 @@ def test_encoder_starts_at_the_scale_that_reconstructs_the_input():
 
 
 def test_bad_fields_are_refused_naming_them():
+    with pytest.raises(ConfigError, match="aux_decoder"):
+        saelab.create("gated", d_in=8, n_latents=16, aux_decoder="free")
     with pytest.raises(ConfigError, match="l1_coeff"):
         saelab.create("gated", d_in=8, n_latents=16, l1_coeff=-0.1)
     with pytest.raises(ConfigError, match="l1_form"):

