@@ -29,8 +29,9 @@ Choices where the paper leaves room:
 - Auxiliary decoder. The paper reconstructs through a frozen copy of the decoder
   (`aux_decoder="frozen"`, the default); SAELens trains the decoder through that term too
   (`aux_decoder="trained"`). On 512 planted directions in 64 dimensions (1,024 latents, 10,000
-  steps of 1,024, lambda 0.15, 2026-12-01) the frozen copy recovered 92.8% of them (FVU 0.102,
-  L0 8.6), the trained decoder 99.4% (FVU 0.108, L0 8.1), as SAELens' Gated (99.2%).
+  steps of 1,024, lambda 0.15, same initialisation, 2026-12-01) the frozen copy recovered 93.8%
+  of them (FVU 0.102, L0 8.6), the trained decoder 99.4% (FVU 0.108, L0 8.1), as SAELens'
+  Gated does on the same batches (99.2%, FVU 0.107).
 - The paper revives dead latents by resampling; here AuxK (Gao et al. 2024) on the gate path
   is available instead (`auxk_coeff`, off by default as the paper has no such loss).
 - Initialisation: W_dec random unit rows, W_gate = W_dec transposed (tied at initialisation
