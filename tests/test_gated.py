@@ -82,6 +82,9 @@ def test_trained_aux_decoder_lets_the_auxiliary_loss_train_the_decoder():
     for name in ("r_mag", "b_mag"):
         grad = getattr(sae, name).grad
         assert grad is None or not grad.any()
+    sae = _gated(aux_decoder="trained", l1_form="decoder_norm", l1_warmup=0.0)
+    sae.loss(torch.randn(64, 16), StepState()).terms["l1"].backward()
+    assert sae.W_dec.grad.abs().sum() > 0  # the penalty's decoder norms are not frozen either
 
 
 def test_reconstruction_trains_magnitude_path_and_decoder_but_not_gate_bias():

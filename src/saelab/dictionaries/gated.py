@@ -14,7 +14,9 @@ codes.
               + ||x - (ReLU(pi_gate) W_dec' + b_dec')||^2       (W_dec', b_dec' detached copies)
 
 The Heaviside gate passes no gradient: the gate path learns from the sparsity penalty and the
-auxiliary term only, the magnitude path and the decoder from the main reconstruction only.
+auxiliary term only, the magnitude path and the decoder from the main reconstruction only (the
+decoder also from the auxiliary term with `aux_decoder="trained"`, where W_dec', b_dec' are the
+decoder itself).
 
 Names. The gate weights are stored as `W_enc` [n_latents, d_in] (the contract's encoder name;
 the paper's W_gate), beside `b_gate`, `r_mag`, `b_mag`, `W_dec` [n_latents, d_out], `b_dec`
@@ -83,7 +85,7 @@ class GatedConfig(DictionaryConfig):
                                    "'decoder_norm': free decoder, L1 weighted by decoder-row norms.")
     l1_warmup: float = option(0.05, "Fraction of training over which lambda ramps up from 0.")
     aux_coeff: float = option(1.0, "Weight of the auxiliary reconstruction from ReLU(gate) "
-                                   "through the frozen decoder (1 in the paper).")
+                                   "through the decoder (1 in the paper).")
     aux_decoder: str = option("frozen", "'frozen': the auxiliary reconstruction goes through a "
                                         "detached copy of the decoder (the paper); 'trained': the "
                                         "decoder learns from it too (SAELens).")
@@ -167,15 +169,15 @@ class Gated(Dictionary):
         x_hat = self.decode(codes)
         mse = squared_error(x_hat, target).mean()
         gate = pre.gate.relu()  # [B, n_latents]
-        frozen = self.cfg.aux_decoder == "frozen"
-        W_dec, b_dec = (self.W_dec.detach(), self.b_dec.detach()) if frozen else (self.W_dec,
-                                                                                  self.b_dec)
+        W_dec, b_dec = self.W_dec, self.b_dec  # as the penalty and the auxiliary term see them
+        if self.cfg.aux_decoder == "frozen":
+            W_dec, b_dec = W_dec.detach(), b_dec.detach()
         if self.cfg.l1_form == "decoder_norm":
             l1 = gate @ W_dec.norm(dim=1)  # [B]: norms frozen where the aux decoder is
         else:
             l1 = gate.sum(-1)
         l1 = l1.mean()
-        # the auxiliary task: ReLU(gate) alone must reconstruct (through a frozen decoder)
+        # the auxiliary task: ReLU(gate) alone must reconstruct through the decoder
         aux = squared_error(torch.addmm(b_dec, gate, W_dec), target).mean()
         warm = self.cfg.l1_warmup * state.total_steps
         ramp = min(1.0, (state.step + 1) / warm) if warm > 0 else 1.0
