@@ -50,17 +50,19 @@ STEPS, LR = 10_000, 8e-3
 # direction here fires about once per batch; with a long window the latents that would learn
 # the rare ones stay unused for too long, and the batch-wide selection never gives them a row.
 DEAD_TOKENS = 200_000
-VARIANTS = {  # name -> fields at (about) the target L0; penalty strengths tuned on this data
-    "topk": {"k": TARGET_L0},
-    "batchtopk": {"k": TARGET_L0},
-    "matryoshka": {"k": TARGET_L0},
-    "mp": {"k": TARGET_L0},
+VARIANTS = {  # row label -> (architecture, fields at about the target L0)
+    "topk": ("topk", {"k": TARGET_L0}),
+    "batchtopk": ("batchtopk", {"k": TARGET_L0}),
+    "matryoshka": ("matryoshka", {"k": TARGET_L0}),
+    "mp": ("mp", {"k": TARGET_L0}),
     # lambda 0.03 gives L0 4-5 here; eps 0.01 (1e-3 moves the thresholds too rarely)
-    "jumprelu": {"l0_coeff": 0.03, "bandwidth": 0.01},
+    "jumprelu": ("jumprelu", {"l0_coeff": 0.03, "bandwidth": 0.01}),
     # L1 weights for L0 about 5 (2,000-step sweeps, 2026-12-01): relu 0.2 -> L0 16, 0.5 -> 6.6;
     # gated 0.3 -> 5.5, 0.5 -> 4.0 (at the defaults, 0.05 and 0.15, L0 is 87 and 8.6)
-    "relu": {"l1_coeff": 0.5},
-    "gated": {"l1_coeff": 0.3},
+    "relu": ("relu", {"l1_coeff": 0.5}),
+    "gated": ("gated", {"l1_coeff": 0.3}),
+    # the auxiliary reconstruction through the trained decoder, as SAELens does it
+    "gated-trained": ("gated", {"l1_coeff": 0.3, "aux_decoder": "trained"}),
 }
 
 
@@ -78,7 +80,7 @@ def pair_recovery(atoms, parents, W_dec, threshold=0.9) -> float:
     return float((best[children] & best[parents[children]]).float().mean())
 
 
-def train_saelab(name: str, fields: dict, x, args):
+def train_saelab(name: str, fields: dict, x, args):  # name: the architecture
     sae = saelab.create(name, d_in=x.shape[1], n_latents=args.latents, **fields)
     cfg = saelab.TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr,
                              seed=args.seed, progress=False, dead_after_tokens=DEAD_TOKENS)
@@ -104,14 +106,15 @@ def run_dataset(title: str, data, args) -> None:
         print(f"{label:<22}{mean_cos:>13.3f}{frac:>11.3f}{pairs:>8.3f}{fvu:>8.3f}{l0:>7.2f}"
               f"{dead:>7.3f}{seconds:>8.1f}", flush=True)
 
-    for name, fields in VARIANTS.items():
-        if args.variants and name not in args.variants:
+    for label, (name, fields) in VARIANTS.items():
+        if args.variants and label not in args.variants:
             continue
         if name not in saelab.architectures():
-            print(f"{name:<22} not registered yet, skipped")
+            print(f"{label:<22} not registered yet, skipped")
             continue
-        row(f"saelab {name}", *train_saelab(name, fields, train, args))
-        for lib in () if args.no_references else ("saelens", "sparsify"):
+        row(f"saelab {label}", *train_saelab(name, fields, train, args))
+        # a library's rows once per architecture: under the label that is the architecture's name
+        for lib in () if args.no_references or label != name else ("saelens", "sparsify"):
             if implements(lib, name) is None:
                 continue
             ref = train_reference(lib, name, train, n_latents=args.latents, steps=args.steps,
@@ -145,8 +148,8 @@ def run_real(args) -> None:
           f"{tokens.numel():,} tokens")
     print(f"{'variant':<14}{'FVU':>8}{'L0':>8}{'dead':>8}{'CE clean':>10}{'CE spliced':>12}"
           f"{'CE zero-abl':>13}{'time s':>8}")
-    for name, fields in REAL_VARIANTS.items():
-        if name not in saelab.architectures():
+    for label, (name, fields) in REAL_VARIANTS.items():
+        if name not in saelab.architectures() or (args.variants and label not in args.variants):
             continue
         sae = saelab.create(name, d_in=lm.d_model, n_latents=4608, **fields)
         t = time.time()
@@ -156,7 +159,7 @@ def run_real(args) -> None:
         seconds = time.time() - t
         r = saelab.evaluate(sae, held, hookpoint=hp, model=lm.model, tokens=tokens,
                             exclusion=exclusion)
-        print(f"{name:<14}{r['fvu']:>8.3f}{r['l0']:>8.1f}{r['dead_fraction']:>8.3f}"
+        print(f"{label:<14}{r['fvu']:>8.3f}{r['l0']:>8.1f}{r['dead_fraction']:>8.3f}"
               f"{r['ce_loss_clean']:>10.3f}{r['ce_loss_spliced']:>12.3f}"
               f"{r['ce_loss_ablated']:>13.3f}{seconds:>8.1f}")
 
@@ -166,9 +169,11 @@ def run_real(args) -> None:
 REAL_DEAD_TOKENS = 50_000
 # relu and gated: L1 weights near L0 32 at this budget (2026-12-01 sweeps on the same vectors:
 # relu 0.15 -> L0 52, 0.2 -> 39, 0.3 -> 20; gated 0.12 -> 67, 0.15 -> 27 with 82% dead)
-REAL_VARIANTS = {"topk": {"k": 32}, "batchtopk": {"k": 32}, "matryoshka": {"k": 32},
-                 "mp": {"k": 32}, "jumprelu": {}, "relu": {"l1_coeff": 0.22},
-                 "gated": {"l1_coeff": 0.14}}
+REAL_VARIANTS = {"topk": ("topk", {"k": 32}), "batchtopk": ("batchtopk", {"k": 32}),
+                 "matryoshka": ("matryoshka", {"k": 32}), "mp": ("mp", {"k": 32}),
+                 "jumprelu": ("jumprelu", {}), "relu": ("relu", {"l1_coeff": 0.22}),
+                 "gated": ("gated", {"l1_coeff": 0.14}),
+                 "gated-trained": ("gated", {"l1_coeff": 0.14, "aux_decoder": "trained"})}
 
 
 def main() -> None:
@@ -178,7 +183,7 @@ def main() -> None:
     p.add_argument("--latents", type=int, default=1024)
     p.add_argument("--lr", type=float, default=LR)
     p.add_argument("--variants", nargs="+", default=None,
-                   help=f"subset of {', '.join(VARIANTS)} (default: all)")
+                   help=f"subset of {', '.join(map(repr, VARIANTS))} (default: all)")
     p.add_argument("--no-references", action="store_true", dest="no_references",
                    help="skip the SAELens / sparsify rows")
     p.add_argument("--datasets", nargs="*", default=["flat", "tree"], choices=["flat", "tree"],

@@ -155,6 +155,30 @@ def test_auxk_trains_dead_latents_to_reconstruct_the_residual(planted):
     assert sae.loss(x, state).terms["auxk"].item() < 0.8 * first
 
 
+@pytest.mark.parametrize("clip", [0.0, 1e-3])
+def test_grad_clip_bounds_the_global_gradient_norm(planted, clip):
+    from saelab.dictionaries import StepState
+    from saelab.train.optim import make_optimizer
+    from saelab.train.step import train_step
+
+    torch.manual_seed(0)
+    sae = saelab.create("topk", d_in=32, n_latents=128, k=2)
+    x = planted.x[:512]
+    sae.init_from_data(x)
+    train_step(sae, make_optimizer(sae.parameters(), 1e-3), x, StepState(step=0, total_steps=1),
+               grad_clip=clip)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in sae.parameters()]))
+    if clip:  # the gradients Adam saw are the clipped ones (left in .grad by the step)
+        assert norm <= clip * (1 + 1e-4)
+    else:
+        assert norm > 1e-2  # unclipped, the same step's gradient is far larger
+
+
+def test_grad_clip_must_not_be_negative():
+    with pytest.raises(ConfigError, match="grad_clip"):
+        saelab.TrainConfig(grad_clip=-1.0)
+
+
 def test_learning_rate_warms_up_and_decays():
     assert lr_factor(0, 100, 10, 0.8) == pytest.approx(0.1)
     assert lr_factor(50, 100, 10, 0.8) == 1.0

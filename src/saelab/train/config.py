@@ -29,6 +29,8 @@ class TrainConfig:
                                    "A folder holding a checkpoint of the same run is resumed.")
     checkpoint_every: int = option(500, "Steps between checkpoints (needs `out`).")
     log_every: int = option(25, "Steps between lines of metrics.jsonl.")
+    grad_clip: float = option(0.0, "Clip the global gradient norm to this before each step "
+                                   "(0: off; SAELens clips at 1).")
     dead_after_tokens: int = option(2_000_000, "A latent that has not fired for this many "
                                                "training vectors counts as dead (AuxK revives it).")
     normalize: bool = option(True, "Scale inputs to unit mean squared norm while training; "
@@ -67,6 +69,8 @@ class TrainConfig:
                                                          f"{self.decay_start}")
         check(self.checkpoint_every > 0, "checkpoint_every", "must be > 0")
         check(self.log_every > 0, "log_every", "must be > 0")
+        check(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0 turns clipping off), got "
+                                                f"{self.grad_clip}")
         check(self.dead_after_tokens > 0, "dead_after_tokens", "must be > 0")
         check(self.order in ORDERS, "order",
               f"must be one of {', '.join(ORDERS)}, got {self.order!r}")

@@ -266,7 +266,7 @@ def _one_step(run: _Run, batch):
     for name, t in extras.items():  # labels, grads (the grads unscaled: g-SAE is scale-free)
         state.extra[name] = t.to(run.device).float()
     loss = train_step(run.dictionary, run.optimizer, x, state, target, run.cfg.autocast_dtype,
-                      run.group, run.loss_fn)
+                      run.group, run.loss_fn, run.cfg.grad_clip)
     active, finite = run.group.reduce_step(loss.active, loss.total)
     if not finite:
         raise DataError(f"the loss became {loss.total.item()} at step {run.step}"

@@ -14,13 +14,15 @@ from saelab.train.distributed import Group
 def train_step(dictionary: Dictionary, optimizer: torch.optim.Optimizer, x: Tensor,
                state: StepState, target: Tensor | None = None,
                autocast: torch.dtype | None = None, group: Group | None = None,
-               loss_fn: Callable[..., Loss] | None = None) -> Loss:
-    """Loss, backward, decoder-gradient projection, Adam step, decoder renormalisation.
+               loss_fn: Callable[..., Loss] | None = None, grad_clip: float = 0.0) -> Loss:
+    """Loss, backward, decoder-gradient projection, gradient clipping, Adam step, decoder
+    renormalisation.
 
     `autocast` (e.g. torch.bfloat16) runs the loss under torch.autocast with that dtype; weights,
     gradients and the optimiser stay float32. With a data-parallel `group`, the gradients are
     averaged over its ranks right after backward, and buffers follow its rank 0 after the step.
-    `loss_fn` replaces `dictionary.loss` (its torch.compile'd form)."""
+    `loss_fn` replaces `dictionary.loss` (its torch.compile'd form). `grad_clip` > 0 scales the
+    gradients down to that global norm where they exceed it (after the decoder projection)."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
         loss = (loss_fn or dictionary.loss)(x, state, target)
@@ -29,6 +31,8 @@ def train_step(dictionary: Dictionary, optimizer: torch.optim.Optimizer, x: Tens
         group.average_gradients(dictionary.parameters())
     if dictionary.unit_norm_decoder:
         dictionary.remove_parallel_decoder_grad()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(dictionary.parameters(), grad_clip)
     optimizer.step()
     if dictionary.unit_norm_decoder:
         dictionary.normalize_decoder()
