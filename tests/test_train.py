@@ -136,6 +136,22 @@ def test_dead_latents_are_counted_in_the_metrics(planted, tmp_path):
     assert rows[-1]["dead_fraction"] == pytest.approx(0.5, abs=0.05)
 
 
+def test_default_dead_window_is_a_quarter_of_a_short_run(planted, tmp_path):
+    from saelab.train.loop import default_dead_window
+
+    torch.manual_seed(0)
+    sae = saelab.create("topk", d_in=32, n_latents=128, k=2)
+    with torch.no_grad():  # half of the latents can never fire
+        sae.b_enc[64:] = -100.0
+    # 40 steps x 256 = 10,240 vectors: dead after 2,560 (10 steps), not after the 2M cap
+    saelab.fit(sae, planted.x, cfg(out=str(tmp_path), log_every=1))
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    dead = {r["step"]: r["dead_fraction"] for r in rows}
+    assert max(v for s, v in dead.items() if s < 9) < 0.5
+    assert dead[max(dead)] == pytest.approx(0.5, abs=0.05)
+    assert default_dead_window(10**9) == 2_000_000
+
+
 def test_auxk_trains_dead_latents_to_reconstruct_the_residual(planted):
     from saelab.dictionaries import StepState
     from saelab.train.optim import make_optimizer

@@ -31,8 +31,10 @@ class TrainConfig:
     log_every: int = option(25, "Steps between lines of metrics.jsonl.")
     grad_clip: float = option(0.0, "Clip the global gradient norm to this before each step "
                                    "(0: off; SAELens clips at 1).")
-    dead_after_tokens: int = option(2_000_000, "A latent that has not fired for this many "
-                                               "training vectors counts as dead (AuxK revives it).")
+    dead_after_tokens: int | None = option(None, "A latent that has not fired for this many "
+                                                 "training vectors counts as dead (AuxK revives "
+                                                 "it); default a quarter of the run, at most "
+                                                 "2,000,000.")
     normalize: bool = option(True, "Scale inputs to unit mean squared norm while training; "
                                    "the scale is folded back into the saved weights.")
     init_b_dec: bool = option(True, "Initialise the decoder bias to the data mean.")
@@ -71,7 +73,8 @@ class TrainConfig:
         check(self.log_every > 0, "log_every", "must be > 0")
         check(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0 turns clipping off), got "
                                                 f"{self.grad_clip}")
-        check(self.dead_after_tokens > 0, "dead_after_tokens", "must be > 0")
+        check(self.dead_after_tokens is None or self.dead_after_tokens > 0, "dead_after_tokens",
+              "must be > 0")
         check(self.order in ORDERS, "order",
               f"must be one of {', '.join(ORDERS)}, got {self.order!r}")
         check(self.precision in PRECISIONS, "precision",

@@ -46,6 +46,8 @@ class _Run:
         self.scale = 1.0
         self.target_scale = 1.0  # of the targets (transcoders); the input's otherwise
         self.step = 0
+        self.dead_after = cfg.dead_after_tokens or default_dead_window(
+            steps * cfg.batch_size * self.group.world)
         self.out = Path(cfg.out) if cfg.out and self.group.main else None  # rank 0 writes
         self.identity = {"train": cfg.run_identity(), "steps": steps,
                          "dictionary": {"architecture": dictionary.architecture,
@@ -63,7 +65,14 @@ class _Run:
                 "identity": self.identity}
 
     def dead_mask(self) -> torch.Tensor:
-        return (self.since_fired >= self.cfg.dead_after_tokens).to(self.device)
+        return (self.since_fired >= self.dead_after).to(self.device)
+
+
+def default_dead_window(run_vectors: int) -> int:
+    """Vectors without firing after which a latent counts as dead, when the config leaves it
+    open: a quarter of the run, at most 2,000,000 (Gao et al. 2024 use 10M tokens on runs of
+    billions; a fixed window longer than a short run would never let AuxK act)."""
+    return max(1, min(2_000_000, run_vectors // 4))
 
 
 def _compiled(loss):
@@ -284,7 +293,7 @@ def _log_row(run: _Run, loss, batch_rows: int) -> dict:
               **loss.metrics}
     row = {"step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
            "tokens": run.step * batch_rows * g.world,
-           "dead_fraction": float((run.since_fired >= run.cfg.dead_after_tokens).float().mean())}
+           "dead_fraction": float((run.since_fired >= run.dead_after).float().mean())}
     row.update(g.mean_floats(values))  # averaged over the ranks
     return row
 
