@@ -1,0 +1,133 @@
+"""HTML pieces of the dashboards: visible token text, escaping, inline SVG bars, the page shell.
+
+Every piece of text that comes from data goes through `esc` (quotes included) before it is put
+into a page; `visible` makes whitespace and control characters visible first.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2328;margin:0 auto;
+ max-width:1150px;padding:20px 24px}
+h1{font-size:21px;margin:4px 0 10px}h2{font-size:16px;margin:22px 0 8px}
+a{color:#0969da;text-decoration:none}a:hover{text-decoration:underline}
+table{border-collapse:collapse}th,td{padding:3px 10px;border-bottom:1px solid #eaeef2;
+ text-align:left;vertical-align:top}th{font-weight:600;color:#57606a;font-size:12px}
+.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.muted{color:#6e7781}.nav{font-size:13px;margin-bottom:6px}
+.cards{display:flex;flex-wrap:wrap;gap:18px}
+.card{border:1px solid #d0d7de;border-radius:6px;padding:10px 14px}
+.tok{white-space:pre;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px}
+.pill{white-space:pre;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px;
+ background:#f6f8fa;border:1px solid #d0d7de;border-radius:4px;padding:0 3px}
+.ctx{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px;white-space:pre-wrap;
+ word-break:break-all}
+.hl{border-radius:3px;outline:1px solid #d1661a;color:#000}
+.pos{color:#1a7f37}.neg{color:#cf222e}
+.bar{display:inline-block;height:9px;background:#8c959f;border-radius:2px;vertical-align:middle}
+"""
+
+
+# --- token text -------------------------------------------------------------------------------
+def visible(text: str) -> str:
+    """Make whitespace and control characters visible ('↵' for newlines); not yet escaped."""
+    out = []
+    for ch in text:
+        if ch == "\n":
+            out.append("↵")
+        elif ch == "\t":
+            out.append("⇥")
+        elif ch == "\r":
+            out.append("␍")
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out) or "∅"
+
+
+class TokenText:
+    """Visible text of single token ids through a tokenizer, cached per id."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        if token_id not in self.cache:
+            self.cache[token_id] = visible(self._decode(token_id))
+        return self.cache[token_id]
+
+    def _decode(self, token_id: int) -> str:
+        if self.tokenizer is None:
+            return f"⟨{token_id}⟩"
+        try:
+            text = self.tokenizer.decode([token_id])
+        except Exception as e:  # noqa: BLE001 (any tokenizer error: show the id instead)
+            log.debug("decode(%d) failed: %s", token_id, e)
+            return f"⟨{token_id}⟩"
+        convert = getattr(self.tokenizer, "convert_ids_to_tokens", None)
+        if convert is not None and not text.startswith(" "):
+            piece = convert(token_id)
+            if isinstance(piece, str) and piece.startswith("▁"):
+                text = " " + text
+        return text
+
+
+def pill(text: str) -> str:
+    """Token text for a standalone token box: a run of only spaces shows as '␣' marks."""
+    return "␣" * min(len(text), 8) if text.strip(" ") == "" else text
+
+
+def esc(value: Any) -> str:
+    """HTML-escape any value (quotes included), formatting floats compactly."""
+    if isinstance(value, float):
+        value = f"{value:.4g}"
+    return html.escape(str(value), quote=True)
+
+
+# --- SVG --------------------------------------------------------------------------------------
+def svg_bars(counts: Sequence[int], edges: Sequence[float], label: Callable[[float], str],
+             x_title: str = "", width: int = 440, height: int = 150,
+             color: str = "#e3823b") -> str:
+    """A bar chart of `counts` over bins `edges` (len(counts) + 1) as inline SVG."""
+    n, top = len(counts), max(max(counts, default=0), 1)
+    pad_l, pad_b, pad_t = 8, 20, 14
+    bw = (width - 2 * pad_l) / max(n, 1)
+    plot_h = height - pad_b - pad_t
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            'role="img" font-size="11" font-family="system-ui,sans-serif">')
+    parts = [head]
+    for i, c in enumerate(counts):
+        h = plot_h * c / top
+        tip = esc(f"{label(edges[i])} – {label(edges[i + 1])}: {c}")
+        parts.append(f'<rect x="{pad_l + i * bw:.1f}" y="{pad_t + plot_h - h:.1f}" '
+                     f'width="{max(bw - 1, 0.5):.1f}" height="{h:.1f}" fill="{color}">'
+                     f'<title>{tip}</title></rect>')
+    base = pad_t + plot_h
+    parts.append(f'<line x1="{pad_l}" y1="{base}" x2="{width - pad_l}" y2="{base}" '
+                 'stroke="#8c959f"/>')
+    ticks = sorted({0, n // 2, n}) if n else [0]
+    for t in ticks:
+        anchor = "start" if t == 0 else "end" if t == n else "middle"
+        parts.append(f'<text x="{pad_l + t * bw:.1f}" y="{height - 5}" text-anchor="{anchor}" '
+                     f'fill="#57606a">{esc(label(edges[t]))}</text>')
+    parts.append(f'<text x="{pad_l}" y="10" fill="#57606a">max {top}</text>'
+                 f'<text x="{width - pad_l}" y="10" text-anchor="end" fill="#57606a">'
+                 f"{esc(x_title)}</text></svg>")
+    return "".join(parts)
+
+
+def page(title: str, body: str) -> str:
+    """A whole HTML document with the inline stylesheet; `title` is escaped here."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n"
+            "</body></html>\n")
