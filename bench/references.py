@@ -29,10 +29,11 @@ What is shared with saelab's run (`saelab.fit` with the same TrainConfig):
 - the dead-latent window: `dead_after_tokens` vectors (SAELens counts it in steps).
 
 What stays the library's own (its recipe): its trainer and loss code, SAELens's gradient-norm
-clipping at 1 and its AuxK coefficient (1.0, not variance-normalised; saelab's 1/32 is relative
-to the residual's variance), SAELens's TopK selection on decoder-norm-scaled pre-activations
+clipping at 1 and its AuxK (coefficient 1.0, not variance-normalised, no ReLU on the dead
+latents' codes; saelab's 1/32 is relative to the residual's variance), SAELens's TopK selection on decoder-norm-scaled pre-activations
 (`rescale_acts_by_decoder_norm`), its directly parameterised JumpReLU threshold, its Gated
 auxiliary loss (decoder not frozen) and its decoder norms left free where saelab keeps them at 1.
+bench/topk_recipe.py measures what those TopK differences do on planted recovery.
 
 Each returned dictionary is checked against the library's own inference forward (SAELens: the
 inference SAE its `process_state_dict_for_saving_inference` and inference config produce;

@@ -4,6 +4,13 @@ Keeps the k largest pre-activations of each input and zeroes the rest, so the L0
 (at most k after the ReLU) and no sparsity penalty is needed. Dead latents are revived by the AuxK
 auxiliary loss. The encoder works on the input minus the decoder bias, as in the paper.
 Training uses the sparse encode/decode of saelab.ops: the backward touches only active latents.
+
+Recipe (Gao et al.'s, where SAELens differs): decoder rows kept at unit norm, ReLU on the dead
+latents' codes in AuxK (as in the paper's reference code), the AuxK error divided by the
+residual's variance. SAELens leaves the rows free (selection on norm-scaled pre-activations) and
+drops that ReLU; bench/topk_recipe.py measured each part (2026-12-01): with both, saelab's loop
+gives SAELens' figures (planted flat set 97.9%, parent/child set 81.4%); this recipe 100% and
+79.3%.
 """
 
 from __future__ import annotations
