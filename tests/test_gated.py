@@ -132,6 +132,19 @@ def test_auxk_is_off_by_default_and_trains_only_dead_gates_when_on():
     assert sae.b_gate.grad[:8].any() and not sae.b_gate.grad[8:].any()
 
 
+def test_auxk_reaches_gates_that_are_closed_on_every_input():
+    # the failure AuxK is there for: a gate below zero everywhere gets no gradient through ReLU
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[:8] = True
+    sae = _gated(auxk_coeff=1 / 32)
+    with torch.no_grad():
+        sae.b_gate[:8] = -100.0
+    x = torch.randn(128, 16)
+    assert (sae.pre_activations(x).gate[:, :8] < 0).all()
+    sae.loss(x, StepState(dead_mask=dead)).terms["auxk"].backward()
+    assert (sae.b_gate.grad[:8] != 0).all()
+
+
 def test_folding_the_input_scale_gives_the_same_dictionary_on_raw_inputs():
     sae = _gated()
     x, s = torch.randn(20, 16) * 7 + 3, 0.13
