@@ -52,6 +52,20 @@ def test_auxk_sends_gradient_only_to_dead_latents(name, fields):
     assert touched[:8].any() and not touched[8:].any()
 
 
+def test_relu_auxk_reaches_latents_negative_on_every_input():
+    # how a ReLU latent dies: a ReLU on the AuxK codes would leave it without gradient
+    torch.manual_seed(0)
+    sae = saelab.create("relu", d_in=16, n_latents=64, auxk_coeff=1 / 32)
+    with torch.no_grad():
+        sae.b_enc[:8] = -100.0
+    x = torch.randn(256, 16)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[:8] = True
+    assert not sae.encode(x)[:, :8].any()
+    sae.loss(x, StepState(dead_mask=dead)).terms["auxk"].backward()
+    assert (sae.b_enc.grad[:8] != 0).all()
+
+
 def test_auxk_is_absent_without_dead_latents():
     sae = saelab.create("topk", d_in=16, n_latents=64, k=4)
     loss = sae.loss(torch.randn(32, 16), StepState(dead_mask=torch.zeros(64, dtype=torch.bool)))

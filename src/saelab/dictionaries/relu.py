@@ -7,7 +7,11 @@ k. Two forms:
 - `l1_form="decoder_norm"`: L1 of code x decoder-row norm, decoder rows left free (2024 recipe).
 The L1 coefficient is warmed up linearly over the first `l1_warmup` fraction of training.
 AuxK (Gao et al. 2024) is available for dead latents (`auxk_coeff`, off by default: neither L1
-recipe has it).
+recipe has it). Its codes are the dead latents' signed pre-activations: a ReLU latent is dead
+because its pre-activation is negative on every input, where a ReLU on the AuxK codes would give
+it no gradient. On SmolLM2-135M layer 15 (L1 0.22, auxk_coeff 1/32, 191 steps, 2026-12-01)
+15.7% of the latents ended dead with that ReLU, 11.0% without (16.1% with no AuxK), FVU 0.431
+at L0 34.8 and 0.429 at L0 35.9.
 
 Initialisation (a choice; the papers give only outlines): W_enc = W_dec transposed. In the
 decoder-norm form both have rows of norm 0.1 (the 2024 recipe); in the plain form the decoder
@@ -104,7 +108,8 @@ class ReLU(Dictionary):
         total = mse + ramp * self.cfg.l1_coeff * l1
         if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
             terms["auxk"] = auxk_loss(self._centered(x), target - x_hat.detach(), self.W_enc,
-                                      self.b_enc, self.W_dec, state.dead_mask, self.cfg.auxk_k)
+                                      self.b_enc, self.W_dec, state.dead_mask, self.cfg.auxk_k,
+                                      rectify=False)
             total = total + self.cfg.auxk_coeff * terms["auxk"]
         fired = codes > 0
         metrics = {"fvu": fvu(x_hat.detach(), target).item(),
