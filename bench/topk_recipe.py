@@ -16,7 +16,8 @@ be pinned on one part:
     python bench/topk_recipe.py                       # both sets, the four recipes, seed 0
     python bench/topk_recipe.py --datasets tree --recipes unit/gao free/saelens --inits 0 1
 
-Free-norm runs are folded back to unit rows after training (encoder rows and biases times the
+Before training, the unit/gao recipe is checked to give the loss and gradients of saelab's own
+TopK on one batch. Free-norm runs are folded back to unit rows after training (encoder rows and biases times the
 norms), so every row is evaluated as an ordinary saelab TopK.
 """
 
@@ -96,6 +97,23 @@ class RecipeTopK(TopK):
         self.W_dec.div_(n[:, None])
 
 
+def check_baseline() -> None:
+    """The unit/gao recipe is saelab's TopK: same loss and gradients on a batch with dead latents
+    (this file's dense forward against the library's sparse one)."""
+    torch.manual_seed(0)
+    ours = saelab.create("topk", d_in=32, n_latents=256, k=TARGET_L0)
+    recipe = RecipeTopK(ours.cfg, "unit/gao")
+    recipe.load_state_dict(ours.state_dict())
+    x = torch.randn(512, 32)
+    state = StepState(step=0, total_steps=1, dead_mask=torch.arange(256) < 64)
+    a, b = ours.loss(x, state), recipe.loss(x, state)
+    a.total.backward()
+    b.total.backward()
+    torch.testing.assert_close(b.total, a.total)
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(dict(recipe.named_parameters())[name].grad, p.grad)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", nargs="+", default=["flat", "tree"], choices=["flat", "tree"])
@@ -107,6 +125,7 @@ def main() -> None:
     args = p.parse_args()
     print(f"date {datetime.datetime.now().isoformat(timespec='seconds')}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, saelab {saelab.__version__}")
+    check_baseline()
     sets = {"flat": dict(mean_active=TARGET_L0, seed=0),
             "tree": dict(mean_active=4, n_parents=32, children_per_parent=3, seed=1)}
     print(f"TopK k={TARGET_L0}, 1024 latents, {args.steps} steps x 1024 at lr {LR}, dead after "
