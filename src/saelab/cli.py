@@ -161,7 +161,7 @@ def cmd_eval(args) -> int:
                                 (trained_on if trained_on in store.hookpoints else None))
     kwargs: dict = {}
     target = args.target_hookpoint or sae.provenance.get("data_target_hookpoint")
-    if sae.needs_target and target:  # a transcoder: compared with and spliced at its target
+    if "target" in sae.needs and target:  # a transcoder: compared with and spliced at its target
         kwargs["target_hookpoint"] = store.hookpoint(target)
     if args.splice_tokens > 0:
         from saelab.models import load

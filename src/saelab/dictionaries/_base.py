@@ -17,6 +17,10 @@ from torch import Tensor, nn
 from saelab.config import check, option, required
 from saelab.errors import ConfigError
 
+NEEDS = ("target", "labels", "gradients")
+"""What a dictionary may need for training besides its input rows (`Dictionary.needs`)."""
+TRAINED_BY = ("gradient", "fit")
+"""How a dictionary is trained (`Dictionary.trained_by`)."""
 INPUT_NORMS = ("none", "constant_norm_rescale", "layer_norm")
 """Values of `DictionaryConfig.input_norm` (SAELens' run-time `normalize_activations`)."""
 LAYER_NORM_EPS = 1e-5
@@ -94,11 +98,14 @@ class Dictionary(nn.Module):
     """Registered name; set by `@register`."""
     Config: ClassVar[type[DictionaryConfig]] = DictionaryConfig
     """The config dataclass of this variant."""
-    needs_target: ClassVar[bool] = False
-    """True for dictionaries that predict another activation (transcoders): `loss` needs a
-    target, `fit` needs (x, y) pairs, evaluation compares with the target."""
-    trained_by_gradient: ClassVar[bool] = True
-    """False for variants trained by `fit(batches)` instead of a loss."""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    """What training needs besides the input rows, a subset of `NEEDS`: "target" (dictionaries
+    that predict another activation, transcoders: `loss` takes a target, evaluation compares
+    with it), "labels" (concept labels per row), "gradients" (the model's loss gradient per
+    row). A variant whose needs depend on its config overrides this with a property."""
+    trained_by: ClassVar[str] = "gradient"
+    """"gradient": trained by `saelab.fit` through `loss`; "fit": trained by its own
+    `fit(batches)` (PCA, ITDA, semi-NMF, ...)."""
     unit_norm_decoder: ClassVar[bool] = True
     """If True, the trainer keeps the rows of W_dec at unit norm and removes the gradient
     component parallel to them."""
@@ -115,7 +122,7 @@ class Dictionary(nn.Module):
         value bit for bit (a SAELens JumpReLU threshold vs saelab's log_threshold). Never used
         in computation; writers put them back where the parameter still maps to them."""
         if getattr(cfg, "input_norm", "none") != "none":
-            check(not self.needs_target and cfg.d_in == cfg.d_out, "input_norm",
+            check("target" not in self.needs and cfg.d_in == cfg.d_out, "input_norm",
                   "is for dictionaries that reconstruct their input (SAEs), not transcoders")
             self.__class__ = _input_normalised(type(self))
 
@@ -137,7 +144,7 @@ class Dictionary(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} is not trained by gradient; use fit()")
 
     def fit(self, batches: Iterable[Tensor]) -> None:
-        """Train without gradients (for variants with trained_by_gradient = False)."""
+        """Train without gradients (for variants with trained_by = "fit")."""
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient; use saelab.fit")
 
     # --- shared helpers ---------------------------------------------------------------------

@@ -74,9 +74,9 @@ class GSAEGradient(TopK):
     Config = GSAEGradientConfig
 
     @property
-    def needs_gradients(self) -> bool:
-        """True when training uses gradients: `fit` refuses data without them."""
-        return self.cfg.beta > 0
+    def needs(self) -> frozenset[str]:
+        """Gradients when training uses them (`saelab.fit` refuses data without them)."""
+        return frozenset({"gradients"} if self.cfg.beta > 0 else ())
 
     @torch.no_grad()
     def gradient_weights(self, grad: Tensor) -> Tensor:

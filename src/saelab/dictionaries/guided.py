@@ -88,9 +88,10 @@ class Guided(TopK):
     Config = GuidedConfig
 
     @property
-    def needs_labels(self) -> bool:
-        """True when training uses labels: `fit` refuses data without them."""
-        return self.cfg.n_guided > 0 and self.cfg.guide_coeff > 0
+    def needs(self) -> frozenset[str]:
+        """Labels when training uses them (`saelab.fit` refuses data without them)."""
+        return frozenset({"labels"} if self.cfg.n_guided > 0 and self.cfg.guide_coeff > 0
+                         else ())
 
     def guided_logits(self, x: Tensor) -> Tensor:
         """Pre-activations of the guided latents [B, n_guided]: concept logits."""

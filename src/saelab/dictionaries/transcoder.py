@@ -97,7 +97,7 @@ class Transcoder(Dictionary):
         self.W_enc.mul_(input_scale / target_scale)
         self.b_enc.div_(target_scale)
         self.b_dec.div_(target_scale)
-    needs_target: ClassVar[bool] = True
+    needs: ClassVar[frozenset[str]] = frozenset({"target"})
     """`loss` needs the target (the module's output); `fit` needs (input, output) pairs."""
 
     def __init__(self, cfg: TranscoderConfig):

@@ -50,7 +50,7 @@ def evaluate(dictionary, data, *, hookpoint: str | None = None, batch_size: int 
     prediction from `hookpoint` (both are then model hookpoints, e.g. 'MODULE:input' and
     'MODULE'). With `out`, writes report.json and plots there. Returns the report dict.
     """
-    if dictionary.needs_target and target_hookpoint is None and not isinstance(data, tuple):
+    if "target" in dictionary.needs and target_hookpoint is None and not isinstance(data, tuple):
         from saelab.errors import ConfigError
 
         raise ConfigError(f"{dictionary.architecture} predicts another activation: pass "
@@ -84,7 +84,7 @@ def _splice(dictionary, data, model, tokens: Tensor, hookpoint: str | None,
     if hookpoint is None:
         raise ConfigError("the spliced loss needs the hookpoint the dictionary was trained on: "
                           "pass hookpoint (for a transcoder, the hookpoint it reads)")
-    if dictionary.needs_target and target_hookpoint is None:
+    if "target" in dictionary.needs and target_hookpoint is None:
         raise ConfigError(f"the spliced loss of a {dictionary.architecture} replaces the "
                           f"activation it predicts: pass target_hookpoint (e.g. "
                           f"hookpoint='MODULE:input', target_hookpoint='MODULE')")

@@ -118,7 +118,7 @@ def _card(dictionary, repo_id: str, path: str, saelens_path: str | None) -> str:
     else:
         saelens = (f"SAELens has no `{dictionary.architecture}` architecture, so no SAELens copy "
                    "is included; saelab's `convert` command lists what it can write.")
-    target = f" predicting {dictionary.d_out}-dimensional outputs" if dictionary.needs_target \
+    target = f" predicting {dictionary.d_out}-dimensional outputs" if "target" in dictionary.needs \
         else ""
     tags = "".join(f"- {t}\n" for t in [prov.get("model")] if t)
     return CARD.format(title=repo_id.split("/")[-1], architecture=dictionary.architecture,

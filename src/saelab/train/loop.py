@@ -191,15 +191,15 @@ def fit(dictionary: Dictionary, data, config: TrainConfig | None = None) -> Dict
     checkpoints, metrics.jsonl and the final `sae/` folder there, and resumes a killed run.
     """
     cfg = config or TrainConfig()
-    if not dictionary.trained_by_gradient:
+    if dictionary.trained_by != "gradient":
         dictionary.fit(b[0] for b in as_train_data(data, dictionary.d_in, cfg).batches(0))
         return dictionary
     torch.manual_seed(cfg.seed)
     group = Group.current()
-    needs_gradients = getattr(dictionary, "needs_gradients", False)
+    needs_gradients = "gradients" in dictionary.needs
     train_data = group.all_or_none(lambda: as_train_data(data, dictionary.d_in, cfg, group,
                                                          gradients=needs_gradients))
-    if getattr(dictionary, "needs_labels", False) and not train_data.labelled:
+    if "labels" in dictionary.needs and not train_data.labelled:
         raise ConfigError(f"{dictionary.architecture}: this dictionary is trained on concept "
                           f"labels; pass saelab.train.data.Labelled(x, labels) (labels "
                           f"[N, n_guided]), or set guide_coeff=0 (or n_guided=0) to train it "

@@ -120,7 +120,7 @@ def _entries(targets, cfg: TrainConfig) -> list[tuple[str, Dictionary, TrainConf
             if not isinstance(sae, Dictionary):
                 raise ConfigError(f"fit_many: {key!r} holds a {type(sae).__name__}, not a "
                                   f"dictionary")
-            if not sae.trained_by_gradient:
+            if sae.trained_by != "gradient":
                 raise ConfigError(f"fit_many: {sae.architecture} is not trained by gradient; "
                                   f"fit it with saelab.fit")
             if mcfg.batch_size != cfg.batch_size or mcfg.steps != cfg.steps:

@@ -23,7 +23,7 @@ def make(name: str):
 def pairs(sae, x):
     """(x, target): target None, or for dictionaries that predict another activation
     (`needs_target`, transcoders) a fixed nonlinear map of x of width d_out."""
-    if not sae.needs_target:
+    if "target" not in sae.needs:
         return x, None
     A = torch.randn(sae.d_in, sae.d_out, generator=torch.Generator().manual_seed(0))
     return x, torch.relu(x) @ A / sae.d_in ** 0.5
@@ -80,7 +80,7 @@ def test_one_training_step_lowers_the_loss(name, planted):
 def test_training_is_deterministic_under_a_seed(name, planted):
     x, target = pairs(make(name), planted.x[:2048, :D_IN])
     data = x if target is None else (x, target)
-    if getattr(make(name), "needs_gradients", False):  # g-SAE: a fixed stand-in loss gradient
+    if "gradients" in make(name).needs:  # g-SAE: a fixed stand-in loss gradient
         grads = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
         data = saelab.train.WithGradients(data, grads)
     cfg = saelab.TrainConfig(steps=5, batch_size=256, seed=3, progress=False)
