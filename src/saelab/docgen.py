@@ -1,0 +1,290 @@
+"""Documentation pages generated from the code: one page per registered dictionary and per metric
+family, the CLI reference, and benchmark tables rendered from bench/results/*.json.
+
+The MkDocs build calls these through docs/hooks.py; the tests call them directly. Every function
+returns Markdown text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import json
+import re
+from pathlib import Path
+from typing import Any, NamedTuple
+
+BENCH_MARKER = re.compile(r"<!--\s*bench:\s*([\w.-]+\.json)\s*-->")
+"""`<!-- bench: NAME.json -->` in a page: replaced by the table of bench/results/NAME.json."""
+
+
+class Page(NamedTuple):
+    """A generated page."""
+
+    path: str
+    """Path of the page inside docs/, e.g. "dictionaries/topk.md"."""
+    title: str
+    """Its title in the navigation."""
+    text: str
+    """Its Markdown."""
+
+
+# --- Markdown helpers --------------------------------------------------------------------------
+def escape(text: str) -> str:
+    """Plain text (a docstring) as Markdown that shows it as written: characters Markdown would
+    read as markup are escaped, code spans in backticks are kept."""
+    parts = re.split(r"(`[^`]*`)", text)
+    for i in range(0, len(parts), 2):  # the even parts lie outside code spans
+        parts[i] = re.sub(r"([\\*_\[\]<>|#])", r"\\\1", parts[i])
+    return "".join(parts)
+
+
+def docstring(obj: Any) -> str:
+    """The cleaned docstring of `obj` (its own, not inherited), as Markdown paragraphs."""
+    doc = obj.__dict__.get("__doc__") if isinstance(obj, type) else getattr(obj, "__doc__", None)
+    if not doc:
+        return ""
+    lines = inspect.cleandoc(doc).split("\n")
+    out: list[str] = []
+    for line in lines:  # Markdown needs a blank line before a list that follows a paragraph
+        if line.startswith("- ") and out and out[-1].strip() and not out[-1].startswith(("- ", " ")):
+            out.append("")
+        out.append(line)
+    return escape("\n".join(out))
+
+
+def table(columns: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table; cells are shown as given (`|` escaped)."""
+    def cell(value: Any) -> str:
+        return str(value).replace("\n", " ").replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(c) for c in columns) + " |",
+             "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def code(value: Any) -> str:
+    """`value` as an inline code span (backticks inside are doubled around)."""
+    text = str(value)
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+# --- config fields -----------------------------------------------------------------------------
+def field_default(f: dataclasses.Field) -> str:
+    """How a field's default reads in the docs ("required" when it has none)."""
+    if f.default is not dataclasses.MISSING:
+        return code(repr(f.default))
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return code(repr(f.default_factory()))  # type: ignore[misc]
+    return "required"
+
+
+def field_type(f: dataclasses.Field) -> str:
+    """A field's annotation as written in its class (a string under postponed annotations)."""
+    tp = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", repr(f.type))
+    return code(str(tp).replace("typing.", ""))
+
+
+def fields_table(cls: type, only: set[str] | None = None) -> str:
+    """The fields of config dataclass `cls` (or those in `only`): name, type, default, help."""
+    from saelab.config import field_help
+
+    rows = [[code(f.name), field_type(f), field_default(f), escape(field_help(cls, f.name))]
+            for f in dataclasses.fields(cls) if only is None or f.name in only]
+    return table(["field", "type", "default", "help"], rows)
+
+
+# --- dictionaries ------------------------------------------------------------------------------
+def dictionary_needs(cls: type) -> str:
+    """What training needs, as a sentence; a config-dependent `needs` is said to be one."""
+    static = inspect.getattr_static(cls, "needs", frozenset())
+    if isinstance(static, property):
+        prop = docstring(static.fget) if static.fget else ""
+        return "depends on the config" + (f": {prop}" if prop else "")
+    return ", ".join(code(n) for n in sorted(static)) or "nothing besides the input rows"
+
+
+def dictionary_formats(cls: type) -> str | None:
+    """The variant's declared mapping to other libraries' formats, if it declares one."""
+    formats = inspect.getattr_static(cls, "formats", None)
+    if not formats:
+        return None
+    if isinstance(formats, dict):
+        return "\n".join(f"- **{escape(str(k))}**: {code(v) if not isinstance(v, str) else escape(v)}"
+                         for k, v in formats.items())
+    if isinstance(formats, (list, tuple, set, frozenset)):
+        return "\n".join(f"- {code(v) if not isinstance(v, str) else escape(v)}"
+                         for v in formats)
+    return escape(str(formats))
+
+
+def dictionary_page(name: str) -> str:
+    """The page of registered dictionary `name`: its paper (module and class docstrings), what
+    training needs, how it is trained, interop formats if declared, and its config fields."""
+    from saelab.dictionaries import DictionaryConfig, get
+
+    cls = get(name)
+    module = inspect.getmodule(cls)
+    base = {f.name for f in dataclasses.fields(DictionaryConfig)}
+    own = {f.name for f in dataclasses.fields(cls.Config)} - base
+    parts = [f"# `{name}`", "", docstring(module) if module else "", "",
+             f"**Class** `{cls.__module__}.{cls.__qualname__}`", "", docstring(cls), "",
+             f"- **Trained by**: {code(getattr(cls, 'trained_by', 'gradient'))}",
+             f"- **Training needs**: {dictionary_needs(cls)}", ""]
+    formats = dictionary_formats(cls)
+    if formats:
+        parts += ["## Other libraries' formats", "", formats, ""]
+    parts += ["## Config fields", "",
+              f'`saelab.create("{name}", d_in=..., n_latents=..., **fields)`, or '
+              f"`saelab train STORE --architecture {name} --FIELD VALUE`.", ""]
+    if own:
+        parts += [fields_table(cls.Config, own), ""]
+    parts += ["Fields every dictionary has:", "", fields_table(cls.Config, base), ""]
+    return "\n".join(parts)
+
+
+def summary(obj: Any) -> str:
+    """First sentence-line of a docstring, for index tables."""
+    doc = obj.__dict__.get("__doc__") if isinstance(obj, type) else getattr(obj, "__doc__", None)
+    first = inspect.cleandoc(doc).split("\n\n")[0].replace("\n", " ") if doc else ""
+    return escape(first)
+
+
+def dictionary_index() -> str:
+    """The dictionaries' index page: every registered name with its one-line summary."""
+    from saelab.dictionaries import get, names
+
+    rows = []
+    for name in names():
+        module = inspect.getmodule(get(name))
+        rows.append([f"[`{name}`]({name}.md)", summary(module) if module else ""])
+    return "\n".join(["# Dictionaries", "",
+                      "Every registered dictionary (`saelab.architectures()`), one page each, "
+                      "generated from its code: its docstring (with the paper it implements), "
+                      "what training needs, and its config fields with their defaults and help.",
+                      "", table(["name", "what it is"], rows), ""])
+
+
+# --- metric families ---------------------------------------------------------------------------
+def _evaluate() -> Any:
+    """The saelab.evaluate package (the name `saelab.evaluate` is also the function)."""
+    return importlib.import_module("saelab.evaluate")
+
+
+def metric_families() -> list[str]:
+    """Registered metric family names (`saelab.evaluate.families()`)."""
+    return list(_evaluate().families())
+
+
+def metric_page(name: str) -> str:
+    """The page of metric family `name`: its docstring, what it needs and the figures it
+    returns (contract: `saelab.evaluate.family(name)` with `needs` and `figures`)."""
+    ev = _evaluate()
+    parts = [f"# `{name}`", ""]
+    if not hasattr(ev, "family"):  # older evaluate without family(): the name only
+        return "\n".join(parts + [f"Metric family `{name}` (details appear once "
+                                  "`saelab.evaluate.family` exists).", ""])
+    cls = ev.family(name)
+    needs = sorted(getattr(cls, "needs", ()) or ())
+    figures = list(getattr(cls, "figures", ()) or ())
+    module = inspect.getmodule(cls)
+    parts += [docstring(module) if module else "", "", docstring(cls), "",
+              f"- **Needs**: {', '.join(code(n) for n in needs) or 'the activations only'}",
+              f"- **Figures**: {', '.join(code(f) for f in figures) or 'none declared'}", "",
+              f'Use it with `saelab.evaluate(sae, data, metrics=("{name}",))` or '
+              f"`saelab eval SAE STORE --metrics {name}`.", ""]
+    return "\n".join(parts)
+
+
+def metric_index() -> str:
+    """The metric families' index page."""
+    ev = _evaluate()
+    rows = []
+    for name in metric_families():
+        about = summary(ev.family(name)) if hasattr(ev, "family") else ""
+        rows.append([f"[`{name}`]({name}.md)", about])
+    return "\n".join(["# Metric families", "",
+                      "Every registered metric family (`saelab.evaluate.families()`), one page "
+                      "each, generated from its code.", "", table(["family", "what it measures"],
+                                                                 rows), ""])
+
+
+# --- command line ------------------------------------------------------------------------------
+def cli_reference() -> str:
+    """The CLI reference: every subcommand of `saelab.cli.commands()` with its config fields;
+    `train` also lists each architecture's own fields."""
+    from saelab import cli
+
+    parts = ["# Command line reference", "",
+             "Generated from the config dataclasses behind each command "
+             "(`saelab.cli.commands()`). Every field is an option `--field-name` (underscores "
+             "become dashes); `--config FILE` reads the same fields from a file, and the "
+             "command line wins. `saelab COMMAND --help` prints the same.", ""]
+    if not hasattr(cli, "commands"):  # the CLI before contract 4: argparse's own help
+        return "\n".join(parts + [_argparse_help(cli)])
+    for name, command in sorted(cli.commands().items()):
+        parts += [f"## `saelab {name}`", "", escape(command.help), ""]
+        if dataclasses.is_dataclass(command.config):
+            parts += [fields_table(command.config), ""]
+        if name == "train":
+            parts += [_architecture_fields(), ""]
+    return "\n".join(parts)
+
+
+def _architecture_fields() -> str:
+    """`saelab train`'s per-architecture fields: a link to each dictionary's page."""
+    from saelab.dictionaries import names
+
+    links = ", ".join(f"[`{n}`](dictionaries/{n}.md#config-fields)" for n in names())
+    return ("Each architecture adds its own fields (`saelab train STORE --architecture X "
+            f"--help` lists them): {links}.")
+
+
+def _argparse_help(cli: Any) -> str:
+    """Fallback: each subcommand's argparse help as a code block."""
+    parser = cli.build_parser([])
+    subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return "\n".join(f"## `saelab {name}`\n\n```text\n{sub.format_help()}```\n"
+                     for name, sub in subs.choices.items())
+
+
+# --- benchmarks ---------------------------------------------------------------------------------
+def benchmark_table(path: str | Path) -> str:
+    """A results file of bench/results/ (JSON with `title`, `command`, `date`, `columns`,
+    `rows`, optionally `machine`, `notes`, `date_source`) as a Markdown table with its command
+    and date."""
+    path = Path(path)
+    data = json.loads(path.read_text())
+    missing = [k for k in ("command", "date", "columns", "rows") if k not in data]
+    if missing:
+        raise ValueError(f"{path}: results file lacks {', '.join(missing)}")
+    date = data["date"] + (f" ({data['date_source']})" if data.get("date_source") else "")
+    lines = [f"**{escape(data.get('title', path.stem))}**", "",
+             f"- command: {code(data['command'])}", f"- date: {escape(date)}"]
+    if data.get("machine"):
+        lines.append(f"- machine: {escape(data['machine'])}")
+    if data.get("notes"):
+        lines.append(f"- setup: {escape(data['notes'])}")
+    lines += [f"- data: `bench/results/{path.name}`", "", table(data["columns"], data["rows"]),
+              ""]
+    return "\n".join(lines)
+
+
+def render_benchmarks(markdown: str, results: str | Path) -> str:
+    """`markdown` with every `<!-- bench: NAME.json -->` replaced by that file's table."""
+    return BENCH_MARKER.sub(lambda m: benchmark_table(Path(results) / m.group(1)), markdown)
+
+
+# --- all generated pages ------------------------------------------------------------------------
+def generated_pages() -> list[Page]:
+    """Every generated page, in navigation order."""
+    from saelab.dictionaries import names
+
+    pages = [Page("dictionaries/index.md", "Overview", dictionary_index())]
+    pages += [Page(f"dictionaries/{n}.md", n, dictionary_page(n)) for n in names()]
+    pages.append(Page("metrics/index.md", "Overview", metric_index()))
+    pages += [Page(f"metrics/{n}.md", n, metric_page(n)) for n in metric_families()]
+    pages.append(Page("cli.md", "Command line", cli_reference()))
+    return pages
