@@ -1,82 +1,118 @@
-"""`saelab <command>`: thin wrappers over the Python API.
+"""`saelab <command>`: thin wrappers over the Python API, each generated from its config dataclass.
 
-Options come from the same config dataclasses the API uses (their field help is the `--help`
-text); `--config FILE.json` supplies values too (command-line options win). Errors meant for
-users print their message and exit 2, without a traceback unless `--debug`.
+Why tyro: it builds a command line from a typed dataclass and nothing else, so the config classes
+stay the one source of truth. `Literal[...]` fields become choices, `X | None` accepts `None`,
+booleans get `--x/--no-x`, nested configs get dotted flags (`--train.lr`), and a default instance
+per call lets a config file supply the defaults that the command line then overrides. It is
+typed end to end and actively maintained; simple-parsing (SAELens, sparsify) does the same job
+on argparse, but with less of the typing (unions, Literal) handled for us.
+
+A config file (`--config f.json` or `.yaml`) is loaded strictly by `saelab.config` (unknown keys
+refused with a did-you-mean, wrong types named); its values become the defaults, and options on
+the command line win. Errors meant for users print their message and exit 2, without a traceback
+unless `--debug`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import logging
 import sys
-import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Literal, NamedTuple
 
-from saelab.config import build, load_config_file
+from saelab.config import (build, check_fields, check_known, default_of, load_config_file,
+                           option, required)
 from saelab.errors import SaelabError
 
-
-# --- dataclass -> argparse ----------------------------------------------------------------------
-def _base_type(tp: Any) -> tuple[Any, bool]:
-    """(scalar type, is_list) of a field annotation, Optional stripped."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _base_type(args[0])
-    if origin is list:
-        return typing.get_args(tp)[0], True
-    return tp, False
+CONFIG_HELP = ("Read option values from a JSON or YAML file (strict: unknown keys and wrong "
+               "types are refused); options on the command line win.")
 
 
-def _none_or(kind: Callable) -> Callable:
-    def parse(text: str):
-        return None if text.lower() == "none" else kind(text)
-    parse.__name__ = kind.__name__
-    return parse
+class Command(NamedTuple):
+    """One `saelab` subcommand."""
+
+    config: type
+    """The config dataclass whose fields are the command's options (for `train`, plus the
+    fields of the chosen architecture's `saelab.dictionaries.get(name).Config`)."""
+    help: str
+    """One-line help."""
 
 
-def add_dataclass(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One `--field-name` option per dataclass field (booleans get --x / --no-x)."""
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().split("\n")[0])
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
-        kind, is_list = _base_type(hints[f.name])
-        if kind is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help_text)
-        else:
-            group.add_argument(flag, dest=f.name, type=_none_or(kind), default=argparse.SUPPRESS,
-                               nargs="+" if is_list else None, help=help_text,
-                               metavar=f.name.upper())
+# --- configs of the commands whose step lives outside this package's own modules ----------------
+def _architectures() -> list[str]:
+    from saelab.dictionaries import names
+
+    return names()
 
 
-def config_from(cls: type, args: argparse.Namespace, extra: dict | None = None):
-    """Build `cls` from --config file values, then command-line values, then `extra`."""
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(load_config_file(args.config))
-    names = {f.name for f in dataclasses.fields(cls)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    values.update(extra or {})
-    return build(cls, {k: v for k, v in values.items() if k in names}, what=cls.__name__)
+def _train_config() -> type:
+    from saelab.train import TrainConfig
+
+    return TrainConfig
 
 
-# --- commands -------------------------------------------------------------------------------------
-def cmd_demo(args) -> int:
+@dataclass
+class ViewConfig:
+    """Serve a dashboard folder on 127.0.0.1."""
+
+    folder: str = required("Dashboard folder (from `saelab dashboard`).", positional=True)
+    port: int = option(8000, "Port (0 picks a free one).")
+
+
+@dataclass
+class ConvertConfig:
+    """Convert a dictionary between saelab's, SAELens' and sparsify's formats."""
+
+    src: str = required("Dictionary folder in any known format, or hf://owner/repo/path.",
+                        positional=True)
+    dst: str = required("Output folder (replaced atomically).", positional=True)
+    to: Literal["saelens", "sparsify", "saelab"] = required("Output format.")
+    hookpoint: str | None = option(None, "Sub-folder of a multi-hookpoint (sparsify) source.")
+    norm_scaling_factor: float | None = option(None, "SAELens expected_average_only_in factor to "
+                                                     "fold into the weights.")
+
+
+@dataclass
+class PushConfig:
+    """Upload a run's dictionary to the Hugging Face Hub with a repo card."""
+
+    run: str = required("Run folder (with sae/) or dictionary folder.", positional=True)
+    repo: str = required("Hub repository, owner/name (created if missing).", positional=True)
+    path_in_repo: str = option("sae", "Folder inside the repository.")
+    private: bool = option(False, "Create the repository private.")
+
+
+def _train_command() -> type:
+    """TrainConfig plus what `saelab train` adds: the store, the architecture, its size."""
+    TrainConfig = _train_config()
+
+    @dataclass(kw_only=True)
+    class TrainCommand(TrainConfig):
+        """Train a dictionary on an activation store (data parallel under torchrun)."""
+
+        store: str = required("Activation store folder (from `saelab capture`).",
+                              positional=True)
+        architecture: str = option("topk", "Dictionary architecture; `--architecture X --help` "
+                                           "lists X's fields.", choices=_architectures)
+        n_latents: int = option(4608, "Number of latents.")
+        hookpoints: list[str] | None = option(None, "Train one dictionary per hookpoint, each in "
+                                                    "its own folder under OUT; under torchrun "
+                                                    "the hookpoints are shared out over the "
+                                                    "ranks (layer parallel).")
+
+    return TrainCommand
+
+
+# --- the commands ----------------------------------------------------------------------------------
+def cmd_demo(cfg) -> int:
     from saelab.evaluate import format_report
-    from saelab.pipeline import DemoConfig, run_demo
+    from saelab.pipeline import run_demo
 
-    cfg = config_from(DemoConfig, args)
     report = run_demo(cfg)
     out = Path(cfg.out)
     print(f"\nsaelab demo finished in {report['seconds']['total']:.0f} s "
@@ -90,42 +126,45 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_capture(args) -> int:
-    from saelab.pipeline import CaptureConfig, capture
+def cmd_capture(cfg) -> int:
+    from saelab.pipeline import capture
 
-    store = capture(config_from(CaptureConfig, args))
+    store = capture(cfg)
     print(f"{store.n_rows:,} rows of {', '.join(store.hookpoints)} in {store.path}")
     return 0
 
 
-def _dictionary_fields(args) -> dict:
-    from saelab.dictionaries import get
+def cmd_hookpoints(cfg) -> int:
+    from saelab.capture.listing import format_hookpoints, list_hookpoints
+    from saelab.models import load
 
-    cls = get(args.architecture)
-    names = {f.name for f in dataclasses.fields(cls.Config)} - {"d_in", "n_latents"}
-    return {k: v for k, v in vars(args).items() if k in names}
+    lm = load(cfg.model)
+    print(format_hookpoints(list_hookpoints(lm.model, cfg.pattern, cfg.n_tokens)))
+    return 0
 
 
-def cmd_train(args) -> int:
+def cmd_train(cmd, dictionary: dict) -> int:
     import saelab
     from saelab.store import ActivationStore
-    from saelab.train import TrainConfig
     from saelab.train import distributed as dist
+    from saelab.train import run_folder
 
-    store = ActivationStore(args.store)
-    cfg = config_from(TrainConfig, args)
+    store = ActivationStore(cmd.store)
+    names = {f.name for f in dataclasses.fields(_train_config())}
+    cfg = build(_train_config(), {k: getattr(cmd, k) for k in names})
     if cfg.out is None:
-        cfg = dataclasses.replace(cfg, out=str(Path("runs") / f"{args.architecture}"))
+        cfg = dataclasses.replace(cfg, out=str(Path("runs") / cmd.architecture))
     started = not dist.is_initialized() and dist.init_from_env(cfg.device)  # under torchrun
     try:
-        if args.hookpoints:  # layer parallel: the hookpoints shared out over the ranks
-            trained = dist.fit_hookpoints(lambda h: _create(args, store, dataclasses.replace(
-                cfg, hookpoint=h)), store, args.hookpoints, cfg)
+        make = lambda c: _create(cmd, dictionary, store, c)  # noqa: E731
+        if cmd.hookpoints:  # layer parallel: the hookpoints shared out over the ranks
+            trained = dist.fit_hookpoints(lambda h: make(dataclasses.replace(cfg, hookpoint=h)),
+                                          store, cmd.hookpoints, cfg)
             for h, sae in trained.items():
                 print(f"[rank {dist.rank()}] trained {sae.architecture} ({sae.n_latents} "
-                      f"latents) on {h} -> {dist.run_folder(cfg.out, h) / 'sae'}")
+                      f"latents) on {h} -> {run_folder(cfg.out, h) / 'sae'}")
             return 0
-        sae = saelab.fit(_create(args, store, cfg), store, cfg)  # data parallel under torchrun
+        sae = saelab.fit(make(cfg), store, cfg)  # data parallel under torchrun
         if dist.is_main():
             ranks = f" on {dist.world_size()} ranks" if dist.world_size() > 1 else ""
             print(f"trained {sae.architecture} ({sae.n_latents} latents){ranks} -> "
@@ -138,71 +177,43 @@ def cmd_train(args) -> int:
             torch.distributed.destroy_process_group()
 
 
-def _create(args, store, cfg):
+def _create(cmd, dictionary: dict, store, cfg):
+    """The dictionary to train: `cmd.architecture` sized for the store, seeded by `cfg.seed`."""
     import saelab
 
-    d_in = store.d(store.hookpoint(cfg.hookpoint))
-    fields = _dictionary_fields(args)
+    fields = dict(dictionary)
     if cfg.target_hookpoint and fields.get("d_out") is None:
         fields["d_out"] = store.d(store.hookpoint(cfg.target_hookpoint))
-    return saelab.create(args.architecture, d_in=d_in, n_latents=args.n_latents, **fields)
+    return saelab.create(cmd.architecture, d_in=store.d(store.hookpoint(cfg.hookpoint)),
+                         n_latents=cmd.n_latents, seed=cfg.seed, **fields)
 
 
-def cmd_eval(args) -> int:
-    import saelab
-    from saelab.capture.exclude import Exclusion
+def cmd_eval(cfg) -> int:
     from saelab.evaluate import format_report
-    from saelab.store import ActivationStore
+    from saelab.pipeline import evaluate_step
 
-    sae = saelab.load(args.sae)
-    store = ActivationStore(args.store)
-    trained_on = sae.provenance.get("hookpoint")
-    hookpoint = store.hookpoint(args.hookpoint or
-                                (trained_on if trained_on in store.hookpoints else None))
-    kwargs: dict = {}
-    target = args.target_hookpoint or sae.provenance.get("data_target_hookpoint")
-    if "target" in sae.needs and target:  # a transcoder: compared with and spliced at its target
-        kwargs["target_hookpoint"] = store.hookpoint(target)
-    if args.splice_tokens > 0:
-        from saelab.models import load
-
-        lm = load(store.model)
-        if lm.kind == "causal_lm":
-            n = max(1, args.splice_tokens // store.manifest["context_len"])
-            kwargs = dict(model=lm.model, tokens=store.contexts()["tokens"][:n],
-                          exclusion=Exclusion.from_json(store.manifest.get("exclusion")),
-                          **kwargs)
-    out = args.out or str(Path(args.sae).parent / "eval")
-    report = saelab.evaluate(sae, store, hookpoint=hookpoint, out=out, progress=True,
-                             metrics=tuple(args.metrics), **kwargs)
+    report, out = evaluate_step(cfg)
     print(format_report(report))
-    print(f"report: {Path(out) / 'report.json'}")
+    print(f"report: {out / 'report.json'}")
     return 0
 
 
-def cmd_dashboard(args) -> int:
-    import saelab
-    from saelab.pipeline import dashboard
+def cmd_dashboard(cfg) -> int:
+    from saelab.pipeline import dashboard_step
 
-    lm = None
-    if args.model:
-        from saelab.models import load
-
-        lm = load(args.model)
-    path = dashboard(saelab.load(args.sae), args.store, args.out, lm, n_features=args.n_features)
-    print(f"dashboard: {path}")
+    print(f"dashboard: {dashboard_step(cfg)}")
     return 0
 
 
-def cmd_view(args) -> int:
+def cmd_view(cfg: ViewConfig) -> int:
     import functools
     import http.server
 
-    folder = Path(args.folder)
+    folder = Path(cfg.folder)
     if not (folder / "index.html").is_file():
         raise SaelabError(f"{folder} holds no index.html; build one with `saelab dashboard`")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", cfg.port), handler)
     print(f"serving {folder} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")
     try:
         server.serve_forever()
@@ -211,143 +222,234 @@ def cmd_view(args) -> int:
     return 0
 
 
-def cmd_convert(args) -> int:
+def cmd_convert(cfg: ConvertConfig) -> int:
     from saelab.io import convert, detect
 
-    src = args.src
-    kind = "hub" if str(src).startswith("hf://") else detect(
-        Path(src) / args.hookpoint if args.hookpoint else src)
-    out = convert(src, args.dst, args.to, hookpoint=args.hookpoint,
-                  norm_scaling_factor=args.norm_scaling_factor)
-    print(f"converted {src} ({kind}) -> {out} ({args.to})")
+    src = cfg.src
+    kind = "hub" if src.startswith("hf://") else detect(
+        Path(src) / cfg.hookpoint if cfg.hookpoint else src)
+    out = convert(src, cfg.dst, cfg.to, hookpoint=cfg.hookpoint,
+                  norm_scaling_factor=cfg.norm_scaling_factor)
+    print(f"converted {src} ({kind}) -> {out} ({cfg.to})")
     return 0
 
 
-def cmd_push(args) -> int:
+def cmd_push(cfg: PushConfig) -> int:
     from saelab.io.hub import push
 
-    address = push(args.run, args.repo, args.path_in_repo, private=args.private)
+    address = push(cfg.run, cfg.repo, cfg.path_in_repo, private=cfg.private)
     print(f"pushed: load it with saelab.load({address!r})")
     return 0
 
 
-# --- parser ---------------------------------------------------------------------------------------
-def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    from saelab.pipeline import CaptureConfig, DemoConfig
+def _pipeline(name: str) -> Callable[[], type]:
+    def config() -> type:
+        import saelab.pipeline
 
-    parser = argparse.ArgumentParser(prog="saelab", description=__doc__.split("\n")[0])
-    parser.add_argument("--debug", action="store_true", help="Show tracebacks of errors.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="Log progress details.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, fn, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", metavar="FILE.json", help="Read option values from a JSON "
-                                                             "file (command-line options win).")
-        p.set_defaults(fn=fn)
-        return p
-
-    add_dataclass(command("demo", cmd_demo, "Capture, train, evaluate and build a dashboard on "
-                                            "the built-in default (SmolLM2-135M, Wikipedia)."),
-                  DemoConfig)
-    add_dataclass(command("capture", cmd_capture, "Capture activations into a store."),
-                  CaptureConfig)
-    _train_args(command("train", cmd_train, "Train a dictionary on an activation store (data "
-                                            "parallel when launched with torchrun)."), argv)
-    _eval_args(command("eval", cmd_eval, "Evaluate a dictionary on an activation store."))
-    _dashboard_args(command("dashboard", cmd_dashboard, "Build the static HTML dashboard of a "
-                                                        "dictionary."))
-    _convert_args(command("convert", cmd_convert, "Convert a dictionary between saelab's, "
-                                                  "SAELens' and sparsify's formats (reads "
-                                                  "dictionary_learning too)."))
-    _push_args(command("push", cmd_push, "Upload a run's dictionary to the Hugging Face Hub with "
-                                         "a repo card (needs huggingface_hub and a token)."))
-    p = command("view", cmd_view, "Serve a dashboard folder on 127.0.0.1.")
-    p.add_argument("folder", help="Dashboard folder.")
-    p.add_argument("--port", type=int, default=8000, help="Port (default: 8000; 0 picks one).")
-    return parser
+        return getattr(saelab.pipeline, name)
+    return config
 
 
-def _train_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
-    """`saelab train`: the store, the architecture, then the fields of that architecture's
-    config and of TrainConfig (the architecture is read from argv first, so its fields exist)."""
-    from saelab.dictionaries import get, names
-    from saelab.train import TrainConfig
+def _hookpoints_config() -> type:
+    from saelab.capture.listing import HookpointsConfig
 
-    p.add_argument("store", help="Activation store folder (from `saelab capture`).")
-    p.add_argument("--hookpoints", nargs="+", metavar="HOOKPOINT",
-                   help="Train one dictionary per hookpoint, each in OUT/HOOKPOINT/; under "
-                        "torchrun the hookpoints are shared out over the ranks (layer parallel).")
-    p.add_argument("--architecture", default="topk", choices=names(),
-                   help="Dictionary architecture (default: topk).")
-    p.add_argument("--n-latents", dest="n_latents", type=int, default=4608,
-                   help="Number of latents (default: 4608).")
-    arch = _peek(argv, "--architecture", "topk")
-    add_dataclass(p, get(arch if arch in names() else "topk").Config,
-                  skip=("d_in", "n_latents"))
-    add_dataclass(p, TrainConfig)
+    return HookpointsConfig
 
 
-def _eval_args(p: argparse.ArgumentParser) -> None:
-    from saelab.evaluate import families
-
-    p.add_argument("sae", help="Dictionary folder.")
-    p.add_argument("store", help="Activation store (held-out data).")
-    p.add_argument("--hookpoint", help="Store hookpoint (default: the dictionary's).")
-    p.add_argument("--target-hookpoint", dest="target_hookpoint",
-                   help="Transcoders: the hookpoint they predict, compared with and spliced "
-                        "(default: the one they were trained on).")
-    p.add_argument("--metrics", nargs="+", default=["reconstruction", "sparsity"],
-                   choices=families(), help="Metric families (default: reconstruction "
-                                            "sparsity; afa: the AFA norm check).")
-    p.add_argument("--splice-tokens", type=int, default=8192, dest="splice_tokens",
-                   help="Tokens for the spliced next-token loss (0 skips it; needs the model).")
-    p.add_argument("--out", help="Report folder (default: beside the dictionary, eval/).")
-
-
-def _dashboard_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sae", help="Dictionary folder.")
-    p.add_argument("store", help="Activation store whose contexts are shown.")
-    p.add_argument("--out", default="dashboard", help="Output folder (default: dashboard).")
-    p.add_argument("--model", help="Model, for the tokens each decoder direction promotes.")
-    p.add_argument("--n-features", dest="n_features", type=int, default=200,
-                   help="Features shown (default: 200).")
+_COMMANDS: dict[str, tuple[Callable[[], type], str, Callable]] = {
+    "demo": (_pipeline("DemoConfig"), "Capture, train, evaluate and build a dashboard on the "
+                                      "built-in default (SmolLM2-135M, Wikipedia).", cmd_demo),
+    "capture": (_pipeline("CaptureConfig"), "Capture activations into a store.", cmd_capture),
+    "hookpoints": (_hookpoints_config, "List a model's hookpoints with their output shapes.",
+                   cmd_hookpoints),
+    "train": (_train_command, "Train a dictionary on an activation store (data parallel when "
+                              "launched with torchrun).", cmd_train),
+    "eval": (_pipeline("EvalConfig"), "Evaluate a dictionary on an activation store.", cmd_eval),
+    "dashboard": (_pipeline("DashboardConfig"), "Build the static HTML dashboard of a "
+                                                "dictionary.", cmd_dashboard),
+    "view": (lambda: ViewConfig, "Serve a dashboard folder on 127.0.0.1.", cmd_view),
+    "convert": (lambda: ConvertConfig, "Convert a dictionary between saelab's, SAELens' and "
+                                       "sparsify's formats (reads dictionary_learning too).",
+                cmd_convert),
+    "push": (lambda: PushConfig, "Upload a run's dictionary to the Hugging Face Hub with a repo "
+                                 "card (needs huggingface_hub and a token).", cmd_push),
+}
 
 
-def _convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="Dictionary folder in any known format, or hf://owner/repo/path.")
-    p.add_argument("dst", help="Output folder (replaced atomically).")
-    p.add_argument("--to", required=True, choices=("saelens", "sparsify", "saelab"),
-                   help="Output format.")
-    p.add_argument("--hookpoint", help="Sub-folder of a multi-hookpoint (sparsify) source.")
-    p.add_argument("--norm-scaling-factor", dest="norm_scaling_factor", type=float,
-                   help="SAELens expected_average_only_in factor to fold into the weights.")
+def commands() -> dict[str, Command]:
+    """Every subcommand: its config dataclass and one-line help (the CLI reference's source)."""
+    return {name: Command(config(), help) for name, (config, help, _) in _COMMANDS.items()}
 
 
-def _push_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="Run folder (with sae/) or dictionary folder.")
-    p.add_argument("repo", help="Hub repository, owner/name (created if missing).")
-    p.add_argument("--path-in-repo", dest="path_in_repo", default="sae",
-                   help="Folder inside the repository (default: sae).")
-    p.add_argument("--private", action="store_true", help="Create the repository private.")
+# --- dataclass -> tyro ---------------------------------------------------------------------------
+def _cli_hint(hint: Any, f: dataclasses.Field) -> Any:
+    """The annotation tyro sees: `str` becomes a Literal of the field's run-time choices."""
+    choices = f.metadata.get("choices")
+    if choices is None:
+        return hint
+    literal = Literal[tuple(choices())]  # type: ignore[misc]
+    if hint is str:
+        return literal
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return list[literal]
+    if args and type(None) in args:  # X | None
+        return _cli_hint(next(a for a in args if a is not type(None)), f) | None
+    return hint
 
 
-def _peek(argv: list[str], flag: str, default: str) -> str:
+def _cli_dataclass(name: str, sources: list[tuple[type, frozenset[str]]],
+                   defaults: dict[str, Any], with_config: bool) -> type:
+    """A dataclass for tyro with the fields of `sources` (minus their skipped names), their help
+    and positional flags from the field metadata, and `defaults` (from a config file) over the
+    fields' own defaults."""
+    import tyro
+
+    fields = []
+    for cls, skip in sources:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            hint = _cli_hint(hints[f.name], f)
+            default = defaults.get(f.name, default_of(f))
+            nested = dataclasses.is_dataclass(hint)
+            if nested:
+                hint = _cli_dataclass(hint.__name__, [(hint, frozenset())],
+                                      _field_values(default), False)
+                default = hint(**_field_values(default)) if default is not None else default
+            marks = [tyro.conf.arg(help=f.metadata.get("help", ""),
+                                   metavar=f.name.upper() if f.metadata.get("positional")
+                                   else None)]
+            if f.metadata.get("positional"):
+                marks.append(tyro.conf.Positional)
+            fields.append((f.name, Annotated[(hint, *marks)], _field(default)))
+    if with_config:
+        fields.append(("config", Annotated[str | None, tyro.conf.arg(help=CONFIG_HELP)],
+                       dataclasses.field(default=None)))
+    return dataclasses.make_dataclass(name, fields, kw_only=True)
+
+
+def _field_values(obj: Any) -> dict[str, Any]:
+    """A dataclass instance's field values (not recursively); {} for anything else."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return {}
+
+
+def _field(default: Any) -> dataclasses.Field:
+    if default is dataclasses.MISSING:
+        return dataclasses.field()
+    if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default))
+    return dataclasses.field(default=default)
+
+
+def _plain(parsed: Any) -> dict[str, Any]:
+    """tyro's result as a dict of field values (nested configs as dicts), without `config`."""
+    values = dataclasses.asdict(parsed)
+    values.pop("config", None)
+    return values
+
+
+# --- parsing -------------------------------------------------------------------------------------
+def _config_path(argv: list[str]) -> str | None:
+    """The value of `--config` in a command's arguments, if given."""
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _peek(argv: list[str], flag: str) -> str | None:
     for i, a in enumerate(argv):
         if a == flag and i + 1 < len(argv):
             return argv[i + 1]
         if a.startswith(flag + "="):
             return a.split("=", 1)[1]
-    return default
+    return None
+
+
+def parse(name: str, argv: list[str]) -> tuple[Any, dict]:
+    """Parse one command's arguments: (its config, for `train` the dictionary's fields)."""
+    import tyro
+
+    config, help_text, _ = _COMMANDS[name]
+    cls = config()
+    path = _config_path(argv)
+    file = load_config_file(path) if path else {}
+    sources = [(cls, frozenset())]
+    arch = None
+    if name == "train":
+        arch = _peek(argv, "--architecture") or file.get("architecture") or "topk"
+        sources = _train_sources(cls, arch)
+    what = f"config file {path}" + (f" (train, architecture {arch!r})" if arch else "")
+    defaults = _checked(sources, file, what)
+    parser_cls = _cli_dataclass(f"saelab_{name}", sources, defaults, True)
+    parsed = _plain(tyro.cli(parser_cls, args=argv, prog=f"saelab {name}",
+                             description=help_text))
+    if name != "train":
+        return build(cls, parsed, what=f"saelab {name}"), {}
+    dictionary_names = {f.name for f in dataclasses.fields(sources[1][0])} - sources[1][1]
+    dictionary = {k: v for k, v in parsed.items() if k in dictionary_names}
+    command = build(cls, {k: v for k, v in parsed.items() if k not in dictionary_names},
+                    what="saelab train")
+    return command, dictionary
+
+
+def _train_sources(cls: type, arch: str) -> list[tuple[type, frozenset[str]]]:
+    """The field sources of `saelab train --architecture arch`: the command's own fields first,
+    then the architecture's (minus d_in, n_latents), then TrainConfig's."""
+    from saelab.dictionaries import get, names
+
+    own = frozenset(f.name for f in dataclasses.fields(cls)) - frozenset(
+        f.name for f in dataclasses.fields(_train_config()))
+    dictionary = get(arch if arch in names() else "topk").Config
+    return [(cls, frozenset(f.name for f in dataclasses.fields(cls)) - own),
+            (dictionary, frozenset({"d_in", "n_latents"})),
+            (_train_config(), frozenset())]
+
+
+def _checked(sources: list[tuple[type, frozenset[str]]], file: dict, what: str) -> dict:
+    """The config file's values, checked strictly against the fields of `sources`."""
+    known = [f.name for cls, skip in sources for f in dataclasses.fields(cls)
+             if f.name not in skip]
+    unknown = {k: v for k, v in file.items() if k not in known}
+    if unknown:
+        check_known(unknown, known, what)
+    out: dict = {}
+    for cls, skip in sources:
+        mine = {k: v for k, v in file.items() if k in
+                {f.name for f in dataclasses.fields(cls)} - skip}
+        out.update(check_fields(cls, mine, what))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    from saelab import __version__
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
+    top = argparse.ArgumentParser(
+        prog="saelab", description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {n:<11} {h}" for n, (_, h, _) in
+                                         _COMMANDS.items())
+               + "\n\n`saelab COMMAND --help` lists a command's options.")
+    top.add_argument("--version", action="version", version=f"saelab {__version__}")
+    top.add_argument("--debug", action="store_true", help="Show tracebacks of errors.")
+    top.add_argument("-v", "--verbose", action="store_true", help="Log progress details.")
+    top.add_argument("command", choices=list(_COMMANDS), metavar="COMMAND",
+                     help="One of the commands below.")
+    top.add_argument("args", nargs=argparse.REMAINDER, help="The command's options.")
+    args = top.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.fn(args)
+        cfg, extra = parse(args.command, args.args)
+        run = _COMMANDS[args.command][2]
+        return run(cfg, extra) if args.command == "train" else run(cfg)
     except SaelabError as e:
         if args.debug:
             raise

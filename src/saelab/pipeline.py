@@ -1,9 +1,11 @@
-"""The main job, step by step: capture, train, evaluate, dashboard. Each step is a function
-with a config dataclass; the CLI commands are thin wrappers over them, and `run_demo` chains
-them on the built-in default (SmolLM2-135M, the packaged Wikipedia summaries)."""
+"""The main job, step by step: capture, evaluate, dashboard (training is `saelab.fit`). Each
+step is a function with a config dataclass; the CLI commands are thin wrappers over them, and
+`run_demo` chains them on the built-in default (SmolLM2-135M, the packaged Wikipedia
+summaries), its `DemoConfig` composed of the steps' own configs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -11,14 +13,30 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from saelab._paths import write_json
-from saelab.config import check, option, to_dict
-from saelab.errors import OutputExistsError
+from saelab.capture import BATCH_CONTEXTS
+from saelab.capture.exclude import NORM_FACTOR
+from saelab.config import check, option, required, to_dict
+from saelab.errors import DataError, OutputExistsError
+from saelab.train import TrainConfig
 
 log = logging.getLogger(__name__)
+
+
+def _families() -> list[str]:
+    from saelab.evaluate import families
+
+    return families()
+
+
+def _architectures() -> list[str]:
+    from saelab.dictionaries import names
+
+    return names()
 
 
 @dataclass
@@ -28,19 +46,22 @@ class CaptureConfig:
     out: str = option("activations", "Folder of the activation store.")
     model: str = option("smollm2-135m", "Packaged alias, local folder or Hugging Face name.")
     hookpoints: list[str] = option([], "Module names or patterns, with an optional ':site' "
-                                       "(output, input, delta); default: the middle layer.")
+                                       "(output, input, delta); default: the middle layer. "
+                                       "`saelab hookpoints MODEL` lists them.")
     layer: int | None = option(None, "Block index used when no hookpoint is given (default: "
                                      "the middle one).")
     dataset: str = option("wikipedia", "'wikipedia' (packaged), a .txt/.jsonl file or folder, "
                                        "or 'hf:NAME[:split]'.")
     context_len: int = option(128, "Tokens per context.")
-    n_tokens: int = option(250_000, "Tokens to capture (rounded to whole contexts).")
+    n_tokens: int = option(250_000, "Tokens to capture (rounded to whole contexts; fewer, with a "
+                                    "warning, when the text runs out).")
     skip_tokens: int = option(0, "Tokens of the dataset to skip first (to hold text out).")
-    batch_contexts: int = option(8, "Contexts per model forward.")
+    batch_contexts: int = option(BATCH_CONTEXTS, "Contexts per model forward.")
     shard_rows: int = option(1 << 16, "Rows per shard file.")
-    dtype: str = option("float32", "Storage dtype: float32, float16 or bfloat16.")
-    norm_factor: float | None = option(5.0, "Leave out rows whose norm exceeds this multiple of "
-                                            "the median (massive activations); None keeps all.")
+    dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "Storage dtype.")
+    norm_factor: float | None = option(NORM_FACTOR, "Leave out rows whose norm exceeds this "
+                                                    "multiple of the median (massive "
+                                                    "activations); None keeps all.")
     exclude_special: bool = option(True, "Leave out BOS, EOS and separator tokens.")
     gradients: bool = option(False, "Also store d(next-token loss)/d(activation) as "
                                     "'<hookpoint>.grad' (one hookpoint, a causal LM), for "
@@ -62,17 +83,24 @@ def default_hookpoint(lm, layer: int | None) -> str:
 
 
 def tokenise(lm, dataset: str, context_len: int, n_contexts: int, skip_contexts: int = 0):
-    """Contexts [skip, skip + n) of `dataset` packed for `lm`'s tokenizer."""
+    """Contexts [skip, skip + n) of `dataset` packed for `lm`'s tokenizer (fewer when the text
+    runs out; none left after the skip is a DataError)."""
     from saelab.data import pack, read_documents
 
     corpus = pack(read_documents(dataset), lm.tokenizer, context_len,
                   max_contexts=skip_contexts + n_contexts)
+    if corpus.tokens.shape[0] <= skip_contexts:
+        raise DataError(f"{dataset} holds {corpus.tokens.shape[0] * context_len:,} tokens, none "
+                        f"left after skipping {skip_contexts * context_len:,}; skip fewer "
+                        f"tokens or use a larger text")
     return corpus._replace(tokens=corpus.tokens[skip_contexts:],
                            doc_ids=corpus.doc_ids[skip_contexts:])
 
 
 def capture(cfg: CaptureConfig, lm=None):
-    """Run a capture as configured; returns the ActivationStore."""
+    """Run a capture as configured; returns the ActivationStore. When the text runs out before
+    `n_tokens`, logs a warning with the count captured, also recorded in the store's manifest
+    (`requested_tokens`, `captured_tokens`)."""
     from saelab.models import load
     from saelab.store import capture_to_store
 
@@ -80,63 +108,178 @@ def capture(cfg: CaptureConfig, lm=None):
     hookpoints = cfg.hookpoints or [default_hookpoint(lm, cfg.layer)]
     n_ctx = max(1, cfg.n_tokens // cfg.context_len)
     corpus = tokenise(lm, cfg.dataset, cfg.context_len, n_ctx, cfg.skip_tokens // cfg.context_len)
-    return capture_to_store(lm.model, corpus.tokens, hookpoints, cfg.out, model_name=lm.name,
-                            doc_ids=corpus.doc_ids,
-                            special_ids=corpus.special_ids if cfg.exclude_special else [],
-                            norm_factor=cfg.norm_factor, batch_contexts=cfg.batch_contexts,
-                            shard_rows=cfg.shard_rows, dtype=cfg.dtype, overwrite=cfg.overwrite,
-                            progress=cfg.progress, gradients=cfg.gradients)
+    store = capture_to_store(lm.model, corpus.tokens, hookpoints, cfg.out, model_name=lm.name,
+                             doc_ids=corpus.doc_ids,
+                             special_ids=corpus.special_ids if cfg.exclude_special else [],
+                             norm_factor=cfg.norm_factor, batch_contexts=cfg.batch_contexts,
+                             shard_rows=cfg.shard_rows, dtype=cfg.dtype, overwrite=cfg.overwrite,
+                             progress=cfg.progress, gradients=cfg.gradients)
+    if corpus.tokens.shape[0] < n_ctx:
+        return _text_ran_out(store, cfg, corpus.tokens.numel())
+    return store
+
+
+def _text_ran_out(store, cfg: CaptureConfig, got: int):
+    """Warn that `cfg.dataset` ran out at `got` tokens and note it in the store's manifest."""
+    from saelab.store import ActivationStore
+
+    asked = cfg.n_tokens // cfg.context_len * cfg.context_len
+    log.warning("the text of %s ran out: captured %s tokens of the %s asked for (after skipping "
+                "%s)", cfg.dataset, f"{got:,}", f"{asked:,}", f"{cfg.skip_tokens:,}")
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    manifest.update(requested_tokens=asked, captured_tokens=got)
+    write_json(store.path / "manifest.json", manifest)
+    return ActivationStore(store.path)
+
+
+# --- evaluation and dashboard ---------------------------------------------------------------------
+@dataclass
+class EvalOptions:
+    """How a dictionary is evaluated (what `saelab eval` and the demo share)."""
+
+    metrics: list[str] | None = option(None, "Metric families (default: those `saelab.evaluate` "
+                                             "runs by default).", choices=_families)
+    splice_tokens: int = option(8192, "Tokens for the spliced next-token loss (0 skips it; needs "
+                                      "the model).")
+
+
+@dataclass(kw_only=True)
+class EvalConfig(EvalOptions):
+    """Evaluate a dictionary on an activation store."""
+
+    sae: str = required("Dictionary folder.", positional=True)
+    store: str = required("Activation store (held-out data).", positional=True)
+    hookpoint: str | None = option(None, "Store hookpoint (default: the dictionary's).")
+    target_hookpoint: str | None = option(None, "Transcoders: the hookpoint they predict, "
+                                                "compared with and spliced (default: the one "
+                                                "they were trained on).")
+    allow_hookpoint_mismatch: bool = option(False, "Evaluate even where the store lacks the "
+                                                   "dictionary's hookpoint.")
+    out: str | None = option(None, "Report folder (default: beside the dictionary, eval/).")
+
+
+def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
+    """Evaluate `cfg.sae` on `cfg.store` (refused when the store lacks the dictionary's
+    hookpoint, unless allowed); returns the report and its folder."""
+    import saelab
+    from saelab.capture.exclude import Exclusion
+    from saelab.evaluate import check_hookpoint
+    from saelab.store import ActivationStore
+
+    sae = saelab.load(cfg.sae)
+    store = ActivationStore(cfg.store)
+    hookpoint = store.hookpoint(check_hookpoint(sae, store.hookpoints, cfg.hookpoint,
+                                                allow_mismatch=cfg.allow_hookpoint_mismatch))
+    kwargs: dict = {}
+    target = cfg.target_hookpoint or sae.provenance.get("data_target_hookpoint")
+    if "target" in sae.needs and target:  # a transcoder: compared with and spliced at its target
+        kwargs["target_hookpoint"] = store.hookpoint(target)
+    if cfg.splice_tokens > 0:
+        from saelab.models import load
+
+        lm = load(store.model)
+        if lm.kind == "causal_lm":
+            n = max(1, cfg.splice_tokens // store.manifest["context_len"])
+            kwargs.update(model=lm.model, tokens=store.contexts()["tokens"][:n],
+                          exclusion=Exclusion.from_json(store.manifest.get("exclusion")))
+    if cfg.metrics is not None:
+        kwargs["metrics"] = tuple(cfg.metrics)
+    out = Path(cfg.out or Path(cfg.sae).parent / "eval")
+    report = saelab.evaluate(sae, store, hookpoint=hookpoint, out=out, progress=True, **kwargs)
+    return report, out
+
+
+@dataclass
+class DashboardOptions:
+    """What the dashboard shows (what `saelab dashboard` and the demo share)."""
+
+    n_features: int = option(200, "Features shown.")
+    n_top: int = option(20, "Top-activating examples kept per feature.")
+
+
+@dataclass(kw_only=True)
+class DashboardConfig(DashboardOptions):
+    """Build the static HTML dashboard of a dictionary."""
+
+    sae: str = required("Dictionary folder.", positional=True)
+    store: str = required("Activation store whose contexts are shown.", positional=True)
+    out: str = option("dashboard", "Output folder.")
+    model: str | None = option(None, "Model, for the tokens each decoder direction promotes.")
+    hookpoint: str | None = option(None, "Store hookpoint (default: the dictionary's).")
+    allow_hookpoint_mismatch: bool = option(False, "Build it even where the store lacks the "
+                                                   "dictionary's hookpoint.")
+
+
+def dashboard_step(cfg: DashboardConfig) -> Path:
+    """The dashboard of `cfg.sae` over `cfg.store`; returns the path of its index.html."""
+    import saelab
+
+    lm = None
+    if cfg.model:
+        from saelab.models import load
+
+        lm = load(cfg.model)
+    return dashboard(saelab.load(cfg.sae), cfg.store, cfg.out, lm, n_features=cfg.n_features,
+                     n_top=cfg.n_top, hookpoint=cfg.hookpoint,
+                     allow_hookpoint_mismatch=cfg.allow_hookpoint_mismatch)
 
 
 def dashboard(sae, store, out: str | Path, lm=None, n_features: int = 200, n_top: int = 20,
-              extra: dict | None = None, progress: bool = True) -> Path:
+              extra: dict | None = None, progress: bool = True, hookpoint: str | None = None,
+              allow_hookpoint_mismatch: bool = False) -> Path:
     """Top examples of `sae` over `store` (one streaming pass) and the static HTML dashboard."""
+    from saelab.evaluate import check_hookpoint
     from saelab.interpret import collect_top_examples, write_dashboard
     from saelab.models import load_tokenizer
     from saelab.store import ActivationStore
 
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
-    key = sae.provenance.get("hookpoint")
-    key = key if key in store.hookpoints else None
+    key = store.hookpoint(check_hookpoint(sae, store.hookpoints, hookpoint,
+                                          allow_mismatch=allow_hookpoint_mismatch))
     top = collect_top_examples(sae, store.iter_rows(key), n_top=n_top, progress=progress)
     rows = store.row_index()
     tokenizer = lm.tokenizer if lm is not None else load_tokenizer(store.model)
     unembed = lm.unembed if lm is not None else None
     return write_dashboard(out, sae, top, store.contexts()["tokens"], rows["ctx"], rows["pos"],
                            tokenizer, unembed=unembed, n_features=n_features,
-                           title=f"saelab: {sae.architecture} on {store.model} "
-                                 f"{store.hookpoint(key)}", extra=extra)
+                           title=f"saelab: {sae.architecture} on {store.model} {key}",
+                           extra=extra)
 
 
+# --- the demo -------------------------------------------------------------------------------------
 @dataclass
 class DemoConfig:
     """The built-in end-to-end run: capture, train, evaluate, dashboard."""
 
     out: str = option("demo_out", "Folder for everything the demo writes.")
-    model: str = option("smollm2-135m", "Model to capture from.")
-    layer: int | None = option(None, "Block whose output is captured (default: the middle one).")
-    dataset: str = option("wikipedia", "Text source (see `saelab capture --help`).")
-    context_len: int = option(128, "Tokens per context.")
-    train_tokens: int = option(250_000, "Tokens captured for training.")
+    capture: CaptureConfig = option(CaptureConfig(), "What is captured for training (its "
+                                    "`n_tokens`); the held-out store follows it in the text. "
+                                    "Both stores go under OUT/ (`out` is not used).")
     eval_tokens: int = option(16_384, "Held-out tokens for the reconstruction metrics.")
-    splice_tokens: int = option(8_192, "Held-out tokens for the spliced next-token loss.")
-    architecture: str = option("topk", "Dictionary architecture.")
+    architecture: str = option("topk", "Dictionary architecture.", choices=_architectures)
     n_latents: int = option(4608, "Number of latents.")
-    k: int = option(32, "Active latents per token (TopK-style architectures).")
-    epochs: float = option(4.0, "Passes over the training activations.")
-    batch_size: int = option(1024, "Vectors per optimiser step.")
-    lr: float | None = option(None, "Learning rate (default: scaled from the batch size).")
-    n_features: int = option(200, "Features shown in the dashboard.")
-    seed: int = option(0, "Seed of everything random.")
+    k: int = option(32, "Active latents per token (architectures with a `k` field).")
+    train: TrainConfig = option(TrainConfig(epochs=4.0, batch_size=1024, checkpoint_every=250),
+                                "How the dictionary is trained; the run goes to OUT/train, and "
+                                "`dead_after_tokens` defaults to one pass over the data.")
+    eval: EvalOptions = option(EvalOptions(), "How it is evaluated.")
+    dashboard: DashboardOptions = option(DashboardOptions(), "What its dashboard shows.")
     overwrite: bool = option(False, "Replace a demo run with other settings in `out`.")
-    progress: bool = option(True, "Show progress bars.")
+    progress: bool = option(True, "Show progress bars (of every step).")
+
+
+def _settings(value):
+    """The demo's settings as recorded in demo.json: without `overwrite` and `progress`."""
+    if isinstance(value, dict):
+        return {k: _settings(v) for k, v in value.items() if k not in ("overwrite", "progress")}
+    return value
 
 
 def _claim_out(cfg: DemoConfig) -> Path:
     """Use `out` for this demo: resume one with the same settings, refuse to clobber others."""
     out = Path(cfg.out)
     record = out / "demo.json"
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("overwrite", "progress")}
+    settings = _settings(to_dict(cfg))
     if out.exists() and any(out.iterdir()):
         same = record.is_file() and json.loads(record.read_text()) == settings
         if not same and not cfg.overwrite:
@@ -149,49 +292,67 @@ def _claim_out(cfg: DemoConfig) -> Path:
     return out
 
 
+def _demo_stores(cfg: DemoConfig, lm, out: Path, hookpoint: str):
+    """The training store (cfg.capture's tokens) and the held-out one right after it."""
+    common = dict(hookpoints=[hookpoint], progress=cfg.progress, overwrite=False)
+    train = capture(dataclasses.replace(cfg.capture, out=str(out / "store_train"), **common), lm)
+    held_out = max(cfg.eval_tokens, cfg.eval.splice_tokens)
+    evals = capture(dataclasses.replace(cfg.capture, out=str(out / "store_eval"),
+                                        n_tokens=held_out,
+                                        skip_tokens=cfg.capture.skip_tokens + cfg.capture.n_tokens,
+                                        **common), lm)
+    return train, evals
+
+
+def _demo_train(cfg: DemoConfig, lm, out: Path, store):
+    """Create and train the demo's dictionary on `store`; saved to OUT/sae."""
+    import saelab
+    from saelab.dictionaries import get
+
+    fields = {f.name for f in dataclasses.fields(get(cfg.architecture).Config)}
+    t = cfg.train
+    sae = saelab.create(cfg.architecture, d_in=lm.d_model, n_latents=cfg.n_latents,
+                        seed=t.seed, **({"k": cfg.k} if "k" in fields else {}))
+    steps = t.steps or math.ceil(t.epochs * store.n_rows / t.batch_size)
+    train_cfg = dataclasses.replace(
+        t, steps=steps, out=str(out / "train"), progress=cfg.progress,
+        dead_after_tokens=t.dead_after_tokens or min(2_000_000, store.n_rows))
+    sae = saelab.fit(sae, store, train_cfg)
+    sae.provenance.update(dataset=cfg.capture.dataset)
+    sae.save(out / "sae")
+    return sae
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Capture, train, evaluate and build the dashboard; returns the report (also on disk)."""
-    import saelab
     from saelab.capture.exclude import Exclusion
     from saelab.evaluate import evaluate
     from saelab.models import load
 
     out = _claim_out(cfg)
     t0 = time.time()
-    lm = load(cfg.model)
-    hookpoint = default_hookpoint(lm, cfg.layer)
+    lm = load(cfg.capture.model)
+    hookpoint = cfg.capture.hookpoints[0] if cfg.capture.hookpoints else default_hookpoint(
+        lm, cfg.capture.layer)
     log.info("model %s loaded; hookpoint %s", lm.name, hookpoint)
-    common = dict(model=cfg.model, hookpoints=[hookpoint], dataset=cfg.dataset,
-                  context_len=cfg.context_len, progress=cfg.progress)
-    train_store = capture(CaptureConfig(out=str(out / "store_train"), n_tokens=cfg.train_tokens,
-                                        **common), lm)
-    held_out = max(cfg.eval_tokens, cfg.splice_tokens)
-    eval_store = capture(CaptureConfig(out=str(out / "store_eval"), n_tokens=held_out,
-                                       skip_tokens=cfg.train_tokens, **common), lm)
+    train_store, eval_store = _demo_stores(cfg, lm, out, hookpoint)
     t_capture = time.time()
-
-    sae = saelab.create(cfg.architecture, d_in=lm.d_model, n_latents=cfg.n_latents,
-                        **({"k": cfg.k} if cfg.architecture == "topk" else {}))
-    steps = math.ceil(cfg.epochs * train_store.n_rows / cfg.batch_size)
-    train_cfg = saelab.TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                                   seed=cfg.seed, out=str(out / "train"), checkpoint_every=250,
-                                   dead_after_tokens=min(2_000_000, train_store.n_rows),
-                                   progress=cfg.progress)
-    sae = saelab.fit(sae, train_store, train_cfg)
-    sae.provenance.update(dataset=cfg.dataset)
-    sae.save(out / "sae")
+    sae = _demo_train(cfg, lm, out, train_store)
     t_train = time.time()
 
-    n_splice = max(1, cfg.splice_tokens // cfg.context_len)
-    splice_tokens = eval_store.contexts()["tokens"][:n_splice]
-    exclusion = Exclusion.from_json(eval_store.manifest["exclusion"])
-    report = evaluate(sae, eval_store, hookpoint=hookpoint, model=lm.model, tokens=splice_tokens,
-                      exclusion=exclusion, out=out, progress=cfg.progress)
-    report.update(_provenance(cfg, lm, hookpoint, train_store, eval_store))
+    n_splice = max(1, cfg.eval.splice_tokens // cfg.capture.context_len)
+    kwargs = {"metrics": tuple(cfg.eval.metrics)} if cfg.eval.metrics is not None else {}
+    if cfg.eval.splice_tokens > 0:
+        kwargs.update(model=lm.model, tokens=eval_store.contexts()["tokens"][:n_splice],
+                      exclusion=Exclusion.from_json(eval_store.manifest["exclusion"]))
+    report = evaluate(sae, eval_store, hookpoint=hookpoint, out=out, progress=cfg.progress,
+                      **kwargs)
+    report.update(_provenance(lm, hookpoint, train_store, eval_store))
     t_eval = time.time()
-    dashboard(sae, train_store, out / "dashboard", lm, n_features=cfg.n_features,
-              extra={k: report[k] for k in ("fvu", "l0", "dead_fraction", "ce_loss_spliced")},
-              progress=cfg.progress)
+    dashboard(sae, train_store, out / "dashboard", lm, n_features=cfg.dashboard.n_features,
+              n_top=cfg.dashboard.n_top, progress=cfg.progress,
+              extra={k: report[k] for k in ("fvu", "l0", "dead_fraction", "ce_loss_spliced")
+                     if k in report})
     report["seconds"] = {"load_and_capture": round(t_capture - t0, 1),
                          "train": round(t_train - t_capture, 1),
                          "evaluate": round(t_eval - t_train, 1),
@@ -201,7 +362,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     return report
 
 
-def _provenance(cfg: DemoConfig, lm, hookpoint: str, train_store, eval_store) -> dict:
+def _provenance(lm, hookpoint: str, train_store, eval_store) -> dict:
     m = train_store.manifest
     excluded = m["excluded_rows"] / max(1, m["excluded_rows"] + train_store.n_rows)
     return {"model": lm.name, "hookpoint": hookpoint, "train_rows": train_store.n_rows,

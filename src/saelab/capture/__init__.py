@@ -26,6 +26,8 @@ from saelab.errors import ConfigError
 
 SITES = ("output", "input", "delta")
 ALIASES = ("z",)
+BATCH_CONTEXTS = 8
+"""Default of every `batch_contexts`: contexts per model forward when capturing or splicing."""
 OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "dense", "proj")
 """Names of an attention module's output projection across model families."""
 
@@ -63,7 +65,7 @@ def resolve(model: nn.Module, specs: Iterable[str | Hookpoint]) -> list[Hookpoin
     out: list[Hookpoint] = []
     for spec in specs:
         hp = Hookpoint.parse(spec)
-        regex = _pattern(hp.module)
+        regex = module_pattern(hp.module)
         matched = [n for n in names if regex.fullmatch(n)]
         if not matched:
             close = [n for n in names if hp.module.split(".")[-1] in n][:5]
@@ -88,8 +90,9 @@ def _z_site(model: nn.Module, attention: str) -> Hookpoint:
                       f"projection yourself with the 'input' site")
 
 
-def _pattern(pattern: str) -> re.Pattern:
-    """Compile a module pattern: `*` is one dotted part, `**` any run of characters."""
+def module_pattern(pattern: str) -> re.Pattern:
+    """Compile a module pattern: `*` is one dotted part, `**` any run of characters (match it
+    with `fullmatch`)."""
     parts = re.split(r"(\*\*|\*|\?)", pattern)
     table = {"**": ".*", "*": "[^.]*", "?": "[^.]"}
     return re.compile("".join(table.get(p, re.escape(p)) for p in parts))
@@ -99,7 +102,9 @@ class _StopForward(Exception):
     """Raised inside a hook once every hookpoint has been captured."""
 
 
-def _first_tensor(value) -> Tensor:
+def first_tensor(value) -> Tensor:
+    """The activation tensor in what a module returns: the tensor itself, the first element of a
+    tuple or list, or a model output's `last_hidden_state`."""
     if isinstance(value, Tensor):
         return value
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
@@ -109,12 +114,18 @@ def _first_tensor(value) -> Tensor:
     raise TypeError(f"cannot find an activation tensor in a {type(value).__name__}")
 
 
-def _module_input(args: tuple, kwargs: dict) -> Tensor:
+def module_input(args: tuple, kwargs: dict) -> Tensor:
+    """The input activation of a module call: its first positional tensor, else its
+    `hidden_states` keyword, else its first tensor keyword."""
     if args:
-        return _first_tensor(args)
+        return first_tensor(args)
     if "hidden_states" in kwargs:
         return kwargs["hidden_states"]
-    return _first_tensor(tuple(v for v in kwargs.values() if isinstance(v, Tensor)))
+    return first_tensor(tuple(v for v in kwargs.values() if isinstance(v, Tensor)))
+
+
+_first_tensor = first_tensor  # old private names, until every caller has moved
+_module_input = module_input
 
 
 class Capture:
@@ -150,12 +161,12 @@ class Capture:
 
     def _make_hook(self, hps: list[Hookpoint]):
         def hook(module, args, kwargs, output):
-            out = _first_tensor(output)
+            out = first_tensor(output)
             for hp in hps:
                 if hp.site == "output":
                     value = out
                 else:
-                    inp = _module_input(args, kwargs)
+                    inp = module_input(args, kwargs)
                     value = inp if hp.site == "input" else out - inp
                 self.acts[hp.key] = value.detach()
             if self.stop_early and len(self.acts) == len(self.hookpoints):

@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+NORM_FACTOR = 5.0
+"""Default of every `norm_factor`: rows above 5 x the median norm are left out."""
+
 
 @dataclass
 class Exclusion:
@@ -22,7 +25,7 @@ class Exclusion:
 
     special_ids: list[int] = field(default_factory=list)
     """Token ids whose positions are dropped (BOS, EOS, separators)."""
-    norm_factor: float | None = 5.0
+    norm_factor: float | None = NORM_FACTOR
     """Drop rows whose norm exceeds this multiple of the median norm (None: no norm rule)."""
     norm_threshold: dict[str, float] = field(default_factory=dict)
     """Absolute norm limit per hookpoint key, fixed from the first batch."""

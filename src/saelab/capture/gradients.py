@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saelab.capture import Hookpoint, _first_tensor, _module_input, resolve
+from saelab.capture import BATCH_CONTEXTS, Hookpoint, first_tensor, module_input, resolve
 from saelab.errors import ConfigError
 
 GRAD_SUFFIX = ".grad"
@@ -94,7 +94,7 @@ class GradientCapture:
     def _hooked(self) -> Iterator[None]:
         if self.hp.site == "input":
             def pre_hook(module, args, kwargs):
-                leaf = _module_input(args, kwargs).detach().requires_grad_(True)
+                leaf = module_input(args, kwargs).detach().requires_grad_(True)
                 self._leaf, self._act = leaf, leaf
                 if args:
                     return (leaf, *args[1:]), kwargs
@@ -102,10 +102,10 @@ class GradientCapture:
             handle = self.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
         else:
             def hook(module, args, kwargs, output):
-                out = _first_tensor(output)
+                out = first_tensor(output)
                 leaf = out.detach().requires_grad_(True)
                 self._leaf = leaf
-                self._act = leaf if self.hp.site == "output" else out - _module_input(args, kwargs)
+                self._act = leaf if self.hp.site == "output" else out - module_input(args, kwargs)
                 return _replace_first(output, leaf)
             handle = self.module.register_forward_hook(hook, with_kwargs=True)
         try:
@@ -151,7 +151,7 @@ def _replace_first(output, leaf: Tensor):
 
 
 def activation_gradients(model: nn.Module, tokens: Tensor, hookpoint: str,
-                         batch_contexts: int = 8) -> ActGrads:
+                         batch_contexts: int = BATCH_CONTEXTS) -> ActGrads:
     """Activations at `hookpoint` and d(loss)/d(activation) for every context of `tokens`
     [N, T], with one forward and one backward per batch of `batch_contexts` contexts."""
     cap = GradientCapture(model, hookpoint)

@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 
 from torch import Tensor, nn
 
-from saelab.capture import Hookpoint, _first_tensor, _module_input, resolve
+from saelab.capture import Hookpoint, first_tensor, module_input, resolve
 
 
 def _replace_output(output, new: Tensor):
@@ -38,10 +38,10 @@ def patch(model: nn.Module, hookpoint: str | Hookpoint, fn: Callable[[Tensor], T
         handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
     else:
         def hook(mod, args, kwargs, output):
-            out = _first_tensor(output)
+            out = first_tensor(output)
             if hp.site == "output":
                 return _replace_output(output, fn(out))
-            inp = _module_input(args, kwargs)
+            inp = module_input(args, kwargs)
             return _replace_output(output, inp + fn(out - inp))
         handle = module.register_forward_hook(hook, with_kwargs=True)
     try:

@@ -30,7 +30,8 @@ from saelab.errors import DataError
 logger = logging.getLogger(__name__)
 
 _BATCH_DOCS = 64
-_SEPARATOR = "<|endoftext|>"
+SEPARATOR = "<|endoftext|>"
+"""The document separator token of GPT-2-style vocabularies (SmolLM2's included)."""
 _PROGRESS_DELAY_S = 2.0
 
 
@@ -59,7 +60,7 @@ class BoundaryTokens(NamedTuple):
 def boundary_tokens(tokenizer: Any) -> BoundaryTokens:
     """The BOS and separator ids `pack` uses for this tokenizer (rules in the module docstring)."""
     vocab = tokenizer.get_vocab()
-    separator = vocab.get(_SEPARATOR)
+    separator = vocab.get(SEPARATOR)
     if separator is None:
         separator = _first_id(tokenizer.eos_token_id, tokenizer.sep_token_id)
     bos = _first_id(_own_prefix(tokenizer), separator, tokenizer.bos_token_id)

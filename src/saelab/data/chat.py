@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from saelab.data._pack import _SEPARATOR, TokenizedCorpus
-from saelab.data._sources import WIKIPEDIA, Document, read_documents
+from saelab.capture.exclude import NORM_FACTOR
+from saelab.data import SEPARATOR, WIKIPEDIA, Document, TokenizedCorpus, read_documents
 from saelab.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def render(tokenizer: Any, messages: Messages) -> list[int]:
 def padding_id(tokenizer: Any, used: set[int]) -> int:
     """An id to pad with that no conversation uses: `<|endoftext|>` if present, else the pad
     token, else EOS."""
-    for cand in (tokenizer.get_vocab().get(_SEPARATOR), tokenizer.pad_token_id,
+    for cand in (tokenizer.get_vocab().get(SEPARATOR), tokenizer.pad_token_id,
                  tokenizer.eos_token_id):
         if isinstance(cand, int) and cand not in used:
             return cand
@@ -113,7 +113,7 @@ def chat_corpus(documents: Sequence[Document] | str, tokenizer: Any, context_len
 
 def capture_chat(lm, out: str, hookpoints: list[str], n_conversations: int,
                  context_len: int = 256, skip_conversations: int = 0,
-                 dataset: str = WIKIPEDIA, norm_factor: float | None = 5.0,
+                 dataset: str = WIKIPEDIA, norm_factor: float | None = NORM_FACTOR,
                  **capture_kwargs):
     """Capture `lm`'s activations on chat-formatted conversations [skip, skip + n) of `dataset`
     into a store: padding left out, template tokens kept, one conversation per context."""
