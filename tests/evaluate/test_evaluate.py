@@ -1,8 +1,10 @@
-"""Evaluation metrics against brute-force definitions, spliced loss, report files."""
+"""Evaluation metrics against brute-force definitions, spliced loss, the report's shape, files
+and summary, and the choice of families."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,7 +12,8 @@ from torch import nn
 
 import saelab
 from saelab.capture.exclude import Exclusion
-from saelab.evaluate import spliced_loss
+from saelab.errors import ConfigError
+from saelab.evaluate import family, format_report, spliced_loss
 
 
 class Identity(nn.Module):
@@ -27,24 +30,94 @@ def test_reconstruction_and_sparsity_match_their_definitions(planted):
     sae = saelab.create("topk", d_in=32, n_latents=64, k=3)
     x = planted.x[:3000]
     report = saelab.evaluate(sae, x, batch_size=700)
+    rec, sp = report["reconstruction"], report["sparsity"]
     out = sae(x)
     fvu = ((out.x_hat - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
-    assert report["fvu"] == pytest.approx(fvu.item(), rel=1e-4)
-    assert report["mse"] == pytest.approx(((out.x_hat - x) ** 2).sum(-1).mean().item(), rel=1e-4)
-    assert report["l0"] == pytest.approx((out.codes != 0).sum(-1).float().mean().item())
+    assert rec["fvu"] == pytest.approx(fvu.item(), rel=1e-4)
+    assert rec["mse"] == pytest.approx(((out.x_hat - x) ** 2).sum(-1).mean().item(), rel=1e-4)
+    assert sp["l0"] == pytest.approx((out.codes != 0).sum(-1).float().mean().item())
     fired = (out.codes != 0).any(0)
-    assert report["dead_fraction"] == pytest.approx(1 - fired.float().mean().item())
+    assert sp["dead_fraction"] == pytest.approx(1 - fired.float().mean().item())
     cos = torch.nn.functional.cosine_similarity(x, out.x_hat, dim=-1).mean()
-    assert report["cosine"] == pytest.approx(cos.item(), rel=1e-4)
+    assert rec["cosine"] == pytest.approx(cos.item(), rel=1e-4)
+    assert sp["n_inputs"] == 3000
+
+
+def test_report_is_keyed_by_family_with_a_meta_entry(planted):
+    sae = saelab.create("topk", d_in=32, n_latents=64, k=3)
+    sae.provenance["hookpoint"] = "model.layers.3"
+    report = saelab.evaluate(sae, planted.x[:500], metrics=("sparsity", "afa"), seed=3)
+    assert list(report) == ["sparsity", "afa", "meta"]
+    meta = report["meta"]
+    assert (meta["architecture"], meta["n_latents"], meta["d_in"]) == ("topk", 64, 32)
+    assert meta["provenance"]["hookpoint"] == "model.layers.3"
+    assert meta["data"] == {"kind": "tensor", "rows": 500}
+    assert meta["families"] == ["sparsity", "afa"] and meta["seed"] == 3
+    assert meta["versions"]["torch"] == torch.__version__ and meta["versions"]["saelab"]
+    assert {"sparsity", "afa", "activations_pass"} == set(meta["seconds"])
+
+
+def test_seed_leaves_the_callers_random_state_alone(planted):
+    sae = saelab.create("topk", d_in=32, n_latents=64, k=3)
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    saelab.evaluate(sae, planted.x[:100], seed=0)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_report_and_plots_are_written(planted, tmp_path):
     sae = saelab.create("topk", d_in=32, n_latents=64, k=3)
-    saelab.evaluate(sae, planted.x[:1000], out=tmp_path)
+    returned = saelab.evaluate(sae, planted.x[:1000], out=tmp_path)
     report = json.loads((tmp_path / "report.json").read_text())
-    assert {"fvu", "l0", "dead_fraction"} <= set(report)
+    assert report == json.loads(json.dumps(returned))
+    assert {"fvu", "cosine"} <= set(report["reconstruction"])
+    assert {"l0", "dead_fraction"} <= set(report["sparsity"])
     for png in ("l0_hist.png", "density_hist.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_shows_each_familys_headline_figures():
+    report = {"reconstruction": {"fvu": 0.25, "mse": 9.5, "cosine": float("nan")},
+              "afa": {"afa_ratio_median": 1.5, "decoder_coherence": 0.75},
+              "meta": {"architecture": "topk"}}
+    lines = format_report(report).splitlines()
+    assert lines == ["reconstruction", f"  {'fvu':<28} 0.2500",
+                     "afa", f"  {'afa_ratio_median':<28} 1.5000"]
+    assert "fvu" in family("reconstruction").headline  # what the summary shows comes from it
+    assert "mse" not in family("reconstruction").headline
+
+
+def test_default_families_add_the_spliced_loss_when_a_model_and_tokens_are_given(tiny_lm,
+                                                                                  tokens):
+    sae = saelab.create("topk", d_in=32, n_latents=64, k=3)
+    x = torch.randn(200, 32)
+    assert set(saelab.evaluate(sae, x)) == {"reconstruction", "sparsity", "meta"}
+    with_lm = saelab.evaluate(sae, x, model=tiny_lm, tokens=tokens[:2], hookpoint="model.layers.1")
+    assert set(with_lm) == {"reconstruction", "sparsity", "splice", "meta"}
+    only_splice = saelab.evaluate(sae, model=tiny_lm, tokens=tokens[:2],
+                                  hookpoint="model.layers.1")
+    assert set(only_splice) == {"splice", "meta"}
+    assert only_splice["splice"]["ce_loss_spliced"] == with_lm["splice"]["ce_loss_spliced"]
+    assert math.isnan(only_splice["splice"]["ce_loss_mean_ablated"])  # no data, no mean
+    assert not math.isnan(with_lm["splice"]["ce_loss_mean_ablated"])
+
+
+def test_explicit_families_run_exactly_and_unknown_ones_are_refused(tiny_lm, tokens):
+    sae = saelab.create("topk", d_in=32, n_latents=64, k=3)
+    report = saelab.evaluate(sae, torch.randn(50, 32), metrics=("reconstruction",),
+                             model=tiny_lm, tokens=tokens[:2], hookpoint="model.layers.1")
+    assert set(report) == {"reconstruction", "meta"}
+    with pytest.raises(ConfigError, match="Did you mean 'sparsity'"):
+        saelab.evaluate(sae, torch.randn(50, 32), metrics=("sparsty",))
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
+        saelab.evaluate(sae)
+
+
+def test_the_spliced_loss_needs_the_hookpoint_before_any_work(tiny_lm, tokens):
+    sae = saelab.create("topk", d_in=32, n_latents=64, k=3)
+    with pytest.raises(ConfigError, match="splice.*pass hookpoint"):
+        saelab.evaluate(sae, torch.randn(50, 32), model=tiny_lm, tokens=tokens[:2])
 
 
 def test_perfect_reconstruction_splices_to_the_clean_loss(tiny_lm, tokens):
@@ -74,14 +147,12 @@ def test_excluded_positions_are_left_untouched_when_splicing(tiny_lm, tokens):
 
 
 def test_transcoders_are_evaluated_against_their_target():
-    from saelab.errors import ConfigError
-
     torch.manual_seed(0)
     tc = saelab.create("transcoder", d_in=8, d_out=4, n_latents=16, k=2)
     x, y = torch.randn(500, 8), torch.randn(500, 4)
     report = saelab.evaluate(tc, (x, y), batch_size=128)
     x_hat = tc(x).x_hat
     fvu = ((x_hat - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
-    assert report["fvu"] == pytest.approx(fvu.item(), rel=1e-4)
+    assert report["reconstruction"]["fvu"] == pytest.approx(fvu.item(), rel=1e-4)
     with pytest.raises(ConfigError, match="target_hookpoint"):
         saelab.evaluate(tc, x)

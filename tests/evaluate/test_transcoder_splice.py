@@ -6,6 +6,7 @@ transcoder gives the clean loss, a zero one the zero-ablation loss, a trained on
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -95,11 +96,11 @@ def test_evaluate_reports_the_spliced_loss_of_a_transcoder_with_the_targets_mean
     tc = exact_transcoder("skip_transcoder", lm.model.layers[1].mlp.down_proj.weight)
     report = saelab.evaluate(tc, (x, y), model=lm, tokens=tokens, hookpoint=f"{MLP}:input",
                              target_hookpoint=MLP)
-    assert "note" not in report
-    assert report["fvu"] == pytest.approx(0.0, abs=1e-6)
-    assert report["ce_loss_spliced"] == pytest.approx(report["ce_loss_clean"], abs=1e-5)
+    splice = report["splice"]
+    assert report["reconstruction"]["fvu"] == pytest.approx(0.0, abs=1e-6)
+    assert splice["ce_loss_spliced"] == pytest.approx(splice["ce_loss_clean"], abs=1e-5)
     mean = y.mean(0)
-    assert report["ce_loss_mean_ablated"] == pytest.approx(
+    assert splice["ce_loss_mean_ablated"] == pytest.approx(
         ce_with(lm, tokens, MLP, lambda a: mean.expand_as(a)), abs=1e-5)
     with pytest.raises(ConfigError, match="target_hookpoint"):
         saelab.evaluate(tc, (x, y), model=lm, tokens=tokens, hookpoint=f"{MLP}:input")
@@ -137,7 +138,11 @@ def test_saelab_eval_reports_the_spliced_loss_of_a_trained_transcoder(model_dir,
     assert main(["eval", str(runs / "sae"), str(store), "--splice-tokens", "256",
                  "--out", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert "note" not in report
-    assert {"fvu", "ce_loss_clean", "ce_loss_spliced", "ce_loss_ablated", "ce_loss_mean_ablated",
-            "ce_loss_recovered", "kl_spliced"} <= set(report)
-    assert report["splice_tokens"] == 4 * 63
+    assert "fvu" in report["reconstruction"]
+    splice = report["splice"]
+    assert all(math.isfinite(splice[k]) for k in ("ce_loss_clean", "ce_loss_spliced",
+                                                  "ce_loss_ablated", "ce_loss_mean_ablated",
+                                                  "ce_loss_recovered", "kl_spliced"))
+    assert splice["splice_tokens"] == 4 * 63
+    assert report["meta"]["hookpoint"] == f"{site}:input"
+    assert report["meta"]["target_hookpoint"] == site

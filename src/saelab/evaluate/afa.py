@@ -21,23 +21,45 @@ feature activation; bounds in saelab.ops.afa). This family measures, on held-out
   worst pair.
 
 Use it with `saelab.evaluate(sae, data, metrics=("reconstruction", "sparsity", "afa"))`
-(`saelab eval --metrics reconstruction sparsity afa`), or `afa_report(dictionary, data)`.
+(`saelab eval --metrics reconstruction sparsity afa`), where the figures are under
+`report["afa"]`, or `afa_report(dictionary, data)`, which returns them alone.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
+from saelab.evaluate._base import Batch, Context, Family
 from saelab.evaluate._registry import register
 from saelab.ops.afa import afa_bounds, coherence, epsilon_lower_bound
 
 
 @register("afa")
-class AFA:
-    """Streaming AFA metrics of one dictionary (see the module docstring)."""
+class AFA(Family):
+    """Are the codes as large as the input says they should be? The approximate feature
+    activation check of Lee, Davies, Canby and Hockenmaier (2025), streamed over the activations.
 
-    def __init__(self, dictionary):
+    - `afa_ratio_mean`, `afa_ratio_median`, `afa_ratio_p10`, `afa_ratio_p90`: ||f|| / ||z||, with
+      f the codes in units of unit atoms and z = x - b_dec; 1 is what the AFA predicts;
+    - `afa_over`, `afa_under`: fraction of inputs whose ||f|| lies above / below the bracket the
+      AFA allows for their L0 and the decoder's coherence;
+    - `decoder_coherence`: largest |cosine| between two atoms (eps);
+    - `epsilon_lbo_mean`, `epsilon_lbo_max`: the paper's lower bound of quasi-orthogonality, per
+      input, computed on the decoder output.
+    """
+
+    needs = frozenset({"activations"})
+    figures = ("afa_ratio_mean", "afa_ratio_median", "afa_ratio_p10", "afa_ratio_p90",
+               "afa_over", "afa_under", "decoder_coherence", "epsilon_lbo_mean",
+               "epsilon_lbo_max")
+    headline = ("afa_ratio_median", "afa_over", "afa_under")
+
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        dictionary = context.dictionary
         self.b_dec = dictionary.b_dec.detach()
         self.dec_norms = dictionary.W_dec.detach().norm(dim=-1)  # [n_latents]
         self.centred = dictionary.d_in == dictionary.d_out
@@ -47,7 +69,8 @@ class AFA:
         self.over = self.under = self.n = 0
 
     @torch.no_grad()
-    def update(self, x: Tensor, x_hat: Tensor, codes: Tensor) -> None:
+    def update(self, x: Tensor, target: Tensor, output: NamedTuple) -> None:
+        codes = output.codes
         z = x - self.b_dec if self.centred else x
         f = codes * self.dec_norms  # [B, n]: codes in units of unit atoms
         f_norm, z_norm = f.norm(dim=-1), z.norm(dim=-1)
@@ -57,11 +80,12 @@ class AFA:
         self.over += int((f_norm > upper + tol).sum())
         self.under += int((f_norm < lower - tol).sum())
         self.n += x.shape[0]
-        self.eps_lbo.append(epsilon_lower_bound((x_hat - self.b_dec).norm(dim=-1), f).cpu())
+        x_hat_norm = (output.x_hat - self.b_dec).norm(dim=-1)
+        self.eps_lbo.append(epsilon_lower_bound(x_hat_norm, f).cpu())
 
     def result(self) -> dict[str, float]:
         if self.n == 0:
-            return {}
+            return dict.fromkeys(self.figures, float("nan"))
         r = torch.cat(self.ratios).double()
         e = torch.cat(self.eps_lbo).double()
         q = torch.quantile(r, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
@@ -74,10 +98,10 @@ class AFA:
 
 @torch.no_grad()
 def afa_report(dictionary, data: Tensor, batch_size: int = 4096) -> dict[str, float]:
-    """AFA metrics of `dictionary` on activations `data` [N, d_in] (eval mode)."""
+    """AFA figures of `dictionary` on activations `data` [N, d_in] (eval mode)."""
     dictionary.eval()
-    acc = AFA(dictionary)
-    for x in data.split(batch_size):
-        out = dictionary(x.float())
-        acc.update(x.float(), out.x_hat, out.codes)
-    return acc.result()
+
+    def batches():
+        return (Batch(x, x) for x in data.float().split(batch_size))
+
+    return AFA(Context(dictionary, batches)).run()

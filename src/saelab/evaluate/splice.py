@@ -12,6 +12,9 @@ target), splicing is impossible and is an error.
 Positions the exclusion rule drops (special tokens, massive-norm rows of the source or the target)
 are left untouched in every condition, so that the comparison is about the positions the
 dictionary was trained on.
+
+`spliced_loss` computes the figures for given model, tokens and hookpoints; the `splice` metric
+family runs it inside `saelab.evaluate` (its figures under `report["splice"]`).
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saelab.capture import Hookpoint, _first_tensor, _module_input, resolve
+from saelab.capture import BATCH_CONTEXTS, Hookpoint, first_tensor, module_input, resolve
 from saelab.capture.exclude import Exclusion
 from saelab.capture.patch import patch
 from saelab.errors import ConfigError
+from saelab.evaluate._base import Context, Family
+from saelab.evaluate._registry import register
 
 Condition = Callable[[Tensor, Tensor], Tensor]
 """(target rows [N, d_out], source rows [N, d_in]) -> replacement of the target rows [N, d_out]."""
@@ -55,12 +60,12 @@ class _Source:
         self.act = None
         if self.hp.site == "input":
             def pre_hook(mod, args, kwargs):
-                self.act = _module_input(args, kwargs)
+                self.act = module_input(args, kwargs)
             handle = self.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
         else:
             def hook(mod, args, kwargs, output):
-                out = _first_tensor(output)
-                self.act = out if self.hp.site == "output" else out - _module_input(args, kwargs)
+                out = first_tensor(output)
+                self.act = out if self.hp.site == "output" else out - module_input(args, kwargs)
             handle = self.module.register_forward_hook(hook, with_kwargs=True)
         try:
             yield self
@@ -118,13 +123,14 @@ def _predict(dictionary) -> Condition:
 @torch.no_grad()
 def spliced_loss(model: nn.Module, tokens: Tensor, hookpoint: str, dictionary,
                  exclusion: Exclusion | None = None, mean: Tensor | None = None,
-                 batch_contexts: int = 8, progress: bool = False,
+                 batch_contexts: int = BATCH_CONTEXTS, progress: bool = False,
                  target_hookpoint: str | None = None) -> dict[str, float]:
     """CE loss (nats/token) clean, spliced, zero- and mean-ablated; KL(clean || condition).
 
     `hookpoint` is what the dictionary reads; `target_hookpoint` (transcoders) what it predicts,
     which is the activation replaced and ablated (default: `hookpoint`). `mean` is the mean of
-    the replaced activation.
+    the replaced activation; without it the mean-ablated figures are NaN. Returns the figures of
+    the `splice` family (SpliceLoss.figures).
     """
     exclusion = exclusion or Exclusion(norm_factor=None)
     source = _Source(model, _one(model, hookpoint))
@@ -153,16 +159,58 @@ def spliced_loss(model: nn.Module, tokens: Tensor, hookpoint: str, dictionary,
 
 def _summarise(sums: dict[str, list[float]], count: int) -> dict[str, float]:
     out = {"ce_loss_clean": sums["clean"][0] / count, "splice_tokens": count}
-    for name in sums:
-        if name != "clean":
-            out[f"ce_loss_{name}"] = sums[name][0] / count
-            out[f"kl_{name}"] = sums[name][1] / count
-    gap = out["ce_loss_ablated"] - out["ce_loss_clean"]
-    out["ce_loss_recovered"] = (out["ce_loss_ablated"] - out["ce_loss_spliced"]) / gap \
-        if abs(gap) > 1e-12 else float("nan")
-    if "ce_loss_mean_ablated" in out:
-        gap = out["ce_loss_mean_ablated"] - out["ce_loss_clean"]
-        out["ce_loss_recovered_vs_mean"] = \
-            (out["ce_loss_mean_ablated"] - out["ce_loss_spliced"]) / gap if abs(gap) > 1e-12 \
-            else float("nan")
+    for name in ("spliced", "ablated", "mean_ablated"):
+        ce, kl = sums.get(name, (float("nan"), float("nan")))
+        out[f"ce_loss_{name}"], out[f"kl_{name}"] = ce / count, kl / count
+    out["ce_loss_recovered"] = _recovered(out["ce_loss_ablated"], out)
+    out["ce_loss_recovered_vs_mean"] = _recovered(out["ce_loss_mean_ablated"], out)
     return out
+
+
+def _recovered(baseline: float, out: dict[str, float]) -> float:
+    """(baseline - spliced) / (baseline - clean): 1 when splicing costs nothing, 0 when it is as
+    bad as the baseline; NaN when the baseline is unknown or costs nothing itself."""
+    gap = baseline - out["ce_loss_clean"]
+    return (baseline - out["ce_loss_spliced"]) / gap if abs(gap) > 1e-12 else float("nan")
+
+
+@register("splice")
+class SpliceLoss(Family):
+    """The model's next-token loss with the dictionary's output spliced in at its hookpoint (a
+    transcoder's at its target), against the clean model and the zero- and mean-ablation of that
+    activation; positions the exclusion rule drops are left untouched in every condition.
+
+    - `ce_loss_clean`, `ce_loss_spliced`, `ce_loss_ablated`, `ce_loss_mean_ablated`: CE loss
+      (nats/token) of the clean model and of each condition;
+    - `kl_spliced`, `kl_ablated`, `kl_mean_ablated`: KL(clean || condition) per token;
+    - `ce_loss_recovered`, `ce_loss_recovered_vs_mean`: the fraction of the loss gap the
+      dictionary recovers, against zero- and mean-ablation;
+    - `splice_tokens`: number of predicted tokens.
+
+    The mean is that of the replaced activation over the data (a store or tensors); without
+    data that tells it, the mean-ablated figures are NaN.
+    """
+
+    needs = frozenset({"model", "tokens"})
+    figures = ("ce_loss_clean", "ce_loss_spliced", "ce_loss_ablated", "ce_loss_mean_ablated",
+               "ce_loss_recovered", "ce_loss_recovered_vs_mean", "kl_spliced", "kl_ablated",
+               "kl_mean_ablated", "splice_tokens")
+    headline = ("ce_loss_clean", "ce_loss_spliced", "ce_loss_ablated", "ce_loss_mean_ablated",
+                "ce_loss_recovered", "ce_loss_recovered_vs_mean", "kl_spliced")
+
+    @classmethod
+    def check(cls, context: Context) -> None:
+        dictionary = context.dictionary
+        if context.hookpoint is None:
+            raise ConfigError("splice: the spliced loss needs the hookpoint the dictionary was "
+                              "trained on: pass hookpoint (for a transcoder, the hookpoint it "
+                              "reads)")
+        if "target" in dictionary.needs and context.target_hookpoint is None:
+            raise ConfigError(f"splice: the spliced loss of a {dictionary.architecture} replaces "
+                              f"the activation it predicts: pass target_hookpoint (e.g. "
+                              f"hookpoint='MODULE:input', target_hookpoint='MODULE')")
+
+    def run(self) -> dict[str, float]:
+        c = self.context
+        return spliced_loss(c.model, c.tokens, c.hookpoint, c.dictionary, c.exclusion,
+                            c.data_mean, progress=c.progress, target_hookpoint=c.target_hookpoint)

@@ -1,0 +1,138 @@
+"""`evaluate`: run the requested metric families and assemble the report."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saelab.errors import ConfigError
+from saelab.evaluate._base import NEEDS, Context, Family
+from saelab.evaluate._data import Data, prepare
+from saelab.evaluate._registry import family
+from saelab.evaluate._report import META, write_report
+
+DEFAULT_FAMILIES = ("reconstruction", "sparsity", "splice")
+"""The families run when `metrics` is not given, each where what it needs was given."""
+
+
+@torch.no_grad()
+def evaluate(dictionary, data: Any = None, *, metrics: Sequence[str] | None = None,
+             hookpoint: str | None = None, target_hookpoint: str | None = None,
+             batch_size: int = 4096, model: torch.nn.Module | None = None,
+             tokens: Tensor | None = None, exclusion=None, labels: Any = None,
+             second_dictionary=None, seed: int | None = None,
+             allow_hookpoint_mismatch: bool = False, out: str | Path | None = None,
+             progress: bool = False) -> dict:
+    """Evaluate `dictionary` with the metric families `metrics` (see `families()`); returns the
+    report, `{family: {figure: value}, ..., "meta": {...}}`, also written to `out/report.json`
+    with each family's plots when `out` is given.
+
+    `data` is the activation stream: a tensor [N, d_in], (x, y) tensors for a transcoder, an
+    activation store (or its folder), or an iterable of batches. On a store the hookpoint is
+    `check_hookpoint(dictionary, store.hookpoints, hookpoint, allow_hookpoint_mismatch)`: the
+    dictionary's own unless a mismatch is allowed. Transcoders are compared with their target:
+    `target_hookpoint` of a store, or the y of (x, y) tensors. `model` (a causal LM) and `tokens`
+    [N, T] serve families that run the model (the spliced loss at `hookpoint`, or for a
+    transcoder at `target_hookpoint`, with positions `exclusion` drops left untouched);
+    `labels` and `second_dictionary` serve the families that need them.
+
+    Without `metrics`, runs those of DEFAULT_FAMILIES whose needs are met. Every requested
+    family's needs are checked before any work: a missing one is a ConfigError naming the
+    family and what to pass. `seed` seeds torch's RNG for the evaluation (the caller's RNG state
+    is restored after).
+    """
+    requested = None if metrics is None else [family(n) for n in dict.fromkeys(metrics)]
+    data_ = prepare(dictionary, data, hookpoint, target_hookpoint, batch_size,
+                    allow_hookpoint_mismatch)
+    context = Context(dictionary, batches=data_.batches, data_mean=data_.mean, model=model,
+                      tokens=tokens, hookpoint=data_.hookpoint,
+                      target_hookpoint=data_.target_hookpoint, exclusion=exclusion,
+                      labels=labels, second_dictionary=second_dictionary,
+                      batch_size=batch_size, seed=seed, progress=progress)
+    classes = requested if requested is not None else _defaults(context)
+    _check(classes, context)
+    dictionary.eval()
+    rng = torch.random.fork_rng() if seed is not None else contextlib.nullcontext()
+    with rng:
+        if seed is not None:
+            torch.manual_seed(seed)
+        instances = [cls(context) for cls in classes]
+        results, seconds = _run(instances, context)
+    report = {f.name: results[f.name] for f in instances}
+    report[META] = _meta(context, data_, [f.name for f in instances], seconds)
+    if out is not None:
+        write_report(out, report)
+        for f in instances:
+            f.plot(Path(out))
+    return report
+
+
+def _defaults(context: Context) -> list[type[Family]]:
+    classes = [family(name) for name in DEFAULT_FAMILIES]
+    chosen = [cls for cls in classes if all(context.provides(n) for n in cls.needs)]
+    if not chosen:
+        raise ConfigError("nothing to evaluate: pass data (activations), or a model and tokens "
+                          "for the spliced loss")
+    return chosen
+
+
+def _check(classes: list[type[Family]], context: Context) -> None:
+    """Refuse before any work when a family's needs are not met."""
+    for cls in classes:
+        missing = sorted(n for n in cls.needs if not context.provides(n))
+        if missing:
+            raise ConfigError(f"metric family {cls.name!r} needs {', '.join(missing)}; pass "
+                              + "; ".join(NEEDS[n] for n in missing))
+        cls.check(context)
+
+
+def _run(instances: list[Family], context: Context) -> tuple[dict[str, dict], dict[str, float]]:
+    """Streaming families share one pass over the activations; the others run their own."""
+    streaming = [f for f in instances if f.streams()]
+    seconds = dict.fromkeys((f.name for f in instances), 0.0)
+    results: dict[str, dict] = {}
+    if streaming:
+        seconds["activations_pass"] = 0.0
+        for x, target in tqdm(context.batches(), desc="evaluate", disable=not context.progress):
+            t0 = time.perf_counter()
+            output = context.dictionary(x)
+            seconds["activations_pass"] += time.perf_counter() - t0
+            for f in streaming:
+                t0 = time.perf_counter()
+                f.update(x, target, output)
+                seconds[f.name] += time.perf_counter() - t0
+    for f in instances:
+        t0 = time.perf_counter()
+        results[f.name] = f.result() if f.streams() else f.run()
+        seconds[f.name] += time.perf_counter() - t0
+    return results, {k: round(v, 3) for k, v in seconds.items()}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("saelab")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _meta(context: Context, data: Data, names: list[str], seconds: dict) -> dict:
+    """What was evaluated, on what, with which versions, and how long each family took."""
+    d, model, tokens = context.dictionary, context.model, context.tokens
+    model_name = getattr(getattr(model, "config", None), "name_or_path", None) \
+        if model is not None else None
+    return {"architecture": d.architecture, "n_latents": d.n_latents,
+            "d_in": getattr(d, "d_in", None), "d_out": getattr(d, "d_out", None),
+            "hookpoint": data.hookpoint, "target_hookpoint": data.target_hookpoint,
+            "provenance": dict(getattr(d, "provenance", {})), "data": data.describe,
+            "model": (model_name or type(model).__name__) if model is not None else None,
+            "tokens": list(tokens.shape) if tokens is not None else None,
+            "families": names, "batch_size": context.batch_size, "seed": context.seed,
+            "versions": {"saelab": _version(), "torch": torch.__version__},
+            "seconds": seconds}

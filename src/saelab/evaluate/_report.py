@@ -1,0 +1,60 @@
+"""The evaluation report: report.json, the summary printed by the CLI, and the plot helper.
+
+A report is a dict keyed by family name (each entry the dict of that family's figures) plus a
+`meta` entry describing what was evaluated, on what, with which versions, and how long each
+family took.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from saelab._paths import atomic_path, write_json
+
+META = "meta"
+"""The report's entry that is not a family."""
+
+
+def write_report(out: str | Path, report: dict) -> Path:
+    """Write `report.json` into the folder `out` (created if needed); returns its path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", report)
+    return out / "report.json"
+
+
+def histogram(path: Path, values, xlabel: str, ylabel: str, bins: int) -> Path:
+    """Write a PNG histogram of `values` (a 1-D array) to `path`, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.hist(values, bins=max(1, bins), color="#3b6ea8")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def format_report(report: dict) -> str:
+    """A short human-readable table: each family of the report with its headline figures (the
+    families say which), NaN figures left out."""
+    from saelab.evaluate._registry import families, family
+
+    known = set(families())
+    lines = []
+    for name, figures in report.items():
+        if name == META or not isinstance(figures, dict):
+            continue
+        shown = family(name).headline if name in known else tuple(figures)
+        rows = [f"  {key:<28} {figures[key]:.4f}" for key in shown
+                if isinstance(figures.get(key), (int, float)) and not math.isnan(figures[key])]
+        if rows:
+            lines += [name, *rows]
+    return "\n".join(lines)
