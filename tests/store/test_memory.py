@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from saelab.store import ShuffledBatches, capture_to_store
-from tests.test_store import HP, make_store
+from tests.store.test_store import HP, make_store
 
 
 def test_reading_straight_into_the_buffer_gives_the_rows_of_read_shard(tiny_lm, tokens,

@@ -31,9 +31,3 @@ def test_compiled_training_reaches_the_eager_weights(name):
     for (key, a), (_, b) in zip(eager.state_dict().items(), compiled.state_dict().items()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), key
 
-
-def test_compile_is_a_cli_option():
-    from saelab.cli import build_parser
-    argv = ["train", "store", "--out", "o", "--compile"]
-    args = build_parser(argv).parse_args(argv)
-    assert args.compile is True

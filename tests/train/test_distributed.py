@@ -51,29 +51,29 @@ def _scenarios(rank: int, tmp: str, store: str) -> dict:
         torch.save(sae.state_dict(), f"{tmp}/dp_{arch}_rank{rank}.pt")
     # a run killed after its checkpoint at step 6 resumes there (rank 0 reads the checkpoint and
     # sends the loop state and optimiser to rank 1)
-    from saelab.train import loop
+    from saelab.train import Run
 
-    original_step = loop._one_step
+    original_step = Run.take_step
     def dying(run, batch):
         if run.step == 8:
             raise KeyboardInterrupt
         return original_step(run, batch)
-    loop._one_step = dying
+    Run.take_step = dying
     try:
         saelab.fit(_dictionary("topk"), x, _cfg(out=f"{tmp}/resumed"))
     except KeyboardInterrupt:
         facts["killed"] = True
     finally:
-        loop._one_step = original_step
+        Run.take_step = original_step
     taken = []
     def counting(run, batch):
         taken.append(run.step)
         return original_step(run, batch)
-    loop._one_step = counting
+    Run.take_step = counting
     try:
         sae = saelab.fit(_dictionary("topk"), x, _cfg(out=f"{tmp}/resumed"))
     finally:
-        loop._one_step = original_step
+        Run.take_step = original_step
     facts["resumed_steps"] = taken
     torch.save(sae.state_dict(), f"{tmp}/resumed_rank{rank}.pt")
     # data parallel over a store, each rank reading its own shards
@@ -262,5 +262,5 @@ def test_batch_must_split_evenly_and_helpers_without_a_group():
     assert D.Group.current().world == 1
     assert D.hookpoints_of_rank(["a", "b", "c"], 1, 2) == ["b"]
     with pytest.raises(saelab.SaelabError, match="multiple"):
-        from saelab.train.data import as_train_data
-        as_train_data(_data(), 16, _cfg(batch_size=127), g)
+        from saelab.store import Want, open_source
+        open_source(_data(), [Want(None, 16, 16)], _cfg(batch_size=127), g)

@@ -13,7 +13,8 @@ from saelab.data import Document
 from saelab.data.chat import chat_corpus, qa_messages, render
 from saelab.errors import ConfigError, DataError
 from saelab.store import ActivationStore, capture_to_store
-from saelab.train.data import as_train_data, sequence_spans
+from saelab.store import Want, open_source
+from saelab.store.sequential import sequence_spans
 
 PAD = 0
 
@@ -38,6 +39,11 @@ def _row_ids(store: ActivationStore, batch: torch.Tensor) -> torch.Tensor:
     d = torch.cdist(batch, acts, compute_mode="donot_use_mm_for_euclid_dist")
     assert (d.min(1).values < 1e-5).all()
     return d.argmin(1)
+
+
+def as_train_data(data, d_in: int, cfg):
+    """The source of one dictionary of width `d_in` reading `data`."""
+    return open_source(data, [Want(None, d_in, d_in)], cfg)
 
 
 def _epoch(data, start: int = 0) -> list[torch.Tensor]:

@@ -13,7 +13,7 @@ import torch
 import saelab
 from saelab.errors import ConfigError
 from saelab.store import ActivationStore, capture_to_store, stream_batches
-from saelab.train.multi import LiveSource, fit_many
+from saelab.train import LiveSource, fit_many
 
 HP1, HP3 = "model.layers.1", "model.layers.2"
 CFG = saelab.TrainConfig(steps=None, batch_size=32, lr=3e-3, warmup_steps=2, seed=3,
@@ -21,8 +21,7 @@ CFG = saelab.TrainConfig(steps=None, batch_size=32, lr=3e-3, warmup_steps=2, see
 
 
 def make(arch="topk", k=4, seed=0, n=64):
-    torch.manual_seed(seed)
-    return saelab.create(arch, d_in=32, n_latents=n, k=k)
+    return saelab.create(arch, d_in=32, n_latents=n, k=k, seed=seed)
 
 
 def clone(sae):

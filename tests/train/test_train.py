@@ -48,21 +48,21 @@ def test_resumed_run_ends_with_the_same_weights(planted, tmp_path):
     class Killed(Exception):
         pass
 
-    import saelab.train.loop as loop
-    original = loop._one_step
+    from saelab.train import Run
+    original = Run.take_step
 
     def dying(run, batch):
         if run.step == 17:
             raise Killed
         return original(run, batch)
 
-    loop._one_step = dying
+    Run.take_step = dying
     try:
         with pytest.raises(Killed):
             saelab.fit(saelab.create("topk", d_in=32, n_latents=64, k=3), planted.x,
                        cfg(steps=30, out=str(tmp_path / "b"), checkpoint_every=10))
     finally:
-        loop._one_step = original
+        Run.take_step = original
     info = json.loads((tmp_path / "b" / "checkpoint" / "train_state.json").read_text())
     assert info["step"] == 10
     resumed = saelab.fit(saelab.create("topk", d_in=32, n_latents=64, k=3), planted.x,
@@ -137,7 +137,7 @@ def test_dead_latents_are_counted_in_the_metrics(planted, tmp_path):
 
 
 def test_default_dead_window_is_a_quarter_of_a_short_run(planted, tmp_path):
-    from saelab.train.loop import default_dead_window
+    from saelab.train.run import default_dead_window
 
     torch.manual_seed(0)
     sae = saelab.create("topk", d_in=32, n_latents=128, k=2)

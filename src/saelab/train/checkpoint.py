@@ -1,7 +1,7 @@
 """Checkpoints: weights, optimiser, RNG and loop state, as safetensors + JSON, written atomically.
 
 A checkpoint folder holds cfg.json and weights.safetensors (the dictionary as trained, on
-normalised inputs), train_state.safetensors (Adam moments, dead-latent counters, RNG state) and
+normalised inputs), train_state.safetensors (Adam moments, dead-latent counters, the run's random stream) and
 train_state.json (step, input scale, run identity, optimiser param groups).
 """
 
@@ -21,10 +21,13 @@ STATE_TENSORS = "train_state.safetensors"
 
 
 def save_checkpoint(path: Path, dictionary, optimizer: torch.optim.Optimizer,
-                    since_fired: torch.Tensor, info: dict) -> None:
-    """Write a checkpoint folder at `path` (replacing the previous one in one rename)."""
+                    since_fired: torch.Tensor, rng, info: dict) -> None:
+    """Write a checkpoint folder at `path` (replacing the previous one in one rename). `rng` is
+    the run's RandomStream (train/run.py)."""
     opt = optimizer.state_dict()
-    tensors = {"since_fired": since_fired, "rng": torch.get_rng_state()}
+    tensors = {"since_fired": since_fired, "rng": rng.cpu}
+    if rng.cuda is not None:
+        tensors["rng_cuda"] = rng.cuda
     for idx, state in opt["state"].items():
         for name, t in state.items():
             tensors[f"opt.{idx}.{name}"] = t if torch.is_tensor(t) else torch.tensor(t)
@@ -45,8 +48,10 @@ def read_info(path: Path) -> dict | None:
         raise FormatError(f"{file} is corrupt ({e}); delete {path} to restart the run") from None
 
 
-def load_checkpoint(path: Path, dictionary, optimizer: torch.optim.Optimizer) -> torch.Tensor:
-    """Restore weights, optimiser and RNG from `path`; returns the dead-latent counters."""
+def load_checkpoint(path: Path, dictionary, optimizer: torch.optim.Optimizer,
+                    rng) -> torch.Tensor:
+    """Restore weights, optimiser and the random stream `rng` (a RandomStream) from `path`;
+    returns the dead-latent counters."""
     from saelab.io.native import load_state
 
     load_state(dictionary, load_weights(path / "weights.safetensors"), path)
@@ -58,5 +63,7 @@ def load_checkpoint(path: Path, dictionary, optimizer: torch.optim.Optimizer) ->
             _, idx, key = name.split(".", 2)
             state.setdefault(int(idx), {})[key] = t
     optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-    torch.set_rng_state(tensors["rng"])
+    rng.cpu = tensors["rng"]
+    if rng.cuda is not None and "rng_cuda" in tensors:
+        rng.cuda = tensors["rng_cuda"]
     return tensors["since_fired"]

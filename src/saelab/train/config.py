@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -11,6 +12,8 @@ from saelab.config import check, option
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 ORDERS = ("shuffle", "sequential")
+LOG_TO = ("jsonl", "tensorboard", "wandb")
+"""Destinations of the training metrics (train/logs.py)."""
 
 
 @dataclass
@@ -24,11 +27,18 @@ class TrainConfig:
                                     "(inputs are normalised, so one rate fits most layers).")
     warmup_steps: int = option(100, "Linear learning-rate warm-up (capped at 10% of the run).")
     decay_start: float = option(0.8, "Fraction of the run after which the rate decays to 0.")
-    seed: int = option(0, "Seed of initialisation, data order and sampling.")
+    seed: int = option(0, "Seed of the data order (shuffling) and of each dictionary's random "
+                          "stream in training (data-dependent initialisation, sampling in the "
+                          "loss). `saelab train` also creates the dictionary with it; in Python "
+                          "pass it to saelab.create(..., seed=) for the initial weights.")
     out: str | None = option(None, "Run folder: checkpoints, metrics.jsonl and the final sae/. "
                                    "A folder holding a checkpoint of the same run is resumed.")
     checkpoint_every: int = option(500, "Steps between checkpoints (needs `out`).")
     log_every: int = option(25, "Steps between lines of metrics.jsonl.")
+    log_to: list[str] = option(["jsonl"], "Where the metrics go, any of: jsonl (metrics.jsonl "
+                                          "in out), tensorboard (event files in out/tensorboard; "
+                                          "pip install saelab[tensorboard]), wandb (Weights & "
+                                          "Biases; pip install saelab[wandb]).")
     grad_clip: float = option(0.0, "Clip the global gradient norm to this before each step "
                                    "(0: off; SAELens clips at 1).")
     dead_after_tokens: int | None = option(None, "A latent that has not fired for this many "
@@ -42,13 +52,13 @@ class TrainConfig:
                                          "one).")
     target_hookpoint: str | None = option(None, "Hookpoint to reconstruct instead of the input "
                                                 "(transcoders).")
-    order: str = option("shuffle", "Order of rows from a store: shuffle (rows mixed across "
+    order: Literal["shuffle", "sequential"] = option("shuffle", "Order of rows from a store: shuffle (rows mixed across "
                                    "contexts) or sequential (FAST: whole contexts, in store "
                                    "order, packed into batches of at most batch_size rows).")
     buffer_rows: int = option(1 << 19, "Rows held in the shuffle buffer when reading a store.")
     device: str | None = option(None, "Device to train on: cpu, cuda, cuda:1, ... or auto (cuda "
                                       "when available); default: the dictionary's device.")
-    precision: str = option("fp32", "fp32, or bf16: bfloat16 autocast of the forward products "
+    precision: Literal["fp32", "bf16"] = option("fp32", "fp32, or bf16: bfloat16 autocast of the forward products "
                                     "with float32 master weights and optimiser (about 2x on "
                                     "GPUs and on CPUs with AVX-512 BF16).")
     compile: bool = option(False, "Compile the loss with torch.compile: the first step takes "
@@ -77,6 +87,11 @@ class TrainConfig:
               "must be > 0")
         check(self.order in ORDERS, "order",
               f"must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        if isinstance(self.log_to, str):
+            self.log_to = [self.log_to]
+        bad = [k for k in self.log_to if k not in LOG_TO]
+        check(not bad, "log_to", f"{', '.join(map(repr, bad))}: each must be one of "
+                                 f"{', '.join(LOG_TO)}")
         check(self.precision in PRECISIONS, "precision",
               f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         check(self.device is None or isinstance(self.device, str) and

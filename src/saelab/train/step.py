@@ -7,8 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from saelab.dictionaries._base import Dictionary, Loss, StepState
-from saelab.train.distributed import Group
+from saelab.dictionaries import Dictionary, Loss, StepState
+from saelab.train.group import Group
 
 
 def train_step(dictionary: Dictionary, optimizer: torch.optim.Optimizer, x: Tensor,
