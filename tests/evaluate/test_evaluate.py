@@ -13,7 +13,7 @@ from torch import nn
 import saelab
 from saelab.capture.exclude import Exclusion
 from saelab.errors import ConfigError
-from saelab.evaluate import family, format_report, spliced_loss
+from saelab.evaluate import family, format_report, headline, spliced_loss
 
 
 class Identity(nn.Module):
@@ -80,10 +80,12 @@ def test_report_and_plots_are_written(planted, tmp_path):
 def test_summary_shows_each_familys_headline_figures():
     report = {"reconstruction": {"fvu": 0.25, "mse": 9.5, "cosine": float("nan")},
               "afa": {"afa_ratio_median": 1.5, "decoder_coherence": 0.75},
-              "meta": {"architecture": "topk"}}
+              "meta": {"architecture": "topk", "seconds": {"afa": 2.0}},
+              "added_by_a_caller": {"rows": 7.0}}
     lines = format_report(report).splitlines()
     assert lines == ["reconstruction", f"  {'fvu':<28} 0.2500",
                      "afa", f"  {'afa_ratio_median':<28} 1.5000"]
+    assert headline(report) == {"fvu": 0.25, "afa_ratio_median": 1.5}
     assert "fvu" in family("reconstruction").headline  # what the summary shows comes from it
     assert "mse" not in family("reconstruction").headline
 

@@ -42,19 +42,39 @@ def histogram(path: Path, values, xlabel: str, ylabel: str, bins: int) -> Path:
     return path
 
 
-def format_report(report: dict) -> str:
-    """A short human-readable table: each family of the report with its headline figures (the
-    families say which), NaN figures left out."""
+def _headlines(report: dict) -> list[tuple[str, str, float]]:
+    """(family, figure, value) of each headline figure of each registered family in `report`,
+    in report order, NaN ones left out."""
     from saelab.evaluate._registry import families, family
 
     known = set(families())
-    lines = []
+    out = []
     for name, figures in report.items():
-        if name == META or not isinstance(figures, dict):
+        if name == META or name not in known or not isinstance(figures, dict):
             continue
-        shown = family(name).headline if name in known else tuple(figures)
-        rows = [f"  {key:<28} {figures[key]:.4f}" for key in shown
+        out += [(name, key, figures[key]) for key in family(name).headline
                 if isinstance(figures.get(key), (int, float)) and not math.isnan(figures[key])]
-        if rows:
-            lines += [name, *rows]
+    return out
+
+
+def headline(report: dict) -> dict[str, float]:
+    """The headline figures of every family in `report` (each family says which): {figure:
+    value}, or {"family.figure": value} where two families name a figure alike. Entries that are
+    not registered families (`meta`, or what a caller added) are skipped."""
+    picked = _headlines(report)
+    counts: dict[str, int] = {}
+    for _, key, _ in picked:
+        counts[key] = counts.get(key, 0) + 1
+    return {(key if counts[key] == 1 else f"{name}.{key}"): value for name, key, value in picked}
+
+
+def format_report(report: dict) -> str:
+    """A short human-readable table: each family of the report, then its headline figures."""
+    lines: list[str] = []
+    current = None
+    for name, key, value in _headlines(report):
+        if name != current:
+            lines.append(name)
+            current = name
+        lines.append(f"  {key:<28} {value:.4f}")
     return "\n".join(lines)

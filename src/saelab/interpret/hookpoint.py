@@ -18,8 +18,8 @@ from saelab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MISMATCH_HINT = ("pass allow_mismatch=True (CLI: --allow-hookpoint-mismatch) to use it "
-                 "deliberately")
+MISMATCH_HINT = ("allow the mismatch on purpose (--allow-hookpoint-mismatch on the command line, "
+                 "allow_hookpoint_mismatch=True in saelab.evaluate and dashboard_from_store)")
 """How to proceed on purpose, as the refusal says it."""
 
 
@@ -47,21 +47,23 @@ def check_hookpoint(dictionary, store_hookpoints: Sequence[str], hookpoint: str 
     not hold, or a store of several hookpoints none of which can be chosen, is a ConfigError.
     """
     store_hookpoints = list(store_hookpoints)
-    held = ", ".join(store_hookpoints) or "nothing"
+    held = ", ".join(map(repr, store_hookpoints)) or "nothing"
     if hookpoint is not None and hookpoint not in store_hookpoints:
         raise ConfigError(f"the store has no hookpoint {hookpoint!r}; it holds {held}")
     trained = getattr(dictionary, "provenance", {}).get("hookpoint")
     chosen = hookpoint or _default(trained, store_hookpoints)
     if chosen is None:
-        what = (f"the dictionary was trained on {trained!r}, which the store lacks (it holds "
-                f"{held}); pass the hookpoint to read, and {MISMATCH_HINT}" if trained else
+        what = (f"the dictionary was trained on hookpoint {trained!r}, which the store lacks (it "
+                f"holds {held}); name the hookpoint to read and {MISMATCH_HINT}" if trained else
                 f"the store holds several hookpoints ({held}); pass the hookpoint to read")
         raise ConfigError(what)
     if trained is not None and not _same(chosen, trained):
-        message = (f"the dictionary was trained on hookpoint {trained!r}, but would be read at "
-                   f"{chosen!r} of a store that holds {held}")
+        lacks = not any(_same(k, trained) for k in store_hookpoints)
+        message = (f"the dictionary was trained on hookpoint {trained!r}, but "
+                   + (f"the store holds {held}" if lacks else f"{chosen!r} was asked for"))
         if not allow_mismatch:
-            raise ConfigError(f"{message}; use a store captured at {trained!r}, or "
-                              f"{MISMATCH_HINT}")
+            fix = (f"use a store captured at {trained!r}" if lacks else
+                   f"read {trained!r} (leave the hookpoint out)")
+            raise ConfigError(f"{message}; {fix}, or {MISMATCH_HINT}")
         log.warning("%s (allowed by allow_mismatch)", message)
     return chosen
