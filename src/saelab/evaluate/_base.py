@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 NEEDS: dict[str, str] = {
@@ -48,7 +49,7 @@ class Batch(NamedTuple):
     for a transcoder."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Context:
     """Everything `evaluate` was given, as the families see it."""
 
@@ -121,6 +122,7 @@ class Family:
         """Streaming families: the figures after the last batch."""
         raise NotImplementedError
 
+    @torch.no_grad()
     def run(self) -> dict[str, float]:
         """The figures. Families with their own pass override this; the default streams the
         context's activations through `update` and returns `result()`."""

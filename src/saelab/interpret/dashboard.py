@@ -71,12 +71,17 @@ def select_features(top: TopExamples, n_features: int = 200, seed: int = SEED) -
     return live[order].tolist()
 
 
-def _check_features(features: Sequence[int], n_latents: int) -> list[int]:
+def check_features(features: Sequence[int], n_latents: int) -> list[int]:
+    """`features` as ints, repeats dropped (order kept); a ConfigError for an id outside
+    [0, n_latents)."""
     features = [int(f) for f in features]
     bad = [f for f in features if not 0 <= f < n_latents]
     if bad:
         raise ConfigError(f"features: ids {bad[:5]} are outside [0, {n_latents})")
     return list(dict.fromkeys(features))  # drop repeats, keep order
+
+
+_check_features = check_features  # the old private name, until saelab.io.export has moved
 
 
 # --- data gathering ---------------------------------------------------------------------------
@@ -285,7 +290,7 @@ def write_dashboard(out_dir: str | os.PathLike, dictionary, top: TopExamples, to
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     _check_inputs(top, tokens, row_ctx, row_pos, dictionary.n_latents)
-    chosen = (_check_features(features, dictionary.n_latents) if features is not None
+    chosen = (check_features(features, dictionary.n_latents) if features is not None
               else select_features(top, n_features))
     text = TokenText(tokenizer)
     effects = ({} if unembed is None else
