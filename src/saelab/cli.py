@@ -108,16 +108,16 @@ def _train_command() -> type:
     return TrainCommand
 
 
-# --- the commands ----------------------------------------------------------------------------------
+# --- the commands ---------------------------------------------------------------------------------
 def cmd_demo(cfg) -> int:
     from saelab.evaluate import format_report
     from saelab.pipeline import run_demo
 
     report = run_demo(cfg)
-    out = Path(cfg.out)
-    print(f"\nsaelab demo finished in {report['seconds']['total']:.0f} s "
-          f"({report['model']} {report['hookpoint']}, {report['train_rows']:,} training "
-          f"vectors, {report['excluded_fraction']:.2%} of tokens left out by the exclusion "
+    demo, out = report["demo"], Path(cfg.out)
+    print(f"\nsaelab demo finished in {demo['seconds']['total']:.0f} s "
+          f"({demo['model']} {demo['hookpoint']}, {demo['train_rows']:,} training "
+          f"vectors, {demo['excluded_fraction']:.2%} of tokens left out by the exclusion "
           f"rule)")
     print(format_report(report))
     print(f"\n  dictionary   {out / 'sae'}\n  report       {out / 'report.json'}\n"

@@ -159,8 +159,8 @@ class EvalConfig(EvalOptions):
 
 
 def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
-    """Evaluate `cfg.sae` on `cfg.store` (refused when the store lacks the dictionary's
-    hookpoint, unless allowed); returns the report and its folder."""
+    """Evaluate `cfg.sae` on `cfg.store` (refused, before any work, when the store lacks the
+    dictionary's hookpoint, unless allowed); returns the report and its folder."""
     import saelab
     from saelab.capture.exclude import Exclusion
     from saelab.evaluate import check_hookpoint
@@ -168,8 +168,8 @@ def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
 
     sae = saelab.load(cfg.sae)
     store = ActivationStore(cfg.store)
-    hookpoint = store.hookpoint(check_hookpoint(sae, store.hookpoints, cfg.hookpoint,
-                                                allow_mismatch=cfg.allow_hookpoint_mismatch))
+    hookpoint = check_hookpoint(sae, store.hookpoints, cfg.hookpoint,
+                                allow_mismatch=cfg.allow_hookpoint_mismatch)
     kwargs: dict = {}
     target = cfg.target_hookpoint or sae.provenance.get("data_target_hookpoint")
     if "target" in sae.needs and target:  # a transcoder: compared with and spliced at its target
@@ -182,10 +182,10 @@ def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
             n = max(1, cfg.splice_tokens // store.manifest["context_len"])
             kwargs.update(model=lm.model, tokens=store.contexts()["tokens"][:n],
                           exclusion=Exclusion.from_json(store.manifest.get("exclusion")))
-    if cfg.metrics is not None:
-        kwargs["metrics"] = tuple(cfg.metrics)
     out = Path(cfg.out or Path(cfg.sae).parent / "eval")
-    report = saelab.evaluate(sae, store, hookpoint=hookpoint, out=out, progress=True, **kwargs)
+    report = saelab.evaluate(sae, store, metrics=cfg.metrics, hookpoint=hookpoint,
+                             allow_hookpoint_mismatch=cfg.allow_hookpoint_mismatch, out=out,
+                             progress=True, **kwargs)
     return report, out
 
 
@@ -211,39 +211,21 @@ class DashboardConfig(DashboardOptions):
 
 
 def dashboard_step(cfg: DashboardConfig) -> Path:
-    """The dashboard of `cfg.sae` over `cfg.store`; returns the path of its index.html."""
+    """The dashboard of `cfg.sae` over `cfg.store` (refused when the store lacks the dictionary's
+    hookpoint, unless allowed); returns what the dashboard writer returns (its page)."""
     import saelab
+    from saelab.interpret import dashboard_from_store
 
     lm = None
     if cfg.model:
         from saelab.models import load
 
         lm = load(cfg.model)
-    return dashboard(saelab.load(cfg.sae), cfg.store, cfg.out, lm, n_features=cfg.n_features,
-                     n_top=cfg.n_top, hookpoint=cfg.hookpoint,
-                     allow_hookpoint_mismatch=cfg.allow_hookpoint_mismatch)
-
-
-def dashboard(sae, store, out: str | Path, lm=None, n_features: int = 200, n_top: int = 20,
-              extra: dict | None = None, progress: bool = True, hookpoint: str | None = None,
-              allow_hookpoint_mismatch: bool = False) -> Path:
-    """Top examples of `sae` over `store` (one streaming pass) and the static HTML dashboard."""
-    from saelab.evaluate import check_hookpoint
-    from saelab.interpret import collect_top_examples, write_dashboard
-    from saelab.models import load_tokenizer
-    from saelab.store import ActivationStore
-
-    store = store if isinstance(store, ActivationStore) else ActivationStore(store)
-    key = store.hookpoint(check_hookpoint(sae, store.hookpoints, hookpoint,
-                                          allow_mismatch=allow_hookpoint_mismatch))
-    top = collect_top_examples(sae, store.iter_rows(key), n_top=n_top, progress=progress)
-    rows = store.row_index()
-    tokenizer = lm.tokenizer if lm is not None else load_tokenizer(store.model)
-    unembed = lm.unembed if lm is not None else None
-    return write_dashboard(out, sae, top, store.contexts()["tokens"], rows["ctx"], rows["pos"],
-                           tokenizer, unembed=unembed, n_features=n_features,
-                           title=f"saelab: {sae.architecture} on {store.model} {key}",
-                           extra=extra)
+    return dashboard_from_store(saelab.load(cfg.sae), cfg.store, cfg.out,
+                                tokenizer=lm.tokenizer if lm else None,
+                                unembed=lm.unembed if lm else None, hookpoint=cfg.hookpoint,
+                                allow_hookpoint_mismatch=cfg.allow_hookpoint_mismatch,
+                                n_features=cfg.n_features, n_top=cfg.n_top)
 
 
 # --- the demo -------------------------------------------------------------------------------------
@@ -324,9 +306,10 @@ def _demo_train(cfg: DemoConfig, lm, out: Path, store):
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    """Capture, train, evaluate and build the dashboard; returns the report (also on disk)."""
-    from saelab.capture.exclude import Exclusion
-    from saelab.evaluate import evaluate
+    """Capture, train, evaluate and build the dashboard; returns the report (also on disk): the
+    metric families' figures, and a `demo` entry (model, hookpoint, rows, seconds per step)."""
+    from saelab.evaluate import headline
+    from saelab.interpret import dashboard_from_store
     from saelab.models import load
 
     out = _claim_out(cfg)
@@ -339,27 +322,38 @@ def run_demo(cfg: DemoConfig) -> dict:
     t_capture = time.time()
     sae = _demo_train(cfg, lm, out, train_store)
     t_train = time.time()
-
-    n_splice = max(1, cfg.eval.splice_tokens // cfg.capture.context_len)
-    kwargs = {"metrics": tuple(cfg.eval.metrics)} if cfg.eval.metrics is not None else {}
-    if cfg.eval.splice_tokens > 0:
-        kwargs.update(model=lm.model, tokens=eval_store.contexts()["tokens"][:n_splice],
-                      exclusion=Exclusion.from_json(eval_store.manifest["exclusion"]))
-    report = evaluate(sae, eval_store, hookpoint=hookpoint, out=out, progress=cfg.progress,
-                      **kwargs)
-    report.update(_provenance(lm, hookpoint, train_store, eval_store))
+    report = _demo_evaluate(cfg, lm, out, sae, eval_store, hookpoint)
     t_eval = time.time()
-    dashboard(sae, train_store, out / "dashboard", lm, n_features=cfg.dashboard.n_features,
-              n_top=cfg.dashboard.n_top, progress=cfg.progress,
-              extra={k: report[k] for k in ("fvu", "l0", "dead_fraction", "ce_loss_spliced")
-                     if k in report})
-    report["seconds"] = {"load_and_capture": round(t_capture - t0, 1),
-                         "train": round(t_train - t_capture, 1),
-                         "evaluate": round(t_eval - t_train, 1),
-                         "dashboard": round(time.time() - t_eval, 1),
-                         "total": round(time.time() - t0, 1)}
+    figures = headline(report)
+    dashboard_from_store(sae, train_store, out / "dashboard", tokenizer=lm.tokenizer,
+                         unembed=lm.unembed, n_features=cfg.dashboard.n_features,
+                         n_top=cfg.dashboard.n_top, progress=cfg.progress,
+                         extra={k: figures[k] for k in DASHBOARD_FIGURES if k in figures})
+    seconds = {"load_and_capture": round(t_capture - t0, 1), "train": round(t_train - t_capture, 1),
+               "evaluate": round(t_eval - t_train, 1), "dashboard": round(time.time() - t_eval, 1),
+               "total": round(time.time() - t0, 1)}
+    report["demo"] = {**_provenance(lm, hookpoint, train_store, eval_store), "seconds": seconds}
     write_json(out / "report.json", report)
     return report
+
+
+DASHBOARD_FIGURES = ("fvu", "l0", "dead_fraction", "ce_loss_spliced")
+"""The headline figures the demo's dashboard shows on its first page."""
+
+
+def _demo_evaluate(cfg: DemoConfig, lm, out: Path, sae, store, hookpoint: str) -> dict:
+    """The demo's report: `cfg.eval` on the held-out store, the spliced loss on its first
+    `splice_tokens` tokens."""
+    from saelab.capture.exclude import Exclusion
+    from saelab.evaluate import evaluate
+
+    kwargs: dict = {}
+    if cfg.eval.splice_tokens > 0:
+        n_splice = max(1, cfg.eval.splice_tokens // cfg.capture.context_len)
+        kwargs.update(model=lm.model, tokens=store.contexts()["tokens"][:n_splice],
+                      exclusion=Exclusion.from_json(store.manifest["exclusion"]))
+    return evaluate(sae, store, metrics=cfg.eval.metrics, hookpoint=hookpoint, out=out,
+                    progress=cfg.progress, **kwargs)
 
 
 def _provenance(lm, hookpoint: str, train_store, eval_store) -> dict:

@@ -10,6 +10,7 @@ import saelab
 from saelab.capture import capture, resolve
 from saelab.errors import ConfigError
 from saelab.interpret.heads import head_attribution, heads_of_model
+from tests.conftest import tiny_llama
 
 
 def test_z_site_is_the_input_of_the_output_projection(tiny_lm, tokens):
@@ -44,13 +45,24 @@ def test_head_attribution_finds_the_head_a_latent_reads_from():
         head_attribution(W, 5)
 
 
-def test_sae_trained_on_z_attributes_latents_to_heads(tiny_lm, tokens, tmp_path):
+def test_sae_trained_on_z_attributes_its_latents_to_the_heads_that_carry_signal(tmp_path):
+    """With query heads 0 and 1 silenced (their value head zeroed), every latent that fires on the
+    z activations is attributed to head 2 or 3, and nearly all its decoder norm lies there."""
     from saelab.store import capture_to_store
 
-    store = capture_to_store(tiny_lm, tokens, ["model.layers.1.self_attn:z"], tmp_path / "s",
-                             model_name="tiny", progress=False)
+    lm = tiny_llama()
+    lm.model.layers[1].self_attn.v_proj.weight.data[:8] = 0  # kv head 0 feeds query heads 0, 1
+    g = torch.Generator().manual_seed(1)
+    store = capture_to_store(lm, torch.randint(2, 64, (64, 16), generator=g),
+                             ["model.layers.1.self_attn:z"], tmp_path / "s", model_name="tiny",
+                             progress=False)
     assert store.hookpoints == ["model.layers.1.self_attn.o_proj:input"]
     sae = saelab.fit(saelab.create("topk", d_in=32, n_latents=64, k=4), store.path,
-                     saelab.TrainConfig(steps=20, batch_size=64, progress=False))
-    att = head_attribution(sae.W_dec, heads_of_model(tiny_lm))
-    assert att.share.shape == (64, 4)
+                     saelab.TrainConfig(steps=150, batch_size=64, lr=1e-2, progress=False))
+    x = torch.cat([acts for acts, _ in store.iter_rows(None, 4096)])
+    assert x[:, :16].abs().max() == 0  # heads 0 and 1 write nothing
+    active = (sae(x).codes != 0).any(0)
+    att = head_attribution(sae.W_dec, heads_of_model(lm))
+    assert active.sum() >= 8
+    assert set(att.top_head[active].tolist()) <= {2, 3}
+    assert att.share[active][:, 2:].sum(-1).mean() > 0.9

@@ -6,8 +6,9 @@ datasets) and tokenisation into fixed-length contexts with token-to-document met
     >>> corpus.tokens.shape               # torch.Size([500, 128])
 """
 
-from saelab.data._pack import SEPARATOR, BoundaryTokens, TokenizedCorpus, boundary_tokens, pack
+from saelab.data._pack import (SEPARATOR, BoundaryTokens, TokenizedCorpus, boundary_tokens,
+                               pack)
 from saelab.data._sources import WIKIPEDIA, Document, read_documents, wikipedia_summaries
 
-__all__ = ["SEPARATOR", "WIKIPEDIA", "BoundaryTokens", "Document", "TokenizedCorpus", "boundary_tokens",
-           "pack", "read_documents", "wikipedia_summaries"]
+__all__ = ["SEPARATOR", "WIKIPEDIA", "BoundaryTokens", "Document", "TokenizedCorpus",
+           "boundary_tokens", "pack", "read_documents", "wikipedia_summaries"]
