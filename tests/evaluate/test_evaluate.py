@@ -114,6 +114,18 @@ def test_explicit_families_run_exactly_and_unknown_ones_are_refused(tiny_lm, tok
         saelab.evaluate(sae, torch.randn(50, 32), metrics=("sparsty",))
     with pytest.raises(ConfigError, match="nothing to evaluate"):
         saelab.evaluate(sae)
+    with pytest.raises(ConfigError, match="metrics is empty"):
+        saelab.evaluate(sae, torch.randn(50, 32), metrics=())
+
+
+def test_streaming_families_share_one_forward_per_batch(planted):
+    sae = saelab.create("topk", d_in=32, n_latents=64, k=3)
+    forwards = []
+    sae.register_forward_pre_hook(lambda *_: forwards.append(1))
+    report = saelab.evaluate(sae, planted.x[:1000], batch_size=300,
+                             metrics=("reconstruction", "sparsity", "afa"))
+    assert len(forwards) == 4  # ceil(1000 / 300) batches, not 4 per family
+    assert report["sparsity"]["n_inputs"] == 1000
 
 
 def test_the_spliced_loss_needs_the_hookpoint_before_any_work(tiny_lm, tokens):

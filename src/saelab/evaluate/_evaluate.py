@@ -48,7 +48,11 @@ def evaluate(dictionary, data: Any = None, *, metrics: Sequence[str] | None = No
     family and what to pass. `seed` seeds torch's RNG for the evaluation (the caller's RNG state
     is restored after).
     """
+    metrics = (metrics,) if isinstance(metrics, str) else metrics
     requested = None if metrics is None else [family(n) for n in dict.fromkeys(metrics)]
+    if requested == []:
+        raise ConfigError("metrics is empty: name at least one metric family (see "
+                          "saelab.evaluate.families()), or leave it out for the default ones")
     data_ = prepare(dictionary, data, hookpoint, target_hookpoint, batch_size,
                     allow_hookpoint_mismatch)
     context = Context(dictionary, batches=data_.batches, data_mean=data_.mean, model=model,
