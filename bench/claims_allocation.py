@@ -35,6 +35,7 @@ import torch
 
 import saelab
 from saelab.data.synthetic import planted, recovery
+from saelab.evaluate import figures
 
 
 def _sizes(args) -> dict:
@@ -90,7 +91,7 @@ def _dead_in_training_mode(sae, held, batch: int) -> float:
 
 def _row(data: str, label: str, sae, held, atoms, seconds: float, batch: int = 0,
          **extra) -> dict:
-    r = saelab.evaluate(sae, held, batch_size=4096)
+    r = figures(saelab.evaluate(sae, held, batch_size=4096))
     row = {"data": data, "method": label, "l0": r["l0"], "fvu": r["fvu"],
            "dead": r["dead_fraction"]}
     if batch:

@@ -22,6 +22,7 @@ import torch
 
 import saelab
 from saelab.data.synthetic import planted, recovery
+from saelab.evaluate import figures
 
 N_LATENTS = 256
 # A latent counts as dead (AuxK acts on it) after 200 steps without firing, as in
@@ -51,7 +52,7 @@ def _train_eval(name: str, data, args, claim: str = "", **fields) -> tuple[saela
     sae = saelab.fit(sae, data.x[:split], saelab.TrainConfig(
         steps=_steps(args, claim), batch_size=512, seed=args.seed, progress=False,
         dead_after_tokens=DEAD_STEPS * 512))
-    report = saelab.evaluate(sae, data.x[split:], batch_size=4096)
+    report = figures(saelab.evaluate(sae, data.x[split:], batch_size=4096))
     _, rec = recovery(data.atoms, sae.W_dec.detach())
     fields_text = " ".join(f"{k}={v}" for k, v in fields.items())
     row = {"method": f"{name} {fields_text}".strip(), "l0": round(report["l0"], 2),
@@ -124,7 +125,7 @@ def spade_vs_topk(args) -> list[dict]:
                                                     batch_size=256, seed=args.seed,
                                                     progress=False,
                                                     dead_after_tokens=DEAD_STEPS * 256))
-        report = saelab.evaluate(sae, x, batch_size=4096)
+        report = figures(saelab.evaluate(sae, x, batch_size=4096))
         fields_text = " ".join(f"{k}={v}" for k, v in fields.items())
         toy.append({"data": "ring + centre", "method": f"{name} {fields_text}".strip(),
                     "l0": round(report["l0"], 2), "fvu": round(report["fvu"], 3),

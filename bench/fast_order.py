@@ -29,6 +29,7 @@ import saelab
 from saelab.data.chat import capture_chat, chat_corpus
 from saelab.models import load
 from saelab.store import capture_to_store
+from saelab.evaluate import figures
 
 
 def blocks(corpus, context_len: int, separator: int):
@@ -92,7 +93,7 @@ def main() -> None:
                                      seed=seed, order=order, progress=False,
                                      dead_after_tokens=min(2_000_000, store.n_rows))
             sae = saelab.fit(sae, store, cfg)
-            rep = saelab.evaluate(sae, held)
+            rep = figures(saelab.evaluate(sae, held))
             r = {"run": name, "seed": seed, "steps": steps, "fvu": rep["fvu"], "l0": rep["l0"],
                  "dead_fraction": rep.get("dead_fraction"), "train_s": round(time.time() - t, 1)}
             results.append(r)

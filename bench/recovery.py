@@ -35,6 +35,7 @@ from references import available, implements, train_reference
 
 import saelab
 from saelab.data.synthetic import planted, recovery
+from saelab.evaluate import figures
 
 TARGET_L0 = 5
 # The budget: 10,000 steps of 1,024 rows at lr 8e-3. Measured 2026-11-23 on the flat set (one
@@ -67,7 +68,7 @@ VARIANTS = {  # row label -> (architecture, fields at about the target L0)
 
 
 def fvu_l0_dead(sae, x: torch.Tensor) -> tuple[float, float, float]:
-    r = saelab.evaluate(sae, x, batch_size=4096)
+    r = figures(saelab.evaluate(sae, x, batch_size=4096))
     return r["fvu"], r["l0"], r["dead_fraction"]
 
 
@@ -157,8 +158,8 @@ def run_real(args) -> None:
                                                         seed=args.seed, progress=False,
                                                         dead_after_tokens=REAL_DEAD_TOKENS))
         seconds = time.time() - t
-        r = saelab.evaluate(sae, held, hookpoint=hp, model=lm.model, tokens=tokens,
-                            exclusion=exclusion)
+        r = figures(saelab.evaluate(sae, held, hookpoint=hp, model=lm.model, tokens=tokens,
+                                    exclusion=exclusion))
         print(f"{label:<14}{r['fvu']:>8.3f}{r['l0']:>8.1f}{r['dead_fraction']:>8.3f}"
               f"{r['ce_loss_clean']:>10.3f}{r['ce_loss_spliced']:>12.3f}"
               f"{r['ce_loss_ablated']:>13.3f}{seconds:>8.1f}")

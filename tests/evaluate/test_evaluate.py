@@ -13,7 +13,7 @@ from torch import nn
 import saelab
 from saelab.capture.exclude import Exclusion
 from saelab.errors import ConfigError
-from saelab.evaluate import family, format_report, headline, spliced_loss
+from saelab.evaluate import family, figures, format_report, headline, spliced_loss
 
 
 class Identity(nn.Module):
@@ -88,6 +88,15 @@ def test_summary_shows_each_familys_headline_figures():
     assert headline(report) == {"fvu": 0.25, "afa_ratio_median": 1.5}
     assert "fvu" in family("reconstruction").headline  # what the summary shows comes from it
     assert "mse" not in family("reconstruction").headline
+
+
+def test_figures_flattens_every_figure_and_names_shared_ones_by_family():
+    report = {"reconstruction": {"fvu": 0.25, "mse": 9.5, "cosine": float("nan")},
+              "sparsity": {"l0": 4.0, "dead_fraction": 0.5},
+              "afa": {"afa_ratio_median": 1.5, "l0": 3.0},
+              "meta": {"architecture": "topk"}}
+    assert figures(report) == {"fvu": 0.25, "mse": 9.5, "sparsity.l0": 4.0,
+                               "dead_fraction": 0.5, "afa_ratio_median": 1.5, "afa.l0": 3.0}
 
 
 def test_default_families_add_the_spliced_loss_when_a_model_and_tokens_are_given(tiny_lm,

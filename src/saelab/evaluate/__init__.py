@@ -9,10 +9,12 @@ report, keyed by family, with a `meta` entry.
 from saelab.evaluate._base import NEEDS, Batch, Context, Family
 from saelab.evaluate._evaluate import DEFAULT_FAMILIES, evaluate
 from saelab.evaluate._registry import families, family, register
-from saelab.evaluate._report import META, format_report, headline, histogram, write_report
+from saelab.evaluate._report import (META, figures, format_report, headline, histogram,
+                                     write_report)
 from saelab.evaluate.splice import spliced_loss
 from saelab.interpret.hookpoint import check_hookpoint
 
 __all__ = ["DEFAULT_FAMILIES", "META", "NEEDS", "Batch", "Context", "Family", "check_hookpoint",
-           "evaluate", "families", "family", "format_report", "headline", "histogram", "register",
+           "evaluate", "families", "family", "figures", "format_report", "headline", "histogram",
+           "register",
            "spliced_loss", "write_report"]

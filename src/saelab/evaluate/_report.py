@@ -42,9 +42,9 @@ def histogram(path: Path, values, xlabel: str, ylabel: str, bins: int) -> Path:
     return path
 
 
-def _headlines(report: dict) -> list[tuple[str, str, float]]:
-    """(family, figure, value) of each headline figure of each registered family in `report`,
-    in report order, NaN ones left out."""
+def _headlines(report: dict, every: bool = False) -> list[tuple[str, str, float]]:
+    """(family, figure, value) of each headline figure (each figure with `every`) of each
+    registered family in `report`, in report order, NaN ones left out."""
     from saelab.evaluate._registry import families, family
 
     known = set(families())
@@ -52,7 +52,8 @@ def _headlines(report: dict) -> list[tuple[str, str, float]]:
     for name, figures in report.items():
         if name == META or name not in known or not isinstance(figures, dict):
             continue
-        out += [(name, key, figures[key]) for key in family(name).headline
+        keys = figures if every else family(name).headline
+        out += [(name, key, figures[key]) for key in keys
                 if isinstance(figures.get(key), (int, float)) and not math.isnan(figures[key])]
     return out
 
@@ -61,7 +62,16 @@ def headline(report: dict) -> dict[str, float]:
     """The headline figures of every family in `report` (each family says which): {figure:
     value}, or {"family.figure": value} where two families name a figure alike. Entries that are
     not registered families (`meta`, or what a caller added) are skipped."""
-    picked = _headlines(report)
+    return _flatten(_headlines(report))
+
+
+def figures(report: dict) -> dict[str, float]:
+    """Every figure of every family in `report`, flat, named as in `headline` (for tables that
+    compare runs: `figures(report)["fvu"]`)."""
+    return _flatten(_headlines(report, every=True))
+
+
+def _flatten(picked: list[tuple[str, str, float]]) -> dict[str, float]:
     counts: dict[str, int] = {}
     for _, key, _ in picked:
         counts[key] = counts.get(key, 0) + 1
