@@ -42,7 +42,7 @@ def _dictionary(arch: str, d_in: int = 16):
     return saelab.create(arch, d_in=d_in, n_latents=64, **extra)
 
 
-def _scenarios(rank: int, tmp: str, store: str) -> dict:
+def _scenarios(rank: int, tmp: str, store: str, small: str) -> dict:
     """What each rank does; returns facts for the parent to check."""
     facts: dict = {}
     x = _data()
@@ -91,6 +91,11 @@ def _scenarios(rank: int, tmp: str, store: str) -> dict:
         ActivationStore.read_shard = original
     torch.save(sae.state_dict(), f"{tmp}/dp_store_rank{rank}.pt")
     facts["shards_read"] = sorted(set(read))
+    # a store of one shard: too few for the ranks to read their own; every rank reads it all
+    sae = saelab.fit(_dictionary("topk", 32), small,
+                     _cfg(hookpoint=HP[0], batch_size=64, steps=6, shard_store=True,
+                          dead_after_tokens=10**6))  # no AuxK: its batch coupling is not exact
+    torch.save(sae.state_dict(), f"{tmp}/small_rank{rank}.pt")
     # layer parallel: one hookpoint per rank
     trained = D.fit_hookpoints(lambda h: _dictionary("topk", 32), store, HP,
                                _cfg(out=f"{tmp}/lp", batch_size=64, steps=8))
@@ -115,7 +120,7 @@ def _cli(tmp: str, store: str, port: int, *args: str) -> int:
     return code
 
 
-def _worker(rank: int, ports: list[int], tmp: str, store: str) -> None:
+def _worker(rank: int, ports: list[int], tmp: str, store: str, small: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
                       MASTER_ADDR="127.0.0.1")
@@ -125,7 +130,7 @@ def _worker(rank: int, ports: list[int], tmp: str, store: str) -> None:
                                          rank=rank, world_size=WORLD,
                                          timeout=datetime.timedelta(seconds=60))
     try:
-        facts.update(_scenarios(rank, tmp, store))
+        facts.update(_scenarios(rank, tmp, store, small))
         with open(f"{tmp}/facts_rank{rank}.json", "w") as f:
             json.dump(facts, f)
     finally:
@@ -151,12 +156,24 @@ def store(tiny_lm, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ranks(store, tmp_path_factory):
+def small_store(tiny_lm, tmp_path_factory):
+    """A store of one shard (fewer shards than ranks)."""
+    from saelab.store import capture_to_store
+
+    tokens = torch.randint(3, 64, (8, 32), generator=torch.Generator().manual_seed(2))
+    path = tmp_path_factory.mktemp("dist") / "small"
+    capture_to_store(tiny_lm, tokens, HP[:1], path, model_name="tiny", progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ranks(store, small_store, tmp_path_factory):
     """Run the scenarios on two gloo ranks; returns (folder, facts of each rank)."""
     tmp = tmp_path_factory.mktemp("ranks")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ports = [_free_port() for _ in range(3)]
-    ctx = mp.start_processes(_worker, args=(ports, str(tmp), str(store)), nprocs=WORLD,
+    ctx = mp.start_processes(_worker, args=(ports, str(tmp), str(store), str(small_store)),
+                             nprocs=WORLD,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + 240
     while not ctx.join(timeout=1):
@@ -222,6 +239,21 @@ def test_store_shards_are_read_per_rank_and_the_ranks_agree(ranks, store):
     cfg = json.loads((tmp / "dp_store" / "checkpoint" / "train_state.json").read_text())
     assert cfg["identity"]["data"]["ranks"] == WORLD
     assert cfg["identity"]["data"]["shard_store"] is True
+
+
+def test_a_store_of_fewer_shards_than_ranks_is_read_whole_by_every_rank(ranks, small_store):
+    from saelab.store import ActivationStore, shard_plan
+
+    tmp, _ = ranks
+    assert len(ActivationStore(small_store).manifest["shards"]) == 1
+    r0, r1 = _weights(tmp / "small_rank0.pt"), _weights(tmp / "small_rank1.pt")
+    _assert_close(r0, r1, 0)
+    one = saelab.fit(_dictionary("topk", 32), small_store,
+                     _cfg(hookpoint=HP[0], batch_size=64, steps=6, dead_after_tokens=10**6))
+    _assert_close(one.state_dict(), r0)
+    assert shard_plan([100], 2, 32) is None
+    assert shard_plan([100, 100, 50], 2, 32) == [[0, 2], [1]]
+    assert shard_plan([100, 20], 2, 32) is None  # rank 1 would get 20 rows for a batch of 32
 
 
 def test_layer_parallel_gives_each_rank_its_hookpoints(ranks, store, tmp_path):

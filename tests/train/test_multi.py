@@ -5,6 +5,7 @@ the model must run one forward per batch of contexts whatever the number of dict
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -154,3 +155,82 @@ def test_in_memory_rows_and_bad_requests(tiny_lm, long_tokens):
         fit_many({HP1: make()}, live, replace(cfg, steps=None))
     with pytest.raises(ConfigError, match="shared"):
         fit_many({HP1: (make(), replace(cfg, batch_size=64))}, live, cfg)
+
+
+def test_pairs_come_back_as_dictionaries_saved_where_the_docs_say(tmp_path):
+    x, y = torch.randn(256, 32), torch.randn(256, 32)
+    cfg = replace(CFG, steps=6, out=str(tmp_path / "runs"))
+    a, b, c, d = (make(seed=i) for i in range(4))
+    own = replace(cfg, lr=1e-3, out=str(tmp_path / "own"))
+    same_out = replace(cfg, lr=1e-3)  # a copy of the shared config: its out is the shared one
+    trained = fit_many({"x": [a, (b, own)], "y:0": (c, same_out), "y": d},
+                       {"x": x, "y:0": y, "y": y}, cfg)
+    assert trained == {"x": [a, b], "y:0": c, "y": d}  # dictionaries, never the pairs
+    assert all(isinstance(v, saelab.Dictionary) for v in (*trained["x"], c, d))
+    folders = {"x-0": a, "own": b, "y_0": c, "y": d}
+    assert saelab.train.run_folder(cfg.out, "x", 0) == tmp_path / "runs" / "x-0"
+    for name, sae in folders.items():
+        where = tmp_path / ("own" if name == "own" else f"runs/{name}")
+        assert_same_weights(saelab.load(where / "sae"), sae)
+        assert (where / "metrics.jsonl").is_file()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["x-0", "y", "y_0"]
+    assert ":" not in str(saelab.train.run_folder("o", "model.layers.1:mlp_hidden"))
+
+
+def test_two_members_in_one_folder_are_refused(tmp_path):
+    x = torch.randn(256, 32)
+    cfg = replace(CFG, steps=2)
+    shared = replace(cfg, out=str(tmp_path / "one"))
+    with pytest.raises(ConfigError, match="its own out"):
+        fit_many({"x": [(make(), shared), (make(), shared)]}, {"x": x}, cfg)
+
+
+def test_a_transcoder_trained_with_others_matches_it_trained_alone():
+    x, y = torch.randn(256, 32), torch.randn(256, 32) * 4 + 1
+    cfg = replace(CFG, steps=10)
+    tc = saelab.create("transcoder", d_in=32, n_latents=64, k=4, seed=5)
+    sae = make(seed=6)
+    alone = saelab.create("transcoder", d_in=32, n_latents=64, k=4, seed=5)
+    fit_many({"x": [(tc, replace(cfg, target_hookpoint="y")), sae]}, {"x": x, "y": y}, cfg)
+    saelab.fit(alone, (x, y), cfg)
+    assert_same_weights(tc, alone)
+    assert tc.provenance["target_scale"] != tc.provenance["input_scale"]
+
+
+def test_a_killed_fit_many_resumes_every_member_to_the_same_weights(tmp_path):
+    from saelab.train import Run
+
+    x, y = torch.randn(512, 32), torch.randn(512, 32) * 2
+    cfg = replace(CFG, steps=12, checkpoint_every=4, out=str(tmp_path / "full"))
+    full = fit_many({"x": make(seed=1), "y": make(seed=2)}, {"x": x, "y": y}, cfg)
+    killed = replace(cfg, out=str(tmp_path / "killed"))
+    original = Run.take_step
+
+    def dying(run, batch):
+        if run.step == 6 and run.key == "y":
+            raise KeyboardInterrupt
+        return original(run, batch)
+
+    Run.take_step = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit_many({"x": make(seed=1), "y": make(seed=2)}, {"x": x, "y": y}, killed)
+    finally:
+        Run.take_step = original
+    taken = []
+
+    def counting(run, batch):
+        taken.append(run.step)
+        return original(run, batch)
+
+    Run.take_step = counting
+    try:
+        resumed = fit_many({"x": make(seed=1), "y": make(seed=2)}, {"x": x, "y": y}, killed)
+    finally:
+        Run.take_step = original
+    assert taken == [s for s in range(4, 12) for _ in range(2)]  # both from the step-4 checkpoint
+    for key in ("x", "y"):
+        assert_same_weights(full[key], resumed[key])
+        steps = [json.loads(ln)["step"] for ln in
+                 (tmp_path / "killed" / key / "metrics.jsonl").read_text().splitlines()]
+        assert steps == sorted(set(steps))
