@@ -7,12 +7,21 @@ __all__ = ["Dictionary", "DictionaryConfig", "Loss", "Output", "StepState", "get
            "register", "create"]
 
 
-def create(architecture: str, d_in: int, n_latents: int, **fields) -> Dictionary:
+def create(architecture: str, d_in: int, n_latents: int, *, seed: int | None = 0,
+           **fields) -> Dictionary:
     """Build a dictionary of a registered architecture; every field but d_in and n_latents has a
-    default."""
+    default. Its initial weights are drawn from torch's generator seeded with `seed`, inside
+    `torch.random.fork_rng` (the caller's random state is left as it was), so the same seed
+    gives the same dictionary in any process; `seed=None` draws from the global generator."""
+    import torch
+
     from saelab.config import build
 
     cls = get(architecture)
     cfg = build(cls.Config, {"d_in": d_in, "n_latents": n_latents, **fields},
                 what=f"architecture {architecture!r}")
-    return cls(cfg)
+    if seed is None:
+        return cls(cfg)
+    with torch.random.fork_rng(devices=[]):  # the CPU generator (weights are made on the CPU)
+        torch.random.default_generator.manual_seed(seed)
+        return cls(cfg)
