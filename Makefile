@@ -47,7 +47,7 @@ test: setup-dev
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 docs: setup-dev
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: setup-dev
 	$(PY) bench/train_throughput.py

@@ -33,10 +33,10 @@ class Page(NamedTuple):
 # --- Markdown helpers --------------------------------------------------------------------------
 def escape(text: str) -> str:
     """Plain text (a docstring) as Markdown that shows it as written: characters Markdown would
-    read as markup are escaped, code spans in backticks are kept."""
+    read as markup are escaped, code spans in backticks are kept (`table` escapes `|`)."""
     parts = re.split(r"(`[^`]*`)", text)
     for i in range(0, len(parts), 2):  # the even parts lie outside code spans
-        parts[i] = re.sub(r"([\\*_\[\]<>|#])", r"\\\1", parts[i])
+        parts[i] = re.sub(r"([\\*_\[\]<>#])", r"\\\1", parts[i])
     return "".join(parts)
 
 
