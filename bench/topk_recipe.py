@@ -37,6 +37,7 @@ from saelab.dictionaries._base import Loss, StepState, fvu, squared_error
 from saelab.dictionaries.topk import TopK
 from saelab.ops import sparse_decode
 from saelab.ops.auxk import auxk_loss
+from saelab.evaluate import figures
 
 RECIPES = ("unit/gao", "free/gao", "unit/saelens", "free/saelens")
 
@@ -64,7 +65,7 @@ class RecipeTopK(TopK):
 
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
-        xc = self._centered(x)
+        xc = self.centered(x)
         n = self.W_dec.norm(dim=1) if self.norms == "free" else torch.ones_like(self.b_enc)
         W_enc, b_enc, W_dec = self.W_enc * n[:, None], self.b_enc * n, self.W_dec / n[:, None]
         values, indices = (xc @ W_enc.t() + b_enc).topk(self.cfg.k, dim=-1)
@@ -148,7 +149,7 @@ def main() -> None:
                     dead_after_tokens=DEAD_TOKENS))
                 seconds = time.time() - t
                 sae.fold_norms()
-                r = saelab.evaluate(sae, held, batch_size=4096)
+                r = figures(saelab.evaluate(sae, held, batch_size=4096))
                 W = sae.W_dec.detach()
                 print(f"{name:<6}{recipe:<15}{init:>5}{recovery(data.atoms, W)[1]:>11.3f}"
                       f"{pair_recovery(data.atoms, data.parents, W):>8.3f}{r['fvu']:>8.3f}"

@@ -55,7 +55,7 @@ def test_abstopk_encodes_a_bidirectional_direction_with_one_latent_and_both_sign
             for v in (u, -u):  # and the decoder uses the sign: both poles reconstruct
                 assert torch.allclose(sae(v[None]).x_hat[0], v, atol=0.15)
     r = saelab.evaluate(sae, x)
-    assert r["fvu"] < 0.05, r
+    assert r["reconstruction"]["fvu"] < 0.05, r
 
 
 def test_topk_needs_a_latent_per_pole_on_the_same_data():

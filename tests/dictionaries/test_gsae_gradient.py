@@ -122,10 +122,10 @@ def test_training_on_rows_with_gradients_learns_the_planted_data(planted):
     x = planted.x[:512]
     grads = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     sae = saelab.create("gsae_gradient", d_in=x.shape[1], n_latents=128, k=3)
-    before = saelab.evaluate(sae, x)["fvu"]
+    before = saelab.evaluate(sae, x)["reconstruction"]["fvu"]
     saelab.fit(sae, WithGradients(x, grads), saelab.TrainConfig(
         steps=300, batch_size=128, lr=4e-3, warmup_steps=10, progress=False))
-    after = saelab.evaluate(sae, x)["fvu"]
+    after = saelab.evaluate(sae, x)["reconstruction"]["fvu"]
     assert after < 0.5 * before and after < 0.5
 
 

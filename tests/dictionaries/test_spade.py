@@ -116,7 +116,7 @@ def test_number_of_active_latents_varies_with_the_input(trained_on_ring):
     l0 = (sae.encode(torch.cat([ring, centre])) > 0).sum(-1)
     # unlike TopK's fixed k, the support size adapts: some rows use one latent, others several
     assert (l0 == 1).any() and (l0 >= 3).any()
-    assert saelab.evaluate(sae, data)["fvu"] < 0.1
+    assert saelab.evaluate(sae, data)["reconstruction"]["fvu"] < 0.1
 
 
 def test_loss_reports_l0_and_active_latents():

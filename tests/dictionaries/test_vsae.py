@@ -65,14 +65,17 @@ def test_samples_vary_under_a_seed_and_repeat_for_the_same_seed():
     assert torch.equal(s1 > 0, (s1 > 0) & (sae.encode(x) > 0))
 
 
-def test_noise_seed_follows_the_torch_seed():
-    torch.manual_seed(3)
-    a = saelab.create("vsae", d_in=8, n_latents=16, k=2)
-    torch.manual_seed(3)
-    b = saelab.create("vsae", d_in=8, n_latents=16, k=2)
-    torch.manual_seed(4)
-    c = saelab.create("vsae", d_in=8, n_latents=16, k=2)
+def test_noise_seed_follows_the_creation_seed():
+    a, b, c = (saelab.create("vsae", d_in=8, n_latents=16, k=2, seed=s) for s in (3, 3, 4))
     assert int(a.noise_seed) == int(b.noise_seed) != int(c.noise_seed)
+
+
+def test_noise_seed_follows_the_torch_seed_when_creation_is_unseeded():
+    seeds = []
+    for s in (3, 3, 4):
+        torch.manual_seed(s)
+        seeds.append(int(saelab.create("vsae", d_in=8, n_latents=16, k=2, seed=None).noise_seed))
+    assert seeds[0] == seeds[1] != seeds[2]
 
 
 def test_inference_encode_is_deterministic_and_equals_topk():

@@ -53,8 +53,9 @@ def test_config_disagreeing_with_weights_is_a_clear_error(tmp_path):
                                           ("add", r"unexpected: \['extra'\]")])
 def test_missing_or_extra_tensor_in_a_saelens_file_is_named(change, match, tmp_path):
     from saelab.io import saelens as sl
+    from saelab.io.saelens_write import save
 
-    sl.save(_sae(), tmp_path / "s")
+    save(_sae(), tmp_path / "s")
     t = sl.read_tensors(tmp_path / "s" / sl.WEIGHTS)
     if change == "drop":
         del t["b_enc"]
@@ -172,8 +173,8 @@ def test_registry_entries_are_complete_and_load_through_the_hub(offline_cache, t
         assert rel.repo.count("/") == 1 and rel.path and rel.format in (
             "saelab", "saelens", "sparsify", "dictionary_learning", "gemma_scope"), name
     name = "gpt2-small-res-jb/blocks.8.hook_resid_pre"
-    from saelab.io import saelens as sl
-    sl.save(_sae(), tmp_path / "rel")
+    from saelab.io.saelens_write import save
+    save(_sae(), tmp_path / "rel")
     _fake_hub_cache(offline_cache, registry.RELEASES[name].repo, tmp_path / "rel",
                     registry.RELEASES[name].path)
     sae = saelab.load(name)

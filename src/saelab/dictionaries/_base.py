@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, NamedTuple
+from typing import Any, ClassVar, Iterable, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from saelab.config import check, option, required
-from saelab.errors import ConfigError
+from saelab.dictionaries._formats import SaeLensMapping, SparsifyMapping
+from saelab.dictionaries._input_norm import input_normalised
+from saelab.dictionaries._native import save
+from saelab.ops.sparse import linear
 
 NEEDS = ("target", "labels", "gradients")
 """What a dictionary may need for training besides its input rows (`Dictionary.needs`)."""
@@ -23,8 +26,6 @@ TRAINED_BY = ("gradient", "fit")
 """How a dictionary is trained (`Dictionary.trained_by`)."""
 INPUT_NORMS = ("none", "constant_norm_rescale", "layer_norm")
 """Values of `DictionaryConfig.input_norm` (SAELens' run-time `normalize_activations`)."""
-LAYER_NORM_EPS = 1e-5
-"""SAELens' epsilon of its run-time layer norm."""
 
 
 @dataclass
@@ -35,7 +36,7 @@ class DictionaryConfig:
     n_latents: int = required("Number of dictionary atoms (latents).")
     d_out: int | None = option(None, "Width of the output; defaults to d_in (differs for "
                                      "transcoders).")
-    input_norm: str = option("none", "Per-input normalisation around encode/decode, as SAELens' "
+    input_norm: Literal["none", "constant_norm_rescale", "layer_norm"] = option("none", "Per-input normalisation around encode/decode, as SAELens' "
                              "normalize_activations: none, constant_norm_rescale or layer_norm. "
                              "Set when reading such a SAELens SAE; training with it is refused.")
 
@@ -48,6 +49,37 @@ class DictionaryConfig:
             value = getattr(self, name)
             check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name,
                   f"must be a positive integer, got {value!r}")
+
+
+def auxk_coeff_option(default: float, note: str = "") -> float:
+    """The `auxk_coeff` field with the one help text; `note` adds a clause to it (a variant that
+    changes the default redeclares the field with this)."""
+    return option(default, f"Weight of the AuxK dead-latent loss (0 disables it{note}).")
+
+
+@dataclass
+class AuxKConfig(DictionaryConfig):
+    """DictionaryConfig plus the two fields of AuxK, the dead-latent loss of Gao et al. 2024
+    (`saelab.ops.auxk`). A variant with AuxK subclasses this and calls `saelab.ops.auxk.add_auxk`
+    in its loss; one whose AuxK is off by default redeclares `auxk_coeff` with
+    `auxk_coeff_option(0.0)`."""
+
+    auxk_coeff: float = auxk_coeff_option(1 / 32)
+    auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.default_auxk()
+        check(isinstance(self.auxk_coeff, (int, float)) and not isinstance(self.auxk_coeff, bool)
+              and self.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {self.auxk_coeff}")
+        check(isinstance(self.auxk_k, int) and not isinstance(self.auxk_k, bool)
+              and self.auxk_k > 0, "auxk_k", f"must be a positive integer, got {self.auxk_k!r}")
+
+    def default_auxk(self) -> None:
+        """Fill the AuxK fields left as None: auxk_k = d_in // 2 (at least 1). A variant whose
+        defaults depend on other fields overrides this."""
+        if self.auxk_k is None:
+            self.auxk_k = max(1, self.d_in // 2)
 
 
 class Output(NamedTuple):
@@ -106,6 +138,13 @@ class Dictionary(nn.Module):
     trained_by: ClassVar[str] = "gradient"
     """"gradient": trained by `saelab.fit` through `loss`; "fit": trained by its own
     `fit(batches)` (PCA, ITDA, semi-NMF, ...)."""
+    formats: ClassVar[dict[str, SaeLensMapping | SparsifyMapping]] = {}
+    """This variant in other libraries' formats, declared in its own file (read in the variant's
+    own class only, never inherited): "saelens" -> `SaeLensMapping`, "sparsify" ->
+    `SparsifyMapping` (saelab.dictionaries._formats), e.g.
+    `{"saelens": SaeLensMapping(architecture="topk", fields={"k": "k"}),
+    "sparsify": SparsifyMapping()}`. `saelab.io` converts by this; a format missing here is
+    refused with the list of those present. saelab's own format needs no entry."""
     unit_norm_decoder: ClassVar[bool] = True
     """If True, the trainer keeps the rows of W_dec at unit norm and removes the gradient
     component parallel to them."""
@@ -124,7 +163,7 @@ class Dictionary(nn.Module):
         if getattr(cfg, "input_norm", "none") != "none":
             check("target" not in self.needs and cfg.d_in == cfg.d_out, "input_norm",
                   "is for dictionaries that reconstruct their input (SAEs), not transcoders")
-            self.__class__ = _input_normalised(type(self))
+            self.__class__ = input_normalised(type(self))
 
     # --- the contract -----------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
@@ -148,16 +187,14 @@ class Dictionary(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient; use saelab.fit")
 
     # --- shared helpers ---------------------------------------------------------------------
-    def _centered(self, x: Tensor) -> Tensor:
+    def centered(self, x: Tensor) -> Tensor:
         """The encoder's input: x - b_dec for autoencoders (d_in == d_out), x for transcoders."""
         return x - self.b_dec if self.d_in == self.d_out else x
 
     def pre_activations(self, x: Tensor) -> Tensor:
         """Encoder pre-activations [B, n_latents] = centred x W_enc^T + b_enc (for variants with
         those weights)."""
-        from saelab.ops import linear
-
-        return linear(self._centered(x), self.W_enc, self.b_enc)
+        return linear(self.centered(x), self.W_enc, self.b_enc)
 
     def init_tied_weights(self) -> None:
         """W_dec with random unit rows [n_latents, d_out], W_enc its copy (tied initialisation,
@@ -219,9 +256,7 @@ class Dictionary(nn.Module):
         self.W_dec.grad.addcmul_(parallel[:, None], self.W_dec, value=-1)
 
     def save(self, path) -> None:
-        """Save as a folder: cfg.json + weights.safetensors (atomic)."""
-        from saelab.io.native import save
-
+        """Save as a folder: cfg.json + weights.safetensors (atomic; `saelab.load` reads it)."""
         save(self, path)
 
     def extra_repr(self) -> str:
@@ -235,100 +270,6 @@ def check_k(cfg: DictionaryConfig, name: str = "k") -> None:
     k = getattr(cfg, name)
     check(isinstance(k, int) and not isinstance(k, bool) and 0 < k <= cfg.n_latents, name,
           f"must be an integer in [1, n_latents={cfg.n_latents}], got {k!r}")
-
-
-def check_auxk(cfg: DictionaryConfig) -> None:
-    """Validate `auxk_coeff` (>= 0) and `auxk_k` (default d_in // 2, a positive integer)."""
-    check(cfg.auxk_coeff >= 0, "auxk_coeff", f"must be >= 0, got {cfg.auxk_coeff}")
-    if cfg.auxk_k is None:
-        cfg.auxk_k = max(1, cfg.d_in // 2)
-    check(isinstance(cfg.auxk_k, int) and not isinstance(cfg.auxk_k, bool) and cfg.auxk_k > 0,
-          "auxk_k", f"must be a positive integer, got {cfg.auxk_k!r}")
-
-
-class _InputNorm:
-    """Mixed in front of a variant whose cfg.input_norm is not "none" (see `_input_normalised`).
-
-    SAELens' run-time normalisation, formula for formula (sae_lens.saes.sae,
-    `_setup_activation_normalization`), per input row x [.., d_in]:
-    - constant_norm_rescale: c = sqrt(d_in) / |x|; encode sees x * c; decode returns out / c.
-    - layer_norm: mu = mean(x), s = std(x - mu) (unbiased, as torch.std); encode sees
-      (x - mu) / (s + 1e-5); decode returns out * s + mu (SAELens leaves the eps out here).
-    The contract is SAELens': `encode(x)` keeps the statistics of x and the next `decode(codes)`
-    uses them and drops them (decode without a preceding encode of the same batch is an error);
-    `forward(x)` / `dictionary(x)` does both at once and keeps nothing. Nested encode/decode calls
-    inside a variant's own forward or encode are passed through untouched.
-    """
-
-    _norm_stats: tuple[Tensor, ...] | None = None
-    _norm_busy: bool = False
-
-    def _norm_in(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-        if self.cfg.input_norm == "constant_norm_rescale":
-            coeff = (self.cfg.d_in ** 0.5) / x.norm(dim=-1, keepdim=True)
-            return x * coeff, (coeff,)
-        mu = x.mean(dim=-1, keepdim=True)
-        x = x - mu
-        std = x.std(dim=-1, keepdim=True)
-        return x / (std + LAYER_NORM_EPS), (mu, std)
-
-    def _norm_out(self, out: Tensor, stats: tuple[Tensor, ...]) -> Tensor:
-        if self.cfg.input_norm == "constant_norm_rescale":
-            return out / stats[0]
-        mu, std = stats
-        return out * std + mu
-
-    def _norm_call(self, method, x: Tensor, *args, **kwargs):
-        xn, stats = self._norm_in(x)
-        self._norm_busy = True
-        try:
-            return method(xn, *args, **kwargs), stats
-        finally:
-            self._norm_busy = False
-
-    def encode(self, x: Tensor, *args, **kwargs) -> Tensor:
-        if self._norm_busy:
-            return super().encode(x, *args, **kwargs)
-        codes, self._norm_stats = self._norm_call(super().encode, x, *args, **kwargs)
-        return codes
-
-    def decode(self, codes: Tensor, *args, **kwargs) -> Tensor:
-        if self._norm_busy:
-            return super().decode(codes, *args, **kwargs)
-        stats, self._norm_stats = self._norm_stats, None
-        if stats is None or stats[0].shape[:-1] != codes.shape[:-1]:
-            raise RuntimeError(f"input_norm={self.cfg.input_norm!r}: decode needs the statistics "
-                               "of the inputs its codes came from; call encode(x) on the same "
-                               "batch just before (as in SAELens), or use dictionary(x)")
-        return self._norm_out(super().decode(codes, *args, **kwargs), stats)
-
-    def forward(self, x: Tensor, *args, **kwargs):
-        if self._norm_busy:
-            return super().forward(x, *args, **kwargs)
-        out, stats = self._norm_call(super().forward, x, *args, **kwargs)
-        return out._replace(x_hat=self._norm_out(out.x_hat, stats))
-
-    def loss(self, *args, **kwargs):
-        raise ConfigError(f"training with input_norm={self.cfg.input_norm!r} is not "
-                          "supported: it is read from SAELens for inference; saelab trains on "
-                          "inputs as they come (its own normalisation is a fixed scale folded "
-                          "into the weights)")
-
-    fit = loss
-
-
-_NORMALISED: dict[type, type] = {}
-
-
-def _input_normalised(cls: type) -> type:
-    """`cls` with `_InputNorm` in front, made once per variant (and kept if already one)."""
-    if issubclass(cls, _InputNorm):
-        return cls
-    if cls not in _NORMALISED:
-        name = f"InputNormalised{cls.__name__}"
-        _NORMALISED[cls] = type(name, (_InputNorm, cls), {"__module__": cls.__module__,
-                                                         "__qualname__": name})
-    return _NORMALISED[cls]
 
 
 def unit_rows(n: int, d: int, generator: torch.Generator | None = None) -> Tensor:

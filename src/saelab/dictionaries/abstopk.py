@@ -26,30 +26,27 @@ from torch import Tensor
 
 from saelab.config import option
 from saelab.dictionaries._base import (
+    AuxKConfig,
     Dictionary,
-    DictionaryConfig,
     Loss,
     StepState,
-    check_auxk,
     check_k,
     fvu,
     squared_error,
 )
 from saelab.dictionaries._registry import register
-from saelab.dictionaries.jumprelu import listed_encode
 from saelab.ops import sparse_decode
+from saelab.ops.auxk import add_auxk
+from saelab.ops.listed import listed_encode
 
 
 @dataclass
-class AbsTopKConfig(DictionaryConfig):
+class AbsTopKConfig(AuxKConfig):
     k: int = option(32, "Number of active latents per input (largest |pre-activation|, signed).")
-    auxk_coeff: float = option(1 / 32, "Weight of the signed AuxK dead-latent loss (0 disables).")
-    auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_k(self)
-        check_auxk(self)
 
 
 def abs_topk_chosen(pre: Tensor, k: int) -> Tensor:
@@ -59,21 +56,6 @@ def abs_topk_chosen(pre: Tensor, k: int) -> Tensor:
     idx = pre.abs().topk(k, dim=-1, sorted=False).indices  # [B, k]
     flat = idx + torch.arange(b, device=pre.device)[:, None] * n  # [B, k] flat indices
     return torch.sort(flat.reshape(-1)).values
-
-
-def signed_auxk_loss(x_centered: Tensor, residual: Tensor, W_enc: Tensor, b_enc: Tensor,
-                     W_dec: Tensor, dead_mask: Tensor, k_aux: int) -> Tensor:
-    """AuxK with signed codes: the dead latents' k_aux largest-magnitude pre-activations
-    reconstruct `residual` [B, d_out]; normalised MSE (0 when nothing is dead)."""
-    dead = dead_mask.nonzero().squeeze(1)
-    if dead.numel() == 0:
-        return x_centered.new_zeros(())
-    pre = x_centered @ W_enc[dead].t() + b_enc[dead]  # [B, n_dead]
-    idx = pre.abs().topk(min(k_aux, dead.numel()), dim=-1, sorted=False).indices
-    e_hat = sparse_decode(pre.gather(1, idx), idx, W_dec[dead])
-    residual = residual.detach()
-    scale = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-    return (e_hat - residual).pow(2).sum(-1).mean() / scale
 
 
 @register("abstopk")
@@ -95,18 +77,16 @@ class AbsTopK(Dictionary):
 
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
-        xc = self._centered(x)
+        xc = self.centered(x)
         k = self.cfg.k
         values, indices, _ = listed_encode(xc, self.W_enc, self.b_enc,
                                            lambda pre: abs_topk_chosen(pre, k))
         x_hat = sparse_decode(values, indices, self.W_dec) + self.b_dec
         mse = squared_error(x_hat, target).mean()
-        terms, total = {"mse": mse}, mse
-        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
-            terms["auxk"] = signed_auxk_loss(xc, target - x_hat.detach(), self.W_enc,
-                                             self.b_enc, self.W_dec, state.dead_mask,
-                                             self.cfg.auxk_k)
-            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        terms = {"mse": mse}
+        # signed AuxK: the dead latents' largest pre-activations in magnitude, with their sign
+        total = add_auxk(terms, mse, self.cfg, state.dead_mask, xc, target, x_hat, self.W_enc,
+                         self.b_enc, self.W_dec, codes="magnitude")
         fired = values.detach() != 0
         active = torch.zeros(self.n_latents, dtype=torch.bool, device=x.device)
         active[indices[fired]] = True

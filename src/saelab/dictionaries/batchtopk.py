@@ -31,9 +31,9 @@ Where this file had to choose:
   theta by at most a rounding step.
 - The encoder reads x - b_dec and is initialised tied to the decoder, as in the TopK SAE.
 - Training is sparse like TopK's: the dense encoder product is made once without autograd, the
-  selection is stored as per-row lists padded to the longest row (`jumprelu.list_rows`; padding
+  selection is stored as per-row lists padded to the longest row (`saelab.ops.listed`; padding
   has value 0 and gets no gradient), and the backward touches only the selected latents. The
-  selection avoids a top-k over all B x n entries (see `_pool`).
+  selection avoids a top-k over all B x n entries (see `saelab.ops.allocation.batch_pool`).
 
 Figures (2 shared CPU cores, so times are loose): on SmolLM2 layer-15 residuals (4,608 latents,
 k 32, 240 steps of 4,096 rows) held-out FVU is 0.21. On bench/recovery.py's planted set (512
@@ -53,35 +53,35 @@ from torch import Tensor
 
 from saelab.config import check, option
 from saelab.dictionaries._base import (
+    AuxKConfig,
     Dictionary,
-    DictionaryConfig,
     Loss,
     StepState,
-    check_auxk,
     check_k,
     fvu,
     squared_error,
 )
+from saelab.dictionaries._formats import PLAIN, SaeLensMapping, whole_k
 from saelab.dictionaries._registry import register
-from saelab.dictionaries.jumprelu import JumpReLU, Listed, jumprelu, list_rows, listed_encode
+from saelab.dictionaries.jumprelu import JumpReLU
 from saelab.ops import sparse_decode
-from saelab.ops.auxk import auxk_loss
+from saelab.ops.allocation import batch_topk_chosen
+from saelab.ops.auxk import add_auxk
+from saelab.ops.jumprelu import jumprelu
+from saelab.ops.listed import Listed, list_rows, listed_encode
 
 
 @dataclass
-class BatchTopKConfig(DictionaryConfig):
+class BatchTopKConfig(AuxKConfig):
     k: int = option(32, "Mean active latents per input: each batch keeps its k x batch largest.")
     threshold_decay: float = option(0.9, "Decay of the running average of the smallest kept "
                                          "activation that becomes the inference threshold.")
-    auxk_coeff: float = option(1 / 32, "Weight of the AuxK dead-latent loss (0 disables it).")
-    auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_k(self)
         check(0 <= self.threshold_decay < 1, "threshold_decay",
               f"must be in [0, 1), got {self.threshold_decay}")
-        check_auxk(self)
 
 
 def batch_topk(pre: Tensor, k: int) -> Listed:
@@ -90,40 +90,11 @@ def batch_topk(pre: Tensor, k: int) -> Listed:
     return list_rows(pre, batch_topk_chosen(pre, k))
 
 
-def batch_topk_chosen(pre: Tensor, k: int) -> Tensor:
-    """Flat indices (increasing) of the k x B largest positive entries of pre [B, n]; among
-    equal values at the cutoff, the first in row-major order are kept."""
-    b, n = pre.shape
-    total = min(k * b, b * n)
-    flat = pre.reshape(-1)  # [B*n], entry e = (row e // n, latent e % n)
-    pool = _pool(pre, total)  # increasing flat indices that hold the top `total`
-    vals = flat[pool]
-    if pool.numel() > total:
-        cutoff = vals.topk(total, sorted=False).values.min()
-        above = vals > cutoff
-        ties = vals == cutoff  # keep the first (total - #above) of these
-        keep = above | (ties & (torch.cumsum(ties, 0) <= total - int(above.sum())))
-        pool, vals = pool[keep], vals[keep]
-    return pool[vals > 0]  # the ReLU: non-positive entries are never active
-
-
-def _pool(pre: Tensor, total: int) -> Tensor:
-    """Increasing flat indices of a set of entries of pre [B, n] that holds its `total` largest
-    entries (or all its positive ones), and not many more.
-
-    A flattened top-k over B*n entries is slow (on the CPU, twice the encoder's product for
-    4,096 x 4,608). Instead: each row's 2k largest entries are candidates; the total-th largest
-    candidate is a lower bound of the total-th largest entry (candidates are a subset), so every
-    entry at or above it is in the pool. Rows that need more than 2k latents are still exact:
-    their extra entries are above the bound too. On Gaussian pre-activations the pool is the
-    top `total` plus a few; with k candidates per row it would be about twice that.
-    """
-    b, n = pre.shape
-    per_row = min(n, max(1, 2 * total // b))
-    candidates = pre.topk(per_row, dim=-1, sorted=False).values.reshape(-1)  # [B * per_row]
-    floor = candidates.topk(total, sorted=False).values.min()
-    keep = pre.reshape(-1) >= floor if floor > 0 else pre.reshape(-1) > 0
-    return keep.nonzero().squeeze(1)
+def threshold_from_saelens(cfg: dict, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """SAELens' `topk_threshold` [] as theta, counted as one batch when it was learned (> 0)."""
+    state["threshold"] = state["threshold"].to(state["W_dec"].dtype)
+    state["threshold_batches"] = torch.tensor(1 if float(state["threshold"]) > 0 else 0)
+    return {}
 
 
 @register("batchtopk")
@@ -134,6 +105,11 @@ class BatchTopK(Dictionary):
 
     Config = BatchTopKConfig
     scales_with_input = ("b_enc", "b_dec", "threshold")
+    formats = {"saelens": SaeLensMapping(
+        architecture="batchtopk", tensors={**PLAIN, "topk_threshold": "threshold"},
+        fields={"k": "k"}, read_fields=whole_k, read=threshold_from_saelens,
+        written_as=lambda dictionary: dictionary.to_inference())}
+    """Read from SAELens' training-time BatchTopK; written as its inference form, a JumpReLU."""
 
     def __init__(self, cfg: BatchTopKConfig):
         super().__init__(cfg)
@@ -165,7 +141,7 @@ class BatchTopK(Dictionary):
 
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
-        xc = self._centered(x)
+        xc = self.centered(x)
         values, indices, _ = listed_encode(xc, self.W_enc, self.b_enc,
                                            partial(batch_topk_chosen, k=self.cfg.k))
         if self.training:
@@ -174,10 +150,8 @@ class BatchTopK(Dictionary):
         mse = squared_error(x_hat, target).mean()
         terms = {"mse": mse}
         total = mse
-        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
-            terms["auxk"] = auxk_loss(xc, target - x_hat.detach(), self.W_enc, self.b_enc,
-                                      self.W_dec, state.dead_mask, self.cfg.auxk_k)
-            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        total = add_auxk(terms, total, self.cfg, state.dead_mask, xc, target, x_hat, self.W_enc,
+                         self.b_enc, self.W_dec)
         fired = values.detach() > 0
         active = torch.zeros(self.n_latents, dtype=torch.bool, device=x.device)
         active[indices[fired]] = True

@@ -45,15 +45,16 @@ from saelab.dictionaries._base import (
     StepState,
     check_k,
 )
+from saelab.dictionaries._allocation import allocated_loss, check_aux_fields
 from saelab.dictionaries._registry import register
-from saelab.dictionaries.jumprelu import jumprelu, list_rows
-from saelab.dictionaries.mutual_choice import allocated_loss, check_aux_fields
 from saelab.ops.allocation import (
     feature_capacity,
     feature_choice_chosen,
     update_running,
     zipf_capacities,
 )
+from saelab.ops.jumprelu import jumprelu
+from saelab.ops.listed import list_rows
 from saelab.ops.zipf import register_usage_buffers
 
 

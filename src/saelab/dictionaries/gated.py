@@ -68,26 +68,27 @@ from torch import Tensor, nn
 
 from saelab.config import check, option
 from saelab.dictionaries._base import (
+    AuxKConfig,
     Dictionary,
-    DictionaryConfig,
     Loss,
     StepState,
-    check_auxk,
+    auxk_coeff_option,
     dense_encoder_scale,
     fvu,
     squared_error,
     unit_rows,
 )
+from saelab.dictionaries._formats import SaeLensMapping
 from saelab.dictionaries._registry import register
 from saelab.ops import linear
-from saelab.ops.auxk import auxk_loss
+from saelab.ops.auxk import add_auxk
 
 L1_FORMS = ("plain", "decoder_norm")
 AUX_DECODERS = ("frozen", "trained")
 
 
 @dataclass
-class GatedConfig(DictionaryConfig):
+class GatedConfig(AuxKConfig):
     l1_coeff: float = option(0.15, "Weight lambda of the L1 penalty on ReLU(gate pre-activations) "
                                    "(inputs are normalised to unit mean squared norm).")
     l1_form: str = option("plain", "'plain': unit-norm decoder, plain L1 (the paper); "
@@ -98,9 +99,8 @@ class GatedConfig(DictionaryConfig):
     aux_decoder: str = option("frozen", "'frozen': the auxiliary reconstruction goes through a "
                                         "detached copy of the decoder (the paper); 'trained': the "
                                         "decoder learns from it too (SAELens).")
-    auxk_coeff: float = option(0.0, "Weight of the AuxK dead-latent loss on the gate path "
-                                    "(0 disables it; the paper resamples instead).")
-    auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
+    auxk_coeff: float = auxk_coeff_option(0.0, "; read through the gate path; the paper "
+                                               "resamples instead")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,7 +111,6 @@ class GatedConfig(DictionaryConfig):
         check(self.aux_coeff >= 0, "aux_coeff", f"must be >= 0, got {self.aux_coeff}")
         check(self.aux_decoder in AUX_DECODERS, "aux_decoder",
               f"must be one of {', '.join(AUX_DECODERS)}, got {self.aux_decoder!r}")
-        check_auxk(self)
 
 
 class GatePreActivations(NamedTuple):
@@ -123,6 +122,13 @@ class GatePreActivations(NamedTuple):
     """pi_mag [B, n_latents]: ReLU of this is the code of a firing latent."""
 
 
+def centre_gate_and_magnitude(state: dict[str, Tensor], shift: Tensor) -> None:
+    """Both encoder paths absorb the shift of the gate pre-activations (the magnitude path sees
+    it rescaled by exp(r_mag))."""
+    state["b_gate"] = state["b_gate"] + shift
+    state["b_mag"] = state["b_mag"] + shift * state["r_mag"].exp()
+
+
 @register("gated")
 class Gated(Dictionary):
     """Gated SAE. Weights: W_enc (= W_gate) [n_latents, d_in], b_gate, r_mag, b_mag
@@ -130,6 +136,9 @@ class Gated(Dictionary):
 
     Config = GatedConfig
     scales_with_input = ("b_gate", "b_mag", "b_dec")
+    formats = {"saelens": SaeLensMapping(
+        architecture="gated", centre=centre_gate_and_magnitude,
+        tensors={name: name for name in ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec")})}
 
     def __init__(self, cfg: GatedConfig):
         super().__init__(cfg)
@@ -172,7 +181,7 @@ class Gated(Dictionary):
 
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
-        xc = self._centered(x)
+        xc = self.centered(x)
         pre = self.pre_activations(x)
         codes = self._codes(pre)
         x_hat = self.decode(codes)
@@ -192,11 +201,9 @@ class Gated(Dictionary):
         ramp = min(1.0, (state.step + 1) / warm) if warm > 0 else 1.0
         terms = {"mse": mse, "l1": l1, "aux": aux}
         total = mse + ramp * self.cfg.l1_coeff * l1 + self.cfg.aux_coeff * aux
-        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
-            # signed codes: a closed gate (pi_gate < 0 on every input) still gets a gradient
-            terms["auxk"] = auxk_loss(xc, target - x_hat.detach(), self.W_enc, self.b_gate,
-                                      self.W_dec, state.dead_mask, self.cfg.auxk_k, rectify=False)
-            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        # signed codes: a closed gate (pi_gate < 0 on every input) still gets a gradient
+        total = add_auxk(terms, total, self.cfg, state.dead_mask, xc, target, x_hat, self.W_enc,
+                         self.b_gate, self.W_dec, codes="signed")
         fired = codes > 0
         metrics = {"fvu": fvu(x_hat.detach(), target).item(),
                    "l0": fired.sum(-1).float().mean().item(),

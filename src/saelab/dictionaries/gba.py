@@ -135,7 +135,7 @@ class GBA(Dictionary):
 
     def pre_activations(self, x: Tensor) -> Tensor:
         """Encoder pre-activations [B, n_latents]."""
-        return linear(self._centered(x), self.encoder_weight(), self.b_enc)
+        return linear(self.centered(x), self.encoder_weight(), self.b_enc)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.pre_activations(x).relu()

@@ -72,6 +72,7 @@ class GSAEGradient(TopK):
     (weights as TopK)."""
 
     Config = GSAEGradientConfig
+    formats = {}  # no counterpart in SAELens or sparsify (TopK's mapping is not inherited)
 
     @property
     def needs(self) -> frozenset[str]:
@@ -96,7 +97,7 @@ class GSAEGradient(TopK):
         """Sparse codes [B, k]: ReLU(z) at the k latents of highest score (differentiable in
         the values, through the sparse backward)."""
         self._check_grad(x, grad)
-        xc = self._centered(x)
+        xc = self.centered(x)
         with torch.no_grad():
             pre = linear(xc, self.W_enc, self.b_enc)  # [B, n_latents]
             indices = self.selection_scores(pre, grad).topk(self.cfg.k, dim=-1,
@@ -117,7 +118,7 @@ class GSAEGradient(TopK):
         target = x if target is None else target
         grad = state.extra.get(GRADS)
         codes = self.select(x, None if grad is None else grad.to(x.device))
-        return self.loss_of_codes(self._centered(x), target, codes, state)
+        return self.loss_of_codes(self.centered(x), target, codes, state)
 
     def _check_grad(self, x: Tensor, grad: Tensor | None) -> None:
         if grad is not None and grad.shape != x.shape:

@@ -51,7 +51,7 @@ from saelab.dictionaries._registry import register
 from saelab.dictionaries.topk import TopK, TopKConfig
 from saelab.errors import DataError
 from saelab.ops import sparse_decode, to_dense, topk_encode, topk_relu
-from saelab.ops.auxk import auxk_loss
+from saelab.ops.auxk import add_auxk
 
 
 @dataclass
@@ -86,6 +86,7 @@ class Guided(TopK):
     with k."""
 
     Config = GuidedConfig
+    formats = {}  # no counterpart in SAELens or sparsify (TopK's mapping is not inherited)
 
     @property
     def needs(self) -> frozenset[str]:
@@ -96,7 +97,7 @@ class Guided(TopK):
     def guided_logits(self, x: Tensor) -> Tensor:
         """Pre-activations of the guided latents [B, n_guided]: concept logits."""
         g = self.cfg.n_guided
-        return F.linear(self._centered(x), self.W_enc[:g], self.b_enc[:g])
+        return F.linear(self.centered(x), self.W_enc[:g], self.b_enc[:g])
 
     def concept_scores(self, x: Tensor) -> Tensor:
         """Predicted probability of each concept [B, n_guided] (sigmoid of the logits)."""
@@ -111,7 +112,7 @@ class Guided(TopK):
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         g, cfg = self.cfg.n_guided, self.cfg
         target = x if target is None else target
-        xc = self._centered(x)
+        xc = self.centered(x)
         codes = topk_encode(xc, self.W_enc[g:], self.b_enc[g:], cfg.k)
         x_hat = sparse_decode(codes.values, codes.indices, self.W_dec[g:]) + self.b_dec
         logits = F.linear(xc, self.W_enc[:g], self.b_enc[:g])  # [B, g]
@@ -119,15 +120,12 @@ class Guided(TopK):
             x_hat = x_hat + logits.relu() @ self.W_dec[:g]
         mse = squared_error(x_hat, target).mean()
         terms = {"mse": mse}
-        total = mse
         dead = state.dead_mask
         if dead is not None and g:
             dead = dead.clone()
             dead[:g] = False  # a guided latent fires with its concept: AuxK leaves it alone
-        if cfg.auxk_coeff > 0 and dead is not None and dead.any():
-            terms["auxk"] = auxk_loss(xc, target - x_hat.detach(), self.W_enc, self.b_enc,
-                                      self.W_dec, dead, cfg.auxk_k)
-            total = total + cfg.auxk_coeff * terms["auxk"]
+        total = add_auxk(terms, mse, cfg, dead, xc, target, x_hat, self.W_enc, self.b_enc,
+                         self.W_dec)
         labels = state.extra.get("labels")
         metrics = {}
         if labels is not None and g and cfg.guide_coeff > 0:

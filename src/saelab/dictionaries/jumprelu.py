@@ -43,25 +43,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
-
 import torch
 from torch import Tensor, nn
 
 from saelab.config import check, option
 from saelab.dictionaries._base import (
+    AuxKConfig,
     Dictionary,
-    DictionaryConfig,
     Loss,
     StepState,
-    check_auxk,
+    auxk_coeff_option,
     fvu,
     squared_error,
 )
+from saelab.dictionaries._formats import PLAIN, SaeLensMapping
 from saelab.dictionaries._registry import register
-from saelab.ops import linear, sparse_decode
-from saelab.ops.auxk import auxk_loss
-from saelab.ops.sparse import gather_rows, scatter_rows
+from saelab.ops import sparse_decode
+from saelab.ops.auxk import add_auxk
+from saelab.ops.jumprelu import jumprelu, jumprelu_ste, log_exact, step_ste
+from saelab.ops.listed import Listed, listed_encode
 
 SPARSITY_FORMS = ("step", "tanh")
 
@@ -83,7 +83,7 @@ SPARSITY_FORMS = ("step", "tanh")
 
 
 @dataclass
-class JumpReLUConfig(DictionaryConfig):
+class JumpReLUConfig(AuxKConfig):
     sparsity: str = option("step", "'step' (lambda x L0, the paper) or 'tanh' (lambda x sum "
                                    "tanh(c |z| ||W_dec||), Anthropic's 2025 recipe).")
     l0_coeff: float = option(1e-3, "lambda: weight of the sparsity term (inputs at unit mean "
@@ -94,8 +94,7 @@ class JumpReLUConfig(DictionaryConfig):
                                                 "1 / sqrt(d_in).")
     tanh_scale: float = option(4.0, "c in tanh(c |z| ||W_dec||) (sparsity='tanh' only).")
     l0_warmup: float = option(0.05, "Fraction of training over which lambda ramps up linearly.")
-    auxk_coeff: float = option(0.0, "Weight of the AuxK dead-latent loss (0 disables it).")
-    auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
+    auxk_coeff: float = auxk_coeff_option(0.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,121 +108,26 @@ class JumpReLUConfig(DictionaryConfig):
               f"must be > 0, got {self.threshold_init}")
         check(self.tanh_scale > 0, "tanh_scale", f"must be > 0, got {self.tanh_scale}")
         check(0 <= self.l0_warmup <= 1, "l0_warmup", f"must be in [0, 1], got {self.l0_warmup}")
-        check_auxk(self)
 
 
-def jumprelu(pre: Tensor, threshold: Tensor) -> Tensor:
-    """pre * H(pre - threshold): zero at or below the threshold, the pre-activation above it.
-    `threshold` broadcasts against `pre` (e.g. [n_latents] against [B, n_latents])."""
-    return torch.where(pre > threshold, pre, 0.0)
+def threshold_from_file(cfg: dict, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A file's threshold theta (renamed `log_threshold`) as log theta; theta itself is kept (as
+    `exact_tensors["threshold"]`) where exp(log theta) cannot give it back bit for bit. SAELens
+    computes ReLU(pre) * (pre > theta), saelab pre * (pre > theta): the same for theta >= 0, and
+    a negative theta acts as 0 in SAELens' form."""
+    theta = state["log_threshold"]
+    state["log_threshold"] = log_exact(theta)
+    return {} if torch.equal(state["log_threshold"].exp(), theta) else {"threshold": theta.clone()}
 
 
-def _window(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-    """K((pre - theta) / eps) for the rectangle kernel: 1 where |pre - theta| < eps / 2."""
-    return ((pre - threshold).abs() < bandwidth / 2).to(pre.dtype)
-
-
-class _JumpReLU(torch.autograd.Function):
-    """JumpReLU with the paper's pseudo-derivative for the threshold."""
-
-    @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return jumprelu(pre, threshold)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        pre, threshold = ctx.saved_tensors
-        g_pre = grad * (pre > threshold) if ctx.needs_input_grad[0] else None
-        g_theta = None
-        if ctx.needs_input_grad[1]:
-            # d/d theta := -(theta / eps) K((pre - theta) / eps); summed where theta broadcast
-            g = grad * _window(pre, threshold, ctx.bandwidth) * (-threshold / ctx.bandwidth)
-            g_theta = g.sum_to_size(threshold.shape)
-        return g_pre, g_theta, None
-
-
-class _Step(torch.autograd.Function):
-    """H(pre - theta), with a pseudo-derivative for theta only (none for the pre-activation)."""
-
-    @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        pre, threshold = ctx.saved_tensors
-        g_theta = None
-        if ctx.needs_input_grad[1]:
-            # d/d theta := -(1 / eps) K((pre - theta) / eps); summed where theta broadcast
-            g = grad * _window(pre, threshold, ctx.bandwidth) / -ctx.bandwidth
-            g_theta = g.sum_to_size(threshold.shape)
-        return None, g_theta, None
-
-
-# --- per-row lists of selected latents (shared with batchtopk.py) ------------------------------
-class Listed(NamedTuple):
-    """Selected entries of a [B, n] matrix as per-row lists, padded to the longest row."""
-
-    values: Tensor
-    """Values [B, m] (0 on padding)."""
-    indices: Tensor
-    """Column (latent) indices [B, m], int64 (0 on padding)."""
-    valid: Tensor
-    """Bool [B, m]: False on padding."""
-
-
-def list_rows(pre: Tensor, chosen: Tensor) -> Listed:
-    """Entries `chosen` of pre [B, n] (flat indices, in increasing order) as per-row lists;
-    m is the largest count of any row (at least 1), and each row keeps the latent order."""
-    b, n = pre.shape
-    rows = torch.div(chosen, n, rounding_mode="floor")
-    cols = chosen - rows * n
-    counts = torch.bincount(rows, minlength=b)  # [B] entries per row
-    starts = torch.cumsum(counts, 0) - counts  # [B] first entry of each row in `chosen`
-    slot = torch.arange(chosen.numel(), device=pre.device) - starts[rows]  # position in its row
-    width = max(1, int(counts.max()) if chosen.numel() > 0 else 0)  # >= 1: no empty bags
-    values = pre.new_zeros(b, width)
-    indices = torch.zeros(b, width, dtype=torch.long, device=pre.device)
-    valid = torch.zeros(b, width, dtype=torch.bool, device=pre.device)
-    values[rows, slot] = pre.reshape(-1)[chosen]
-    indices[rows, slot] = cols
-    valid[rows, slot] = True
-    return Listed(values, indices, valid)
-
-
-class _ListedEncode(torch.autograd.Function):
-    """The entries of x W_enc^T + b_enc that `choose` picks, as lists; the backward touches only
-    those entries (O(B m d) instead of the dense O(B n d))."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, choose: Callable[[Tensor], Tensor]):
-        pre = linear(x, W_enc, b_enc)  # [B, n_latents], no autograd graph
-        values, indices, valid = list_rows(pre, choose(pre))
-        ctx.save_for_backward(x, W_enc, indices, valid)
-        ctx.mark_non_differentiable(indices, valid)
-        return values, indices, valid
-
-    @staticmethod
-    def backward(ctx, grad_values: Tensor, _grad_indices, _grad_valid):
-        x, W_enc, indices, valid = ctx.saved_tensors
-        g = grad_values * valid  # no gradient to the padding
-        g_x = gather_rows(indices, g, W_enc) if ctx.needs_input_grad[0] else None
-        g_W = scatter_rows(indices, g, x, W_enc.shape[0]) if ctx.needs_input_grad[1] else None
-        g_b = None
-        if ctx.needs_input_grad[2]:
-            g_b = g.new_zeros(W_enc.shape[0]).index_add_(0, indices.reshape(-1), g.reshape(-1))
-        return g_x, g_W, g_b, None
-
-
-def listed_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor,
-                  choose: Callable[[Tensor], Tensor]) -> Listed:
-    """Pre-activations x W_enc^T + b_enc [B, n] at the entries `choose(pre)` picks (sorted flat
-    indices), as per-row lists whose gradient reaches x, W_enc and b_enc sparsely."""
-    return Listed(*_ListedEncode.apply(x, W_enc, b_enc, choose))
+def threshold_to_file(dictionary: JumpReLU, tensors: dict[str, Tensor]) -> None:
+    """theta = exp(log_threshold), except where it still equals what reading a file's threshold
+    gave: there the threshold as that file stored it (exp does not reach every float)."""
+    theta = dictionary.threshold.detach().cpu()
+    exact = dictionary.exact_tensors.get("threshold")
+    if exact is not None and exact.shape == theta.shape and exact.dtype == theta.dtype:
+        theta = torch.where(theta == log_exact(exact).exp(), exact.cpu(), theta)
+    tensors["threshold"] = theta
 
 
 @register("jumprelu")
@@ -233,6 +137,9 @@ class JumpReLU(Dictionary):
 
     Config = JumpReLUConfig
     scales_with_input = ("b_enc", "b_dec")  # theta too: see fold_input_scale
+    formats = {"saelens": SaeLensMapping(architecture="jumprelu",
+                                         tensors={**PLAIN, "threshold": "log_threshold"},
+                                         read=threshold_from_file, write=threshold_to_file)}
 
     def __init__(self, cfg: JumpReLUConfig):
         super().__init__(cfg)
@@ -277,15 +184,15 @@ class JumpReLU(Dictionary):
         codes and thresholds [B, m] and their latent indices: the L0 through the step
         pseudo-derivative, or the tanh-smoothed L0 weighted by decoder norms."""
         if self.cfg.sparsity == "step":
-            return _Step.apply(pre, threshold, self.cfg.bandwidth).sum(-1).mean()
+            return step_ste(pre, threshold, self.cfg.bandwidth).sum(-1).mean()
         weighted = codes.abs() * self.W_dec.norm(dim=1)[indices]  # [B, m]
         return torch.tanh(self.cfg.tanh_scale * weighted).sum(-1).mean()
 
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
-        xc = self._centered(x)
+        xc = self.centered(x)
         (pre, indices, _), threshold = self._listed(xc)  # [B, m] each
-        codes = _JumpReLU.apply(pre, threshold, self.cfg.bandwidth)  # [B, m]
+        codes = jumprelu_ste(pre, threshold, self.cfg.bandwidth)  # [B, m]
         x_hat = sparse_decode(codes, indices, self.W_dec) + self.b_dec
         mse = squared_error(x_hat, target).mean()
         sparsity = self.sparsity_penalty(pre, codes, threshold, indices)
@@ -293,11 +200,8 @@ class JumpReLU(Dictionary):
         ramp = min(1.0, (state.step + 1) / warm) if warm > 0 else 1.0
         weight = ramp * self.cfg.l0_coeff
         terms = {"mse": mse, "sparsity": sparsity}
-        total = mse + weight * sparsity
-        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
-            terms["auxk"] = auxk_loss(xc, target - x_hat.detach(), self.W_enc, self.b_enc,
-                                      self.W_dec, state.dead_mask, self.cfg.auxk_k)
-            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        total = add_auxk(terms, mse + weight * sparsity, self.cfg, state.dead_mask, xc, target,
+                         x_hat, self.W_enc, self.b_enc, self.W_dec)
         fired = codes.detach() != 0
         active = torch.zeros(self.n_latents, dtype=torch.bool, device=x.device)
         active[indices[fired]] = True

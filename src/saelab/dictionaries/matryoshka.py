@@ -48,17 +48,20 @@ from torch import Tensor
 
 from saelab.config import check, option
 from saelab.dictionaries._base import (
+    AuxKConfig,
     Dictionary,
-    DictionaryConfig,
     Loss,
     StepState,
-    check_auxk,
     check_k,
     squared_error,
 )
+from saelab.dictionaries._formats import PLAIN, SaeLensMapping, whole_k
 from saelab.dictionaries._registry import register
+from saelab.dictionaries.jumprelu import JumpReLU
+from saelab.errors import ConfigError
 from saelab.ops import linear
-from saelab.ops.auxk import auxk_loss
+from saelab.ops.auxk import add_auxk
+from saelab.ops.jumprelu import log_exact
 
 PREFIX_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
 THRESHOLD_DECAY = 0.99
@@ -71,14 +74,12 @@ def default_prefixes(n_latents: int) -> list[int]:
 
 
 @dataclass
-class MatryoshkaConfig(DictionaryConfig):
+class MatryoshkaConfig(AuxKConfig):
     k: int = option(32, "Mean number of active latents per input: BatchTopK keeps k x batch "
                         "codes over each training batch.")
     prefixes: list[int] | None = option(None, "Increasing prefix sizes, each reconstructing on "
                                               "its own, ending at n_latents; default n_latents x "
                                               "(1/16, 1/8, 1/4, 1/2, 1).")
-    auxk_coeff: float = option(1 / 32, "Weight of the AuxK dead-latent loss (0 disables it).")
-    auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,7 +87,6 @@ class MatryoshkaConfig(DictionaryConfig):
         if self.prefixes is None:
             self.prefixes = default_prefixes(self.n_latents)
         self.prefixes = self._checked_prefixes(self.prefixes)
-        check_auxk(self)
 
     def _checked_prefixes(self, prefixes) -> list[int]:
         allowed = (f"must be a strictly increasing list of positive integers ending at "
@@ -234,6 +234,22 @@ class _BagDecode(torch.autograd.Function):
         return g_values, None, None, None, g_W
 
 
+def prefixes_from_saelens(cfg: dict, fields: dict) -> None:
+    """k as a whole number; `matryoshka_widths` as the prefixes (ending at n_latents)."""
+    whole_k(cfg, fields)
+    n = fields["n_latents"]
+    widths = [int(w) for w in cfg.get("matryoshka_widths") or [n]]
+    fields["prefixes"] = widths if widths[-1] == n else widths + [n]
+
+
+def threshold_from_saelens(cfg: dict, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """SAELens' `topk_threshold` [] as the inference threshold (-1, none yet, unless > 0)."""
+    state["threshold"] = state["threshold"].to(state["W_dec"].dtype)
+    if float(state["threshold"]) <= 0:
+        state["threshold"] = torch.tensor(-1.0, dtype=state["threshold"].dtype)
+    return {}
+
+
 @register("matryoshka")
 class Matryoshka(Dictionary):
     """Matryoshka BatchTopK SAE. Weights: W_enc [n_latents, d_in], b_enc [n_latents],
@@ -241,6 +257,12 @@ class Matryoshka(Dictionary):
 
     Config = MatryoshkaConfig
     scales_with_input = ("b_enc", "b_dec", "threshold")
+    formats = {"saelens": SaeLensMapping(
+        architecture="matryoshka_batchtopk", tensors={**PLAIN, "topk_threshold": "threshold"},
+        fields={"k": "k"}, read_fields=prefixes_from_saelens, read=threshold_from_saelens,
+        written_as=lambda dictionary: dictionary.to_inference())}
+    """Read from SAELens' training-time Matryoshka BatchTopK; written as its inference form, a
+    JumpReLU."""
 
     def __init__(self, cfg: MatryoshkaConfig):
         super().__init__(cfg)
@@ -254,6 +276,27 @@ class Matryoshka(Dictionary):
             codes = batch_topk(pre, self.cfg.k)
             return pre.new_zeros(pre.shape).index_put_((codes.rows, codes.latents), codes.values)
         return pre * (pre > self.threshold)
+
+    @torch.no_grad()
+    def to_inference(self) -> JumpReLU:
+        """The same dictionary as a `jumprelu` whose every latent's threshold is the inference
+        threshold theta (log theta chosen so that exp gives theta back where a float allows,
+        theta itself kept in its `exact_tensors`). Refused before a training batch has set
+        theta: until then the codes depend on the batch."""
+        if float(self.threshold) < 0:
+            raise ConfigError("this matryoshka dictionary has no inference threshold yet (it has "
+                              "not seen a training batch), so its codes depend on the batch; a "
+                              "JumpReLU (e.g. SAELens') needs one")
+        cfg = JumpReLU.Config(d_in=self.d_in, n_latents=self.n_latents, d_out=self.d_out)
+        with torch.random.fork_rng(devices=[]):  # its random init is overwritten anyway
+            out = JumpReLU(cfg).to(self.W_dec)
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(out, name).copy_(getattr(self, name))
+        theta = self.threshold.expand(self.n_latents).contiguous()
+        out.log_threshold.copy_(log_exact(theta))
+        out.exact_tensors["threshold"] = theta.clone()
+        out.provenance = {**self.provenance, "converted_from": "matryoshka"}
+        return out.eval()
 
     def prefix(self, m: int) -> Matryoshka:
         """A standalone dictionary made of the first `m` latents (m one of `cfg.prefixes`, or any
@@ -288,7 +331,7 @@ class Matryoshka(Dictionary):
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
         b, prefixes = x.shape[0], self.cfg.prefixes
-        xc = self._centered(x)
+        xc = self.centered(x)
         floor = max(0.0, 0.5 * self.threshold.item())  # half the running threshold
         codes = BatchCodes(*_BatchTopKEncode.apply(xc, self.W_enc, self.b_enc, self.cfg.k, floor))
         if self.training:
@@ -307,10 +350,8 @@ class Matryoshka(Dictionary):
         errors = torch.stack(list(terms.values()))  # [n_prefixes]
         total = errors.sum()
         # x_hat is now the full dictionary's reconstruction (the last prefix is n_latents)
-        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
-            terms["auxk"] = auxk_loss(xc, target - x_hat.detach(), self.W_enc, self.b_enc,
-                                      self.W_dec, state.dead_mask, self.cfg.auxk_k)
-            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        total = add_auxk(terms, total, self.cfg, state.dead_mask, xc, target, x_hat, self.W_enc,
+                         self.b_enc, self.W_dec)
         fired = codes.values > 0
         variance = (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
         prefix_fvu = (errors.detach() * b / variance).tolist()

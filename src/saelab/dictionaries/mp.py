@@ -40,12 +40,11 @@ from torch import Tensor, nn
 
 from saelab.config import check, option
 from saelab.dictionaries._base import (
+    AuxKConfig,
     Dictionary,
-    DictionaryConfig,
     Loss,
     Output,
     StepState,
-    check_auxk,
     check_k,
     fvu,
     squared_error,
@@ -53,7 +52,7 @@ from saelab.dictionaries._base import (
 )
 from saelab.dictionaries._registry import register
 from saelab.ops import SparseCodes, linear, sparse_decode
-from saelab.ops.auxk import auxk_loss
+from saelab.ops.auxk import add_auxk
 
 SELECTIONS = ("positive", "absolute")
 _CHUNK_ROWS = 256
@@ -61,7 +60,7 @@ _GRAM_MAX = 1 << 26
 
 
 @dataclass
-class MPConfig(DictionaryConfig):
+class MPConfig(AuxKConfig):
     k: int = option(32, "Matching-pursuit steps per input (atoms selected; inference may use "
                         "another number).")
     selection: str = option("positive", "'positive': largest inner product, codes >= 0 (the "
@@ -69,8 +68,6 @@ class MPConfig(DictionaryConfig):
                                         "(classic MP, signed codes).")
     residual_tol: float = option(0.0, "Stop a row early once |residual| <= residual_tol * "
                                       "|x - b_dec| (0: always take k steps).")
-    auxk_coeff: float = option(1 / 32, "Weight of the AuxK dead-latent loss (0 disables it).")
-    auxk_k: int | None = option(None, "Dead atoms used by AuxK; default d_in // 2.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,7 +78,6 @@ class MPConfig(DictionaryConfig):
               f"must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         check(0 <= self.residual_tol < 1, "residual_tol",
               f"must be in [0, 1), got {self.residual_tol}")
-        check_auxk(self)
 
 
 class Pursuit(NamedTuple):
@@ -236,14 +232,9 @@ class MP(Dictionary):
         x_hat = sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
         mse = squared_error(x_hat, target).mean()
         terms = {"mse": mse}
-        total = mse
-        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
-            # dead atoms ranked by their inner product with the residual (the tied "encoder")
-            r = residual.detach()
-            terms["auxk"] = auxk_loss(r, target - x_hat.detach(), self.W_dec,
-                                      r.new_zeros(self.n_latents), self.W_dec, state.dead_mask,
-                                      self.cfg.auxk_k)
-            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        # dead atoms ranked by their inner product with the residual (the tied "encoder", no bias)
+        total = add_auxk(terms, mse, self.cfg, state.dead_mask, residual.detach(), target, x_hat,
+                         self.W_dec, None, self.W_dec)
         fired = codes.values != 0
         active = torch.bincount(codes.indices.reshape(-1), weights=fired.reshape(-1).float(),
                                 minlength=self.n_latents) > 0

@@ -30,32 +30,32 @@ from torch import Tensor, nn
 
 from saelab.config import check, option
 from saelab.dictionaries._base import (
+    AuxKConfig,
     Dictionary,
-    DictionaryConfig,
     Loss,
     StepState,
-    check_auxk,
+    auxk_coeff_option,
     dense_encoder_scale,
     fvu,
     squared_error,
     unit_rows,
 )
+from saelab.dictionaries._formats import SaeLensMapping
 from saelab.dictionaries._registry import register
-from saelab.ops.auxk import auxk_loss
+from saelab.errors import FormatError
+from saelab.ops.auxk import add_auxk
 
 L1_FORMS = ("plain", "decoder_norm")
 
 
 @dataclass
-class ReLUConfig(DictionaryConfig):
+class ReLUConfig(AuxKConfig):
     l1_coeff: float = option(0.05, "Weight of the L1 sparsity penalty (inputs are normalised to "
                                    "unit mean squared norm during training).")
     l1_form: str = option("decoder_norm", "'plain' (unit-norm decoder) or 'decoder_norm' "
                                           "(L1 weighted by decoder-row norms).")
     l1_warmup: float = option(0.05, "Fraction of training over which the L1 weight ramps up.")
-    auxk_coeff: float = option(0.0, "Weight of the AuxK dead-latent loss (0 disables it; the "
-                                    "L1 recipes have none).")
-    auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
+    auxk_coeff: float = auxk_coeff_option(0.0, "; the L1 recipes have none")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,7 +63,13 @@ class ReLUConfig(DictionaryConfig):
         check(self.l1_form in L1_FORMS, "l1_form",
               f"must be one of {', '.join(L1_FORMS)}, got {self.l1_form!r}")
         check(0 <= self.l1_warmup <= 1, "l1_warmup", f"must be in [0, 1], got {self.l1_warmup}")
-        check_auxk(self)
+
+
+def relu_activation_only(cfg: dict, fields: dict) -> None:
+    """SAELens' "standard" SAE may have another activation; saelab's is ReLU."""
+    if cfg.get("activation_fn", "relu") not in ("relu", None):
+        raise FormatError(f"standard SAE with activation {cfg['activation_fn']!r}; saelab reads "
+                          "the ReLU one")
 
 
 @register("relu")
@@ -72,6 +78,8 @@ class ReLU(Dictionary):
 
     Config = ReLUConfig
     scales_with_input = ("b_enc", "b_dec")
+    formats = {"saelens": SaeLensMapping(architecture="standard",
+                                         read_fields=relu_activation_only)}
 
     def __init__(self, cfg: ReLUConfig):
         super().__init__(cfg)
@@ -105,12 +113,9 @@ class ReLU(Dictionary):
         warm = self.cfg.l1_warmup * state.total_steps
         ramp = min(1.0, (state.step + 1) / warm) if warm > 0 else 1.0
         terms = {"mse": mse, "l1": l1}
-        total = mse + ramp * self.cfg.l1_coeff * l1
-        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
-            terms["auxk"] = auxk_loss(self._centered(x), target - x_hat.detach(), self.W_enc,
-                                      self.b_enc, self.W_dec, state.dead_mask, self.cfg.auxk_k,
-                                      rectify=False)
-            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        total = add_auxk(terms, mse + ramp * self.cfg.l1_coeff * l1, self.cfg, state.dead_mask,
+                         self.centered(x), target, x_hat, self.W_enc, self.b_enc, self.W_dec,
+                         codes="signed")
         fired = codes > 0
         metrics = {"fvu": fvu(x_hat.detach(), target).item(),
                    "l0": fired.sum(-1).float().mean().item(), "l1_weight": ramp * self.cfg.l1_coeff}

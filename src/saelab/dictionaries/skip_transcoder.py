@@ -24,8 +24,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from saelab.dictionaries._formats import PLAIN, SPARSIFY_PLAIN, SaeLensMapping, SparsifyMapping
 from saelab.dictionaries._registry import register
-from saelab.dictionaries.transcoder import Transcoder, TranscoderConfig
+from saelab.dictionaries.transcoder import SAELENS, Transcoder, TranscoderConfig
 
 
 class SkipOutput(NamedTuple):
@@ -50,6 +51,11 @@ class SkipTranscoder(Transcoder):
     [n_latents, d_out], b_dec [d_out], W_skip [d_out, d_in]."""
 
     Config = SkipTranscoderConfig
+    formats = {"saelens": SaeLensMapping(architecture="skip_transcoder",
+                                         tensors={**PLAIN, "W_skip": "W_skip"}, **SAELENS),
+               "sparsify": SparsifyMapping(transcode=True, skip_connection=True,
+                                           tensors={**SPARSIFY_PLAIN, "W_skip": "W_skip"},
+                                           fixed={"activation": "topk"})}
 
     def __init__(self, cfg: SkipTranscoderConfig):
         super().__init__(cfg)

@@ -28,27 +28,24 @@ from torch import Tensor
 
 from saelab.config import check, option
 from saelab.dictionaries._base import (
+    AuxKConfig,
     Dictionary,
-    DictionaryConfig,
     Loss,
     StepState,
-    check_auxk,
     fvu,
     squared_error,
 )
 from saelab.dictionaries._registry import register
-from saelab.dictionaries.jumprelu import list_rows, listed_encode
 from saelab.ops import linear, sparse_decode
 from saelab.ops.afa import top_afa_chosen
-from saelab.ops.auxk import auxk_loss
+from saelab.ops.auxk import add_auxk
+from saelab.ops.listed import list_rows, listed_encode
 
 
 @dataclass
-class TopAFAConfig(DictionaryConfig):
+class TopAFAConfig(AuxKConfig):
     k_max: int | None = option(None, "Most latents one input may use; default n_latents.")
     afa_coeff: float = option(1 / 32, "Weight of the AFA loss (||f|| - ||x - b_dec||)^2.")
-    auxk_coeff: float = option(1 / 32, "Weight of the AuxK dead-latent loss (0 disables it).")
-    auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,7 +55,6 @@ class TopAFAConfig(DictionaryConfig):
               and 0 < self.k_max <= self.n_latents, "k_max",
               f"must be an integer in [1, n_latents={self.n_latents}], got {self.k_max!r}")
         check(self.afa_coeff >= 0, "afa_coeff", f"must be >= 0, got {self.afa_coeff}")
-        check_auxk(self)
 
 
 @register("topafa")
@@ -79,14 +75,14 @@ class TopAFA(Dictionary):
         return lambda pre: top_afa_chosen(pre, z_norm, dec_norms, self.cfg.k_max)
 
     def encode(self, x: Tensor) -> Tensor:
-        xc = self._centered(x)
+        xc = self.centered(x)
         pre = linear(xc, self.W_enc, self.b_enc)
         values, indices, _ = list_rows(pre, self._chooser(xc)(pre))
         return values.new_zeros(pre.shape).scatter_add_(1, indices, values)
 
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
-        xc = self._centered(x)
+        xc = self.centered(x)
         values, indices, valid = listed_encode(xc, self.W_enc, self.b_enc, self._chooser(xc))
         x_hat = sparse_decode(values, indices, self.W_dec) + self.b_dec
         mse = squared_error(x_hat, target).mean()
@@ -94,10 +90,8 @@ class TopAFA(Dictionary):
         afa = (f_norm - xc.detach().norm(dim=-1)).pow(2).mean()
         terms = {"mse": mse, "afa": afa}
         total = mse + self.cfg.afa_coeff * afa
-        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
-            terms["auxk"] = auxk_loss(xc, target - x_hat.detach(), self.W_enc, self.b_enc,
-                                      self.W_dec, state.dead_mask, self.cfg.auxk_k)
-            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        total = add_auxk(terms, total, self.cfg, state.dead_mask, xc, target, x_hat, self.W_enc,
+                         self.b_enc, self.W_dec)
         fired = valid & (values.detach() > 0)
         active = torch.zeros(self.n_latents, dtype=torch.bool, device=x.device)
         active[indices[fired]] = True

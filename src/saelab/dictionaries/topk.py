@@ -22,30 +22,38 @@ from torch import Tensor
 
 from saelab.config import option
 from saelab.dictionaries._base import (
+    AuxKConfig,
     Dictionary,
-    DictionaryConfig,
     Loss,
     StepState,
-    check_auxk,
     check_k,
     fvu,
     squared_error,
 )
+from saelab.dictionaries._formats import SaeLensMapping, SparsifyMapping
 from saelab.dictionaries._registry import register
 from saelab.ops import SparseCodes, sparse_decode, to_dense, topk_encode, topk_relu
-from saelab.ops.auxk import auxk_loss
+from saelab.ops.auxk import add_auxk
 
 
 @dataclass
-class TopKConfig(DictionaryConfig):
+class TopKConfig(AuxKConfig):
     k: int = option(32, "Number of active latents per input.")
-    auxk_coeff: float = option(1 / 32, "Weight of the AuxK dead-latent loss (0 disables it).")
-    auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_k(self)
-        check_auxk(self)
+
+
+def unscale_by_decoder_norm(cfg: dict, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """SAELens' `rescale_acts_by_decoder_norm` ranks pre * |W_dec_i| and decodes acts / |W_dec_i|:
+    the same as an SAE with encoder rows and bias scaled by the norms and unit decoder rows."""
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        norm = state["W_dec"].norm(dim=-1)
+        state["W_enc"] = state["W_enc"] * norm[:, None]
+        state["b_enc"] = state["b_enc"] * norm
+        state["W_dec"] = state["W_dec"] / norm[:, None]
+    return {}
 
 
 @register("topk")
@@ -55,6 +63,10 @@ class TopK(Dictionary):
 
     Config = TopKConfig
     scales_with_input = ("b_enc", "b_dec")
+    formats = {"saelens": SaeLensMapping(architecture="topk", fields={"k": "k"},
+                                         written={"rescale_acts_by_decoder_norm": False},
+                                         read=unscale_by_decoder_norm),
+               "sparsify": SparsifyMapping()}
 
     def __init__(self, cfg: TopKConfig):
         super().__init__(cfg)
@@ -65,7 +77,7 @@ class TopK(Dictionary):
 
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
-        xc = self._centered(x)
+        xc = self.centered(x)
         return self.loss_of_codes(xc, target, topk_encode(xc, self.W_enc, self.b_enc, self.cfg.k),
                                   state)
 
@@ -76,11 +88,8 @@ class TopK(Dictionary):
         x_hat = sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
         mse = squared_error(x_hat, target).mean()
         terms = {"mse": mse}
-        total = mse
-        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
-            terms["auxk"] = auxk_loss(xc, target - x_hat.detach(), self.W_enc, self.b_enc,
-                                      self.W_dec, state.dead_mask, self.cfg.auxk_k)
-            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        total = add_auxk(terms, mse, self.cfg, state.dead_mask, xc, target, x_hat, self.W_enc,
+                         self.b_enc, self.W_dec)
         fired = codes.values > 0
         # latents that fired: count each selected latent weighted by whether it was positive
         active = torch.bincount(codes.indices.reshape(-1), weights=fired.reshape(-1).float(),

@@ -32,21 +32,22 @@ from torch import Tensor, nn
 
 from saelab.config import check, option
 from saelab.dictionaries._base import (
+    AuxKConfig,
     Dictionary,
-    DictionaryConfig,
     Loss,
     Output,
     StepState,
-    check_auxk,
+    auxk_coeff_option,
     check_k,
     fvu,
     squared_error,
     unit_rows,
 )
+from saelab.dictionaries._formats import SaeLensMapping, SparsifyMapping
 from saelab.dictionaries._registry import register
 from saelab.errors import DataError
 from saelab.ops import SparseCodes, linear, sparse_decode, to_dense, topk_encode, topk_relu
-from saelab.ops.auxk import auxk_loss
+from saelab.ops.auxk import add_auxk
 
 ACTIVATIONS = ("topk", "relu")
 
@@ -58,14 +59,13 @@ NEEDS_PAIRS = ("a {name} predicts a module's output from its input, so it trains
 
 
 @dataclass
-class TranscoderConfig(DictionaryConfig):
+class TranscoderConfig(AuxKConfig):
     activation: str = option("topk", "'topk' (k active latents, Paulo et al. 2025) or 'relu' "
                                      "(ReLU with an L1 penalty, Dunefsky et al. 2024).")
     k: int = option(32, "Active latents per input (activation='topk').")
     l1_coeff: float = option(0.05, "Weight of the L1 penalty on the codes (activation='relu'; "
                                    "inputs are normalised to unit mean squared norm).")
-    auxk_coeff: float | None = option(None, "Weight of the AuxK dead-latent loss (0 disables "
-                                            "it); default 1/32 for topk, 0 for relu.")
+    auxk_coeff: float | None = auxk_coeff_option(None, "; default 1/32 for topk, 0 for relu")
     auxk_k: int | None = option(None, "Latents used by AuxK; default d_out // 2.")
 
     def __post_init__(self) -> None:
@@ -74,11 +74,23 @@ class TranscoderConfig(DictionaryConfig):
               f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         check_k(self)
         check(self.l1_coeff >= 0, "l1_coeff", f"must be >= 0, got {self.l1_coeff}")
+
+    def default_auxk(self) -> None:
+        """AuxK on for TopK codes (1/32), off for ReLU ones; auxk_k = d_out // 2."""
         if self.auxk_coeff is None:
             self.auxk_coeff = 1 / 32 if self.activation == "topk" else 0.0
         if self.auxk_k is None:
             self.auxk_k = max(1, self.d_out // 2)
-        check_auxk(self)
+
+
+def unused_k(cfg: dict, fields: dict) -> None:
+    """A ReLU transcoder does not use k, but it must be valid: min(32, n_latents)."""
+    fields["k"] = min(32, fields["n_latents"])
+
+
+SAELENS = {"fields": {"d_out": "d_out"}, "fixed": {"activation": "relu"}, "centre": None,
+           "read_fields": unused_k}
+"""What SAELens' transcoder and skip_transcoder share: ReLU codes, an encoder that reads x."""
 
 
 @register("transcoder")
@@ -88,6 +100,8 @@ class Transcoder(Dictionary):
 
     Config = TranscoderConfig
     scales_with_input = ("b_enc", "b_dec")
+    formats = {"saelens": SaeLensMapping(architecture="transcoder", **SAELENS),
+               "sparsify": SparsifyMapping(transcode=True, fixed={"activation": "topk"})}
 
     @torch.no_grad()
     def fold_scales(self, input_scale: float, target_scale: float) -> None:
@@ -151,10 +165,9 @@ class Transcoder(Dictionary):
         if not isinstance(codes, SparseCodes) and self.cfg.l1_coeff > 0:
             terms["l1"] = codes.sum(-1).mean()
             total = total + self.cfg.l1_coeff * terms["l1"]
-        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
-            terms["auxk"] = auxk_loss(x, target - y_hat.detach(), self.W_enc, self.b_enc,
-                                      self.W_dec, state.dead_mask, self.cfg.auxk_k)
-            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        # the encoder reads x itself (no centring)
+        total = add_auxk(terms, total, self.cfg, state.dead_mask, x, target, y_hat, self.W_enc,
+                         self.b_enc, self.W_dec)
         metrics = {"fvu": fvu(y_hat.detach(), target).item(),
                    "l0": fired.sum(-1).float().mean().item()}
         return Loss(total, terms, metrics, active)

@@ -42,28 +42,25 @@ from torch import Tensor, nn
 
 from saelab.config import check, option
 from saelab.dictionaries._base import (
+    AuxKConfig,
     Dictionary,
-    DictionaryConfig,
     Loss,
     StepState,
-    check_auxk,
     check_k,
     fvu,
     squared_error,
 )
 from saelab.dictionaries._registry import register
 from saelab.ops import SparseCodes, linear, sparse_decode, to_dense, topk_encode, topk_relu
-from saelab.ops.auxk import auxk_loss
+from saelab.ops.auxk import add_auxk
 
 
 @dataclass
-class VSAEConfig(DictionaryConfig):
+class VSAEConfig(AuxKConfig):
     k: int = option(32, "Number of active latents per input (selected on the posterior means).")
     kl_coeff: float = option(1e-3, "Weight of the KL divergence from the N(0, 1) prior.")
     init_log_var: float = option(-6.0, "Initial log-variance of every latent's posterior.")
     learn_variance: bool = option(True, "Learn the per-latent log-variance by gradient.")
-    auxk_coeff: float = option(1 / 32, "Weight of the AuxK dead-latent loss (0 disables it).")
-    auxk_k: int | None = option(None, "Latents used by AuxK; default d_in // 2.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,7 +71,6 @@ class VSAEConfig(DictionaryConfig):
               "init_log_var", f"must be in [-30, 5], got {self.init_log_var!r}")
         check(isinstance(self.learn_variance, bool), "learn_variance",
               f"must be true or false, got {self.learn_variance!r}")
-        check_auxk(self)
 
 
 def gaussian_kl(mu: Tensor, log_var: Tensor) -> Tensor:
@@ -99,7 +95,7 @@ class VSAE(Dictionary):
 
     def pre_activations(self, x: Tensor) -> Tensor:
         """Posterior means before selection [B, n_latents]."""
-        return linear(self._centered(x), self.W_enc, self.b_enc)
+        return linear(self.centered(x), self.W_enc, self.b_enc)
 
     def encode(self, x: Tensor) -> Tensor:
         """Deterministic codes: the k largest posterior means, ReLU'd (a TopK SAE's codes)."""
@@ -125,7 +121,7 @@ class VSAE(Dictionary):
 
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
-        xc = self._centered(x)
+        xc = self.centered(x)
         means = topk_encode(xc, self.W_enc, self.b_enc, self.cfg.k)
         values = self._draw(means, self.step_generator(state.step))
         x_hat = sparse_decode(values, means.indices, self.W_dec) + self.b_dec
@@ -133,10 +129,8 @@ class VSAE(Dictionary):
         kl = gaussian_kl(means.values, self.log_var[means.indices]).sum(-1).mean()
         terms = {"mse": mse, "kl": kl}
         total = mse + self.cfg.kl_coeff * kl
-        if self.cfg.auxk_coeff > 0 and state.dead_mask is not None and state.dead_mask.any():
-            terms["auxk"] = auxk_loss(xc, target - x_hat.detach(), self.W_enc, self.b_enc,
-                                      self.W_dec, state.dead_mask, self.cfg.auxk_k)
-            total = total + self.cfg.auxk_coeff * terms["auxk"]
+        total = add_auxk(terms, total, self.cfg, state.dead_mask, xc, target, x_hat, self.W_enc,
+                         self.b_enc, self.W_dec)
         fired = means.values.detach() > 0
         active = torch.bincount(means.indices.reshape(-1), weights=fired.reshape(-1).float(),
                                 minlength=self.n_latents) > 0

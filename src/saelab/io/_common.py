@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from saelab.config import build, to_dict
+from saelab.dictionaries import get
+from saelab.dictionaries._native import load_weights
 from saelab.errors import FormatError
-from saelab.io.native import load_weights
 
 log = logging.getLogger("saelab.io")
 
@@ -70,15 +71,17 @@ def expect(tensors: dict[str, Tensor], shapes: dict[str, tuple[int, ...]],
                               f"implies {tuple(want)}")
 
 
-def make(architecture: str, fields: dict[str, Any], tensors: dict[str, Tensor],
-         provenance: dict[str, Any], source: Path):
-    """A registered dictionary built from config `fields` whose state is `tensors` exactly
-    (same dtype, bit for bit)."""
-    from saelab.dictionaries import get
-
+def blank(architecture: str, fields: dict[str, Any], source: Path):
+    """A registered dictionary built from config `fields`, its random initialisation drawn
+    without touching the caller's random state (it is about to be overwritten)."""
     cls = get(architecture)
-    with torch.random.fork_rng(devices=[]):  # the random init is overwritten
-        dictionary = cls(build(cls.Config, fields, what=str(source)))
+    with torch.random.fork_rng(devices=[]):
+        return cls(build(cls.Config, fields, what=str(source)))
+
+
+def fill(dictionary, tensors: dict[str, Tensor], provenance: dict[str, Any], source: Path):
+    """`dictionary` whose state is `tensors` exactly (same dtype, bit for bit), in eval mode."""
+    architecture = dictionary.architecture
     state = dictionary.state_dict()
     missing = sorted(set(state) - set(tensors))
     extra = sorted(set(tensors) - set(state))
@@ -89,13 +92,19 @@ def make(architecture: str, fields: dict[str, Any], tensors: dict[str, Tensor],
         if tuple(t.shape) != tuple(state[name].shape):
             raise FormatError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, a saelab "
                               f"{architecture!r} of this size needs {tuple(state[name].shape)}")
-    dtype = tensors["W_dec"].dtype
-    dictionary.to(dtype)
+    dictionary.to(tensors["W_dec"].dtype)
     for name, t in tensors.items():
         state[name] = t.clone() if t.is_floating_point() else t.to(state[name].dtype)
     dictionary.load_state_dict(state, assign=True)
     dictionary.provenance = dict(provenance)
     return dictionary.eval()
+
+
+def make(architecture: str, fields: dict[str, Any], tensors: dict[str, Tensor],
+         provenance: dict[str, Any], source: Path):
+    """A registered dictionary built from config `fields` whose state is `tensors` exactly
+    (same dtype, bit for bit)."""
+    return fill(blank(architecture, fields, source), tensors, provenance, source)
 
 
 def saelab_record(dictionary) -> dict[str, Any]:
@@ -104,20 +113,3 @@ def saelab_record(dictionary) -> dict[str, Any]:
     scalars = {name: t.item() for name, t in dictionary.named_buffers() if t.ndim == 0}
     return {"architecture": dictionary.architecture, "config": to_dict(dictionary.cfg),
             "scalars": scalars, "provenance": dict(dictionary.provenance)}
-
-
-def log_exact(theta: Tensor) -> Tensor:
-    """log(theta) chosen, among the floats next to it, so that exp() gives theta back exactly
-    where such a float exists (it does not for every float: exp skips values), else as close
-    as those floats get."""
-    theta = theta.clamp_min(0)
-    base = theta.log()
-    best, err = base, (base.exp() - theta).abs()
-    for direction in (float("inf"), float("-inf")):
-        cand = base
-        for _ in range(3):
-            cand = torch.nextafter(cand, torch.full_like(cand, direction))
-            e = (cand.exp() - theta).abs()
-            better = e < err
-            best, err = torch.where(better, cand, best), torch.where(better, e, err)
-    return best

@@ -1,4 +1,5 @@
-"""Which format a folder is in, and `load` that reads any of them.
+"""Which format a folder is in, and reading or writing a local folder in any of them
+(`saelab.io.api.load` adds Hub addresses and release names).
 
 | format | marker files |
 |---|---|
@@ -13,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from saelab.errors import FormatError
-from saelab.io import dictionary_learning, native, saelens, sparsify
+from saelab.io import dictionary_learning, native, saelens, saelens_write, sparsify
 
 FORMATS = ("saelab", "saelens", "sparsify", "dictionary_learning")
 LAYOUTS = ("saelab (cfg.json + weights.safetensors), SAELens (cfg.json + "
@@ -56,29 +57,12 @@ def detect(path: str | Path) -> str:
                       f"{LAYOUTS}")
 
 
-def load(path: str | Path, *, hookpoint: str | None = None,
-         norm_scaling_factor: float | None = None, format: str | None = None):
-    """Load a dictionary from a folder in any known format, an `hf://owner/repo/path` address,
-    or the name of a release in `saelab.io.registry`.
-
-    hookpoint: the sub-folder of a multi-hookpoint (sparsify) folder. norm_scaling_factor: for
-    SAELens' `expected_average_only_in` normalisation (see `saelens.load`). format: skip the
-    detection.
-    """
-    text = str(path)
-    if text.startswith("hf://"):
-        from saelab.io.hub import resolve
-
-        path = resolve(text, hookpoint=hookpoint)
-        hookpoint = None
-    elif not Path(text).exists():
-        from saelab.io import registry
-
-        if text in registry.RELEASES:
-            return registry.load_release(text)
+def load_folder(path: str | Path, format: str | None = None,
+                norm_scaling_factor: float | None = None):
+    """Load the dictionary in the local folder `path`, in `format` (detected when None).
+    norm_scaling_factor: for SAELens' `expected_average_only_in` normalisation (see
+    `saelens.load`)."""
     path = Path(path)
-    if hookpoint is not None:
-        path = path / hookpoint
     kind = format or detect(path)
     if kind not in FORMATS:
         raise FormatError(f"unknown format {kind!r}; known: {', '.join(FORMATS)}")
@@ -93,25 +77,7 @@ def load(path: str | Path, *, hookpoint: str | None = None,
 
 def save(dictionary, path: str | Path, format: str = "saelab") -> Path:
     """Write `dictionary` to the folder `path` in `format` (saelab, saelens or sparsify)."""
-    writers = {"saelab": native.save, "saelens": saelens.save, "sparsify": sparsify.save}
+    writers = {"saelab": native.save, "saelens": saelens_write.save, "sparsify": sparsify.save}
     if format not in writers:
         raise FormatError(f"saelab writes {', '.join(writers)}, not {format!r}")
     return writers[format](dictionary, path)
-
-
-def convert(src: str | Path, dst: str | Path, to: str, *, hookpoint: str | None = None,
-            norm_scaling_factor: float | None = None) -> Path:
-    """Read `src` (any known format) and write it to `dst` in format `to`. SAELens' sparsity
-    file travels with the dictionary between SAELens and saelab folders."""
-    from saelab._paths import write_safetensors
-
-    dictionary = load(src, hookpoint=hookpoint, norm_scaling_factor=norm_scaling_factor)
-    src_dir = Path(src) / hookpoint if hookpoint and not str(src).startswith("hf://") else \
-        Path(str(src))
-    sparsity = saelens.read_sparsity(src_dir) if src_dir.is_dir() else None
-    if to == "saelens":
-        return saelens.save(dictionary, dst, sparsity=sparsity)
-    out = save(dictionary, dst, to)
-    if sparsity is not None and to == "saelab":
-        write_safetensors(Path(out) / saelens.SPARSITY, {"sparsity": sparsity})
-    return out

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from saelab.errors import FormatError
-from saelab.io._common import expect, log_exact, make, read_json
+from saelab.io._common import expect, make, read_json
+from saelab.ops.jumprelu import log_exact
 
 WEIGHTS = "ae.pt"
 CFG = "config.json"

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from saelab.errors import FormatError, MissingDependencyError, SaelabError
+from saelab.io import saelens_write
+from saelab.io.detect import load_folder, save
 
 log = logging.getLogger("saelab.io")
 INSTALL = "pip install 'saelab[hub]'  (or: pip install huggingface_hub)"
@@ -140,15 +142,12 @@ def stage(run: str | Path, folder: str | Path, repo_id: str, path_in_repo: str =
     """Write what `push` uploads into `folder`: README.md (the card), the dictionary in saelab's
     format under `path_in_repo`, and, where SAELens has the architecture, the same weights in
     SAELens' layout under `path_in_repo/saelens`."""
-    from saelab.io import saelens
-    from saelab.io.detect import load, save
-
-    dictionary = load(find_dictionary(run))
+    dictionary = load_folder(find_dictionary(run))
     folder = Path(folder)
     save(dictionary, folder / path_in_repo)
     saelens_path: str | None = f"{path_in_repo}/saelens"
     try:
-        saelens.save(dictionary, folder / saelens_path)
+        saelens_write.save(dictionary, folder / saelens_path)
     except FormatError as e:
         log.info("no SAELens copy: %s", e)
         saelens_path = None

@@ -1,107 +1,20 @@
 """saelab's own format: a folder with cfg.json and weights.safetensors.
 
-cfg.json holds `architecture`, `d_in`, `d_out`, `n_latents`, the variant's fields, and a
-`provenance` object (model, hookpoint, site, dataset, tokens seen, library version, ...).
-Both files are written atomically: a crash never leaves a half-written folder in place.
+Defined beside the Dictionary contract (`saelab.dictionaries._native`), so that
+`Dictionary.save` needs nothing of `saelab.io`; re-exported here with the other formats.
 """
 
-from __future__ import annotations
+from saelab.dictionaries._native import (
+    CFG,
+    EXACT,
+    WEIGHTS,
+    library_version,
+    load,
+    load_state,
+    load_weights,
+    read_config,
+    save,
+)
 
-import json
-from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
-from saelab._paths import atomic_path, write_json, write_safetensors
-from saelab.config import build, to_dict
-from saelab.errors import FormatError
-
-CFG = "cfg.json"
-WEIGHTS = "weights.safetensors"
-EXACT = "exact.safetensors"
-"""A dictionary's `exact_tensors` (foreign values its parameters cannot hold bit for bit), when
-it has any; a separate file, so that weights.safetensors is exactly the state dict."""
-
-
-def _version() -> str:
-    from saelab import __version__
-
-    return __version__
-
-
-def save(dictionary, path: str | Path) -> Path:
-    """Write `dictionary` to the folder `path` (replaced as a whole, atomically)."""
-    path = Path(path)
-    cfg: dict[str, Any] = {"architecture": dictionary.architecture, **to_dict(dictionary.cfg)}
-    cfg["provenance"] = {**dictionary.provenance, "saelab_version": _version()}
-    tensors = {name: t.detach().cpu() for name, t in dictionary.state_dict().items()}
-    with atomic_path(path) as tmp:
-        tmp.mkdir()
-        write_safetensors(tmp / WEIGHTS, tensors, metadata={"format": "saelab"})
-        if dictionary.exact_tensors:
-            write_safetensors(tmp / EXACT, {name: t.detach().cpu() for name, t in
-                                            dictionary.exact_tensors.items()})
-        write_json(tmp / CFG, cfg)
-    return path
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """cfg.json of a saved dictionary, with a clear error when it is missing or broken."""
-    cfg_path = path / CFG
-    if not cfg_path.is_file():
-        raise FormatError(f"{path} is not a saelab dictionary folder: no {CFG} in it")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"{cfg_path} is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict) or "architecture" not in cfg:
-        raise FormatError(f"{cfg_path} has no 'architecture' field; it was not written by saelab")
-    return cfg
-
-
-def load_weights(file: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file; a FormatError if it is missing, truncated or foreign."""
-    if not file.is_file():
-        raise FormatError(f"weights file {file} is missing")
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise FormatError(f"{file} is not a readable safetensors file (corrupt, truncated or "
-                          f"another format): {e}") from None
-
-
-def load(path: str | Path):
-    """Load a dictionary saved by `save` (architecture looked up in the registry)."""
-    from saelab.dictionaries import get
-
-    path = Path(path)
-    cfg = read_config(path)
-    provenance = cfg.pop("provenance", {})
-    cls = get(cfg.pop("architecture"))
-    dictionary = cls(build(cls.Config, cfg, what=f"{path / CFG}"))
-    dictionary.provenance = dict(provenance)
-    tensors = load_weights(path / WEIGHTS)
-    if "W_dec" in tensors and tensors["W_dec"].is_floating_point():
-        dictionary.to(tensors["W_dec"].dtype)  # keep the saved precision (float64, bfloat16, ...)
-    load_state(dictionary, tensors, path / WEIGHTS)
-    if (path / EXACT).is_file():
-        dictionary.exact_tensors.update(load_weights(path / EXACT))
-    return dictionary
-
-
-def load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    """Copy `tensors` into `module`, refusing missing, extra or mis-shaped tensors."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise FormatError(f"{source}: tensors do not match the config "
-                          f"(missing: {missing or 'none'}; unexpected: {extra or 'none'})")
-    for name, t in tensors.items():
-        if t.shape != expected[name].shape:
-            raise FormatError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, the config "
-                              f"implies {tuple(expected[name].shape)}")
-    module.load_state_dict(tensors)
+__all__ = ["CFG", "EXACT", "WEIGHTS", "library_version", "load", "load_state", "load_weights",
+           "read_config", "save"]

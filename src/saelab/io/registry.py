@@ -15,7 +15,10 @@ import numpy as np
 import torch
 
 from saelab.errors import FormatError
-from saelab.io._common import expect, log_exact, make
+from saelab.io._common import expect, make
+from saelab.io.detect import load_folder
+from saelab.io.hub import resolve
+from saelab.ops.jumprelu import log_exact
 
 
 @dataclass(frozen=True)
@@ -58,15 +61,12 @@ def names() -> list[str]:
 
 def load_release(name: str, cache_dir: str | None = None):
     """Download (or find in the Hub cache) the release `name` and load it."""
-    from saelab.io.detect import load
-    from saelab.io.hub import resolve
-
     if name not in RELEASES:
         raise FormatError(f"unknown release {name!r}; known releases: {', '.join(names())}")
     rel = RELEASES[name]
     folder = resolve(f"hf://{rel.repo}/{rel.path}", cache_dir=cache_dir)
     dictionary = (load_gemma_scope(folder) if rel.format == "gemma_scope"
-                  else load(folder, format=rel.format))
+                  else load_folder(folder, rel.format))
     dictionary.provenance.setdefault("model", rel.model)
     dictionary.provenance["release"] = name
     return dictionary

@@ -7,10 +7,11 @@ One folder per hookpoint (`layers.6`, `layers.6.mlp`, ...), each with `cfg.json`
 connection, `W_skip` [d_in, d_in]. The encoder is an `nn.Linear`, so its weight already has
 saelab's [n_latents, d_in] layout: nothing is transposed.
 
-sparsify -> saelab: a TopK SAE (`transcode` false) is `topk`; a transcoder is `transcoder` or,
-with `skip_connection`, `skip_transcoder` (activation "topk"). sparsify's input and output have
-the same width, and an SAE with a skip connection or the `groupmax` activation has no saelab
-counterpart. saelab's config is kept in cfg.json under `saelab` (sparsify drops unknown fields),
+sparsify -> saelab: each variant declares its (transcode, skip_connection) pair in its own file
+(`formats["sparsify"]`, a `SparsifyMapping`): today a TopK SAE (`transcode` false) is `topk`; a
+transcoder is `transcoder` or, with `skip_connection`, `skip_transcoder` (activation "topk").
+sparsify's input and output have the same width, and an SAE with a skip connection or the
+`groupmax` activation has no saelab counterpart. saelab's config is kept in cfg.json under `saelab` (sparsify drops unknown fields),
 so reading a written folder back gives the saelab dictionary it came from.
 """
 
@@ -23,7 +24,25 @@ from torch import Tensor
 
 from saelab._paths import atomic_path, write_json, write_safetensors
 from saelab.errors import FormatError
-from saelab.io._common import SAELAB_KEY, expect, field, make, read_json, read_tensors
+from saelab.dictionaries._formats import SparsifyMapping
+from saelab.io._common import (
+    SAELAB_KEY,
+    blank,
+    expect,
+    field,
+    make,
+    read_json,
+    read_tensors,
+    saelab_record,
+)
+from saelab.io.mapping import (
+    declarations,
+    expected_shapes,
+    mapping_to,
+    refuse_unfixed,
+    renamed_in,
+    renamed_out,
+)
 
 CFG = "cfg.json"
 WEIGHTS = "sae.safetensors"
@@ -53,27 +72,13 @@ def load(path: str | Path):
     if cfg.get("activation", "topk") != "topk":
         raise FormatError(f"{path / CFG}: activation {cfg['activation']!r}; saelab reads "
                           "sparsify's 'topk' activation only")
-    transcode, skip = bool(cfg.get("transcode")), bool(cfg.get("skip_connection"))
-    if skip and not transcode:
-        raise FormatError(f"{path / CFG}: an SAE (transcode false) with a skip connection has no "
-                          "saelab counterpart; saelab reads sparsify SAEs without one and "
-                          "transcoders with or without one")
+    name, mapping = reader(bool(cfg.get("transcode")), bool(cfg.get("skip_connection")),
+                           path / CFG)
+    fields: dict[str, Any] = {"d_in": d_in, "n_latents": n, "k": k, **mapping.fixed}
     tensors = read_tensors(source)
-    shapes = {"encoder.weight": (n, d_in), "encoder.bias": (n,), "W_dec": (n, d_in),
-              "b_dec": (d_in,)}
-    if skip:
-        shapes["W_skip"] = (d_in, d_in)
-    expect(tensors, shapes, source=source)
-    state = {"W_enc": tensors["encoder.weight"], "b_enc": tensors["encoder.bias"],
-             "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]}
-    fields: dict[str, Any] = {"d_in": d_in, "n_latents": n, "k": k}
-    if transcode:
-        name = "skip_transcoder" if skip else "transcoder"
-        fields["activation"] = "topk"
-        if skip:
-            state["W_skip"] = tensors["W_skip"]
-    else:
-        name = "topk"
+    expect(tensors, expected_shapes(blank(name, fields, path / CFG), mapping.tensors),
+           source=source)
+    state = renamed_in(tensors, mapping.tensors)
     provenance = {"converted_from": "sparsify", "source": str(path), "hookpoint": path.name}
     record = cfg.get(SAELAB_KEY)
     if isinstance(record, dict) and record.get("architecture") == name:
@@ -82,21 +87,24 @@ def load(path: str | Path):
     return make(name, fields, state, provenance, source)
 
 
-WRITES = ("topk", "transcoder", "skip_transcoder")
+def reader(transcode: bool, skip: bool, source: Path) -> tuple[str, SparsifyMapping]:
+    """The saelab variant that declares sparsify's (transcode, skip_connection), and its
+    mapping."""
+    found = {(m.transcode, m.skip_connection): (name, m)
+             for name, m in declarations("sparsify").items()}
+    if (transcode, skip) not in found:
+        known = "; ".join(f"{name} (transcode {t}, skip_connection {s})"
+                          for (t, s), (name, _) in sorted(found.items()))
+        raise FormatError(f"{source}: a sparsify dictionary with transcode {transcode} and "
+                          f"skip_connection {skip} has no saelab counterpart; saelab reads {known}")
+    return found[(transcode, skip)]
 
 
 def to_sparsify(dictionary) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(cfg.json object, tensors) of `dictionary` in sparsify's layout; a FormatError naming what
     cannot be expressed there."""
-    from saelab.io._common import saelab_record
-
-    arch = dictionary.architecture
-    if arch not in WRITES:
-        raise FormatError(f"sparsify has no counterpart of saelab's {arch!r}; saelab writes "
-                          f"{', '.join(WRITES)} (TopK activation) to sparsify")
-    if arch != "topk" and dictionary.cfg.activation != "topk":
-        raise FormatError(f"sparsify's transcoders use TopK; this {arch} has activation="
-                          f"{dictionary.cfg.activation!r} (write it to SAELens instead)")
+    mapping = mapping_to(dictionary, "sparsify")
+    refuse_unfixed(dictionary, mapping, "sparsify")
     if dictionary.cfg.input_norm != "none":
         raise FormatError(f"sparsify has no per-input normalisation; this dictionary has "
                           f"input_norm={dictionary.cfg.input_norm!r} (write it to SAELens or "
@@ -104,15 +112,12 @@ def to_sparsify(dictionary) -> tuple[dict[str, Any], dict[str, Tensor]]:
     if dictionary.d_in != dictionary.d_out:
         raise FormatError(f"sparsify dictionaries have equal input and output widths; this one "
                           f"has d_in={dictionary.d_in}, d_out={dictionary.d_out}")
-    sd = {k: v.detach().cpu() for k, v in dictionary.state_dict().items()}
-    tensors = {"encoder.weight": sd["W_enc"], "encoder.bias": sd["b_enc"], "W_dec": sd["W_dec"],
-               "b_dec": sd["b_dec"]}
-    if arch == "skip_transcoder":
-        tensors["W_skip"] = sd["W_skip"]
+    state = {k: v.detach().cpu() for k, v in dictionary.state_dict().items()}
+    tensors = renamed_out(state, mapping.tensors)
     n, d = dictionary.n_latents, dictionary.d_in
     cfg = {"activation": "topk", "expansion_factor": max(1, n // d), "normalize_decoder": True,
            "num_latents": n, "k": dictionary.cfg.k, "multi_topk": False,
-           "skip_connection": arch == "skip_transcoder", "transcode": arch != "topk", "d_in": d,
+           "skip_connection": mapping.skip_connection, "transcode": mapping.transcode, "d_in": d,
            SAELAB_KEY: saelab_record(dictionary)}
     return cfg, tensors
 

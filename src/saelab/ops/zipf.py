@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saelab.ops.listed import listed_encode
 from saelab.ops.sparse import sparse_decode
 
 
@@ -76,8 +77,6 @@ def aux_zipf_loss(x_centered: Tensor, residual: Tensor, W_enc: Tensor, b_enc: Te
     latents with the largest deficit x ReLU(pre-activation), among the latents whose deficit
     exceeds `min_deficit` (used less than 1 - min_deficit of their Zipf share). Returns 0 when
     no latent qualifies."""
-    from saelab.dictionaries.jumprelu import listed_encode
-
     weight = torch.where(deficit > min_deficit, deficit, torch.zeros_like(deficit)).detach()
     if not bool((weight > 0).any()):
         return x_centered.new_zeros(())
