@@ -63,12 +63,15 @@ class TrainConfig:
                                     "GPUs and on CPUs with AVX-512 BF16).")
     compile: bool = option(False, "Compile the loss with torch.compile: the first step takes "
                                   "seconds to a minute longer; the sparse TopK kernels stay "
-                                  "eager. See the README for what it gains per variant.")
+                                  "eager. The docs' benchmark pages say what it gains per "
+                                  "variant.")
     shard_store: bool = option(True, "Under torchrun (data parallel), each rank reads only its "
                                      "share of the store's shards (I/O split over the ranks; "
                                      "not the batches of one process); False: every rank reads "
                                      "the whole stream and keeps its slice of each batch (the "
-                                     "weights of one process).")
+                                     "weights of one process). A store of too few shards for "
+                                     "every rank to fill its batch is read as with False, with a "
+                                     "warning.")
     progress: bool = option(True, "Show a progress bar.")
     overwrite: bool = option(False, "Replace a different run already in `out`.")
 

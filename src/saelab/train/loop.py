@@ -16,13 +16,15 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 from tqdm.auto import tqdm
 
 from saelab.dictionaries import Dictionary
 from saelab.errors import ConfigError, DataError
 from saelab.store import Source, Want, open_source
+from saelab.store.sources import Batch
 from saelab.train.config import TrainConfig
 from saelab.train.group import Group
 from saelab.train.lifecycle import finish, initialise, open_folder, sync_start
@@ -77,12 +79,24 @@ def want(member: Member) -> Want:
                 "gradients" in sae.needs)
 
 
-def train(members: list[Member], data, cfg: TrainConfig) -> list[Dictionary]:
-    """The loop: open the data, start (or resume) every member, then each batch to every
-    member, logging and checkpointing; returns the trained dictionaries."""
+class Started(NamedTuple):
+    """Every member ready for its first step."""
+
+    runs: list[Run]
+    """One per member, in order."""
+    batches: Iterator[Batch]
+    """The batches from `start` on."""
+    start: int
+    """The step they all start at (0, or the step of their checkpoints)."""
+    steps: int
+    """Steps of the whole run."""
+
+
+def start_runs(members: list[Member], data, cfg: TrainConfig, group: Group) -> Started:
+    """Open the data, then each member's run: resumed from its checkpoint, or fresh with its
+    input scale and data-dependent initialisation from batch 0; every rank starts alike."""
     for m in members:
         check_log_to(m.cfg.log_to, m.cfg.out)
-    group = Group.current()
     source = group.all_or_none(lambda: open_source(data, [want(m) for m in members], cfg, group))
     steps = total_steps(cfg, source, group)
     runs = [Run.start(m, feed, steps, group) for m, feed in zip(members, source.feeds)]
@@ -90,7 +104,7 @@ def train(members: list[Member], data, cfg: TrainConfig) -> list[Dictionary]:
         check_needs(run)
     start = resume_or_start(runs)
     batches = source.batches(start)
-    if start == 0:  # fresh: input scales and data-dependent initialisation from batch 0
+    if start == 0:
         first = next(batches, None)
         if first is None:
             raise DataError("the data yielded no batch")
@@ -100,6 +114,14 @@ def train(members: list[Member], data, cfg: TrainConfig) -> list[Dictionary]:
     for run in runs:
         sync_start(run)
         run.dictionary.train()
+    return Started(runs, batches, start, steps)
+
+
+def train(members: list[Member], data, cfg: TrainConfig) -> list[Dictionary]:
+    """The loop: each batch to every member, logging and checkpointing; returns the trained
+    dictionaries."""
+    group = Group.current()
+    runs, batches, start, steps = start_runs(members, data, cfg, group)
     logs = [Logs(r.cfg.log_to, r.out, r.key or r.dictionary.architecture, r.identity,
                  group.main, start or None) for r in runs]
     name = runs[0].dictionary.architecture if len(runs) == 1 else f"{len(runs)} dictionaries"
