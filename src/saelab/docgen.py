@@ -40,6 +40,12 @@ def escape(text: str) -> str:
     return "".join(parts)
 
 
+def escape_pipes(text: str) -> str:
+    """`text` fit for a table cell: `|` escaped outside code spans (inside them it is kept)."""
+    parts = re.split(r"(`[^`]*`)", text)
+    return "".join(part if i % 2 else part.replace("|", "\\|") for i, part in enumerate(parts))
+
+
 def docstring(obj: Any) -> str:
     """The cleaned docstring of `obj` (its own, not inherited), as Markdown paragraphs."""
     doc = obj.__dict__.get("__doc__") if isinstance(obj, type) else getattr(obj, "__doc__", None)
@@ -57,7 +63,7 @@ def docstring(obj: Any) -> str:
 def table(columns: list[str], rows: list[list[Any]]) -> str:
     """A Markdown table; cells are shown as given (`|` escaped)."""
     def cell(value: Any) -> str:
-        return str(value).replace("\n", " ").replace("|", "\\|")
+        return escape_pipes(str(value).replace("\n", " "))
 
     lines = ["| " + " | ".join(cell(c) for c in columns) + " |",
              "|" + "---|" * len(columns)]

@@ -35,7 +35,7 @@ def test_dictionary_page_lists_every_config_field_with_its_help(name: str) -> No
     assert f"`{cls.trained_by}`" in page
     for f in dataclasses.fields(cls.Config):
         assert f"| `{f.name}` |" in page
-        assert docgen.escape(field_help(cls.Config, f.name)).replace("|", "\\|") in page
+        assert docgen.escape_pipes(docgen.escape(field_help(cls.Config, f.name))) in page
 
 
 def test_dictionary_page_shows_its_paper_and_needs() -> None:
@@ -69,6 +69,7 @@ def test_cli_reference_has_every_command() -> None:
 
 def test_docstring_markup_is_escaped_outside_code_spans() -> None:
     assert docgen.escape("W_dec [n, d] <x> `a_b`") == r"W\_dec \[n, d\] \<x\> `a_b`"
+    assert docgen.escape_pipes("|z| `int | None`") == r"\|z\| `int | None`"
 
 
 @pytest.mark.parametrize("path", RESULTS, ids=lambda p: p.name)
