@@ -45,7 +45,7 @@ def fit(dictionary: Dictionary, data, config: TrainConfig | None = None) -> Dict
     `fit` on the batches."""
     cfg = config or TrainConfig()
     if dictionary.trained_by != "gradient":
-        source = open_source(data, [want(Member(cfg.hookpoint, dictionary, cfg))], cfg)
+        source = open_source(data, [want_of(Member(cfg.hookpoint, dictionary, cfg))], cfg)
         dictionary.fit(b[source.feeds[0].input] for b in source.batches(0))
         return dictionary
     (trained,) = train([Member(cfg.hookpoint, dictionary, cfg)], data, cfg)
@@ -72,7 +72,7 @@ def fit_many(targets: Mapping[str, Dictionary | tuple | Sequence], source,
     return shaped_like(targets, train(members_of(targets, cfg), source, cfg))
 
 
-def want(member: Member) -> Want:
+def want_of(member: Member) -> Want:
     """What a member reads from the data."""
     sae = member.dictionary
     return Want(member.hookpoint, sae.d_in, sae.d_out, member.cfg.target_hookpoint,
@@ -97,7 +97,8 @@ def start_runs(members: list[Member], data, cfg: TrainConfig, group: Group) -> S
     input scale and data-dependent initialisation from batch 0; every rank starts alike."""
     for m in members:
         check_log_to(m.cfg.log_to, m.cfg.out)
-    source = group.all_or_none(lambda: open_source(data, [want(m) for m in members], cfg, group))
+    wants = [want_of(m) for m in members]
+    source = group.all_or_none(lambda: open_source(data, wants, cfg, group))
     steps = total_steps(cfg, source, group)
     runs = [Run.start(m, feed, steps, group) for m, feed in zip(members, source.feeds)]
     for run in runs:
