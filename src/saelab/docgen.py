@@ -219,24 +219,68 @@ def metric_index() -> str:
 
 # --- command line ------------------------------------------------------------------------------
 def cli_reference() -> str:
-    """The CLI reference: every subcommand of `saelab.cli.commands()` with its config fields;
-    `train` also lists each architecture's own fields."""
+    """The CLI reference: every subcommand of `saelab.cli.commands()` with its usage line and
+    options (from the config dataclass; nested configs as dotted options); `train` also links
+    each architecture's own fields."""
     from saelab import cli
 
     parts = ["# Command line reference", "",
-             "Generated from the config dataclasses behind each command "
-             "(`saelab.cli.commands()`). Every field is an option `--field-name` (underscores "
-             "become dashes); `--config FILE` reads the same fields from a file, and the "
-             "command line wins. `saelab COMMAND --help` prints the same.", ""]
+             "Generated from the config dataclass behind each command "
+             "(`saelab.cli.commands()`): every field is an option (`n_tokens` is "
+             "`--n-tokens`, a field of a nested config is `--capture.n-tokens`), booleans also "
+             "take `--no-...`, and `--config FILE` (JSON or YAML) reads the same fields, "
+             "strictly; options on the command line win. `saelab COMMAND --help` prints the "
+             "same.", ""]
     if not hasattr(cli, "commands"):  # the CLI before contract 4: argparse's own help
         return "\n".join(parts + [_argparse_help(cli)])
     for name, command in sorted(cli.commands().items()):
         parts += [f"## `saelab {name}`", "", escape(command.help), ""]
         if dataclasses.is_dataclass(command.config):
-            parts += [fields_table(command.config), ""]
+            rows = cli_options(command.config)
+            positional = " ".join(r[0].strip("`") for r in rows if not r[0].startswith("`-"))
+            usage = f"saelab {name} [OPTIONS] {positional}".rstrip()
+            parts += [f"```text\n{usage}\n```", "",
+                      table(["argument or option", "type", "default", "help"], rows), ""]
         if name == "train":
             parts += [_architecture_fields(), ""]
     return "\n".join(parts)
+
+
+def cli_options(cls: type, prefix: str = "", defaults: Any = None) -> list[list[str]]:
+    """Rows (argument or option, type, default, help) for the fields of config dataclass `cls`,
+    nested dataclasses flattened into dotted options; `defaults` is an instance whose values
+    stand in for the class defaults (a nested config's own default)."""
+    from saelab.config import field_help
+
+    rows = []
+    for f in dataclasses.fields(cls):
+        nested = _nested_default(f, defaults)
+        if nested is not None:
+            rows += cli_options(type(nested), f"{prefix}{f.name}.", nested)
+            continue
+        if f.metadata.get("positional"):
+            flag = code(f.name.upper())
+        else:
+            flag = code(f"--{prefix}{f.name.replace('_', '-')}")
+        default = code(repr(getattr(defaults, f.name))) if defaults is not None \
+            else field_default(f)
+        choices = f.metadata.get("choices")
+        kind = f"one of {', '.join(code(c) for c in choices())}" if choices else field_type(f)
+        rows.append([flag, kind, default, escape(field_help(cls, f.name))])
+    return rows
+
+
+def _nested_default(f: dataclasses.Field, defaults: Any) -> Any:
+    """The default instance of a field that holds a nested config dataclass, else None."""
+    if defaults is not None:
+        value = getattr(defaults, f.name)
+    elif f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+    else:
+        return None
+    return value if dataclasses.is_dataclass(value) and not isinstance(value, type) else None
 
 
 def _architecture_fields() -> str:
