@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import logging
 import sys
 import typing
@@ -87,6 +88,7 @@ class PushConfig:
     private: bool = option(False, "Create the repository private.")
 
 
+@functools.lru_cache(maxsize=None)
 def _train_command() -> type:
     """TrainConfig plus what `saelab train` adds: the store, the architecture, its size."""
     TrainConfig = _train_config()
@@ -156,7 +158,7 @@ def cmd_train(cmd, dictionary: dict) -> int:
         cfg = dataclasses.replace(cfg, out=str(Path("runs") / cmd.architecture))
     started = not dist.is_initialized() and dist.init_from_env(cfg.device)  # under torchrun
     try:
-        make = lambda c: _create(cmd, dictionary, store, c)  # noqa: E731
+        make = functools.partial(_create, cmd, dictionary, store)
         if cmd.hookpoints:  # layer parallel: the hookpoints shared out over the ranks
             trained = dist.fit_hookpoints(lambda h: make(dataclasses.replace(cfg, hookpoint=h)),
                                           store, cmd.hookpoints, cfg)
@@ -206,7 +208,6 @@ def cmd_dashboard(cfg) -> int:
 
 
 def cmd_view(cfg: ViewConfig) -> int:
-    import functools
     import http.server
 
     folder = Path(cfg.folder)

@@ -124,10 +124,6 @@ def module_input(args: tuple, kwargs: dict) -> Tensor:
     return first_tensor(tuple(v for v in kwargs.values() if isinstance(v, Tensor)))
 
 
-_first_tensor = first_tensor  # old private names, until every caller has moved
-_module_input = module_input
-
-
 class Capture:
     """Context manager that records hookpoint activations during forwards of `model`.
 

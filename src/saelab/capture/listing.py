@@ -6,6 +6,7 @@ forward never reaches is listed without a shape.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -15,6 +16,8 @@ from torch import nn
 from saelab.capture import first_tensor, module_pattern
 from saelab.config import option, required
 from saelab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +58,9 @@ def list_hookpoints(model: nn.Module, pattern: str | None = None,
     handles = [m.register_forward_hook(_recorder(n, shapes)) for n, m in modules]
     try:
         model(input_ids=torch.ones(1, n_tokens, dtype=torch.long))
+    except (TypeError, ValueError, RuntimeError) as e:  # a model that takes no token ids
+        log.warning("a forward on %d token ids failed (%s): shapes are not shown",
+                    n_tokens, str(e).splitlines()[0] if str(e) else type(e).__name__)
     finally:
         for h in handles:
             h.remove()
