@@ -112,18 +112,37 @@ def dictionary_needs(cls: type) -> str:
     return ", ".join(code(n) for n in sorted(static)) or "nothing besides the input rows"
 
 
+FORMAT_NAMES = {"saelens": "SAELens", "sparsify": "sparsify",
+                "dictionary_learning": "dictionary_learning"}
+"""How a `formats` key reads on a page."""
+
+
 def dictionary_formats(cls: type) -> str | None:
-    """The variant's declared mapping to other libraries' formats, if it declares one."""
+    """The variant's declared mapping to other libraries' formats (`Dictionary.formats`: format
+    name -> a mapping object), one bullet per format; None when it declares none."""
     formats = inspect.getattr_static(cls, "formats", None)
     if not formats:
         return None
-    if isinstance(formats, dict):
-        return "\n".join(f"- **{escape(str(k))}**: {code(v) if not isinstance(v, str) else escape(v)}"
-                         for k, v in formats.items())
-    if isinstance(formats, (list, tuple, set, frozenset)):
-        return "\n".join(f"- {code(v) if not isinstance(v, str) else escape(v)}"
-                         for v in formats)
-    return escape(str(formats))
+    if not isinstance(formats, dict):
+        return escape(str(formats))
+    return "\n".join(f"- **{FORMAT_NAMES.get(k, escape(str(k)))}**: {_mapping(v)}"
+                     for k, v in formats.items())
+
+
+def _mapping(value: Any) -> str:
+    """A format mapping (a dataclass) as `field: value` pairs; empty fields are left out,
+    callables shown by name."""
+    if not dataclasses.is_dataclass(value):
+        return code(value)
+    pairs = []
+    for f in dataclasses.fields(value):
+        v = getattr(value, f.name)
+        if v is None or (hasattr(v, "__len__") and not isinstance(v, str) and len(v) == 0):
+            continue
+        shown = code(getattr(v, "__name__", "")) if callable(v) else code(
+            dict(v) if hasattr(v, "items") else v)
+        pairs.append(f"{f.name} {shown}")
+    return "; ".join(pairs) or "as the format's default layout"
 
 
 def dictionary_page(name: str) -> str:

@@ -45,6 +45,15 @@ def test_dictionary_page_shows_its_paper_and_needs() -> None:
     assert "`target`" in transcoder
 
 
+@pytest.mark.parametrize("name", names())
+def test_dictionary_page_shows_each_declared_format(name: str) -> None:
+    formats = getattr(get(name), "formats", None) or {}
+    page = docgen.dictionary_page(name)
+    assert ("## Other libraries' formats" in page) == bool(formats)
+    for key in formats:
+        assert f"**{docgen.FORMAT_NAMES.get(key, key)}**" in page
+
+
 def test_metric_page_shows_needs_and_figures() -> None:
     ev = importlib.import_module("saelab.evaluate")
     if not hasattr(ev, "family"):
