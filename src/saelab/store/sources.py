@@ -1,10 +1,10 @@
 """What training reads: any kind of data (a store, tensors, a live model, an iterable of batches)
 turned into one `Source` of row-aligned batches that feeds one or more dictionaries.
 
-`saelab.store.adapters.open_source(data, wants, cfg, group)` takes one `Want` per dictionary (its hookpoint, width,
-target, whether it needs loss gradients) and returns a `Source`: batches from any global batch
-index on, batches per epoch, and one `Feed` per dictionary saying where its tensors sit in each
-batch. A store or a model is read once per batch for every dictionary. Under data parallelism
+`saelab.store.open_source(data, wants, cfg, group)` (adapters.py) takes one `Want` per
+dictionary (its hookpoint, width, target, whether it needs loss gradients) and returns a
+`Source`: batches from any global batch index on, batches per epoch, and one `Feed` per
+dictionary saying where its tensors sit in each batch. A store or a model is read once per batch for every dictionary. Under data parallelism
 (a `group` of several ranks, see saelab.train.distributed) each batch is this rank's share.
 
 The kinds of data (see adapters.py for each):

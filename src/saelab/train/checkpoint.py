@@ -1,8 +1,8 @@
 """Checkpoints: weights, optimiser, RNG and loop state, as safetensors + JSON, written atomically.
 
 A checkpoint folder holds cfg.json and weights.safetensors (the dictionary as trained, on
-normalised inputs), train_state.safetensors (Adam moments, dead-latent counters, the run's random stream) and
-train_state.json (step, input scale, run identity, optimiser param groups).
+normalised inputs), train_state.safetensors (Adam moments, dead-latent counters, the run's
+random stream) and train_state.json (step, input scale, run identity, optimiser param groups).
 """
 
 from __future__ import annotations

@@ -52,15 +52,16 @@ class TrainConfig:
                                          "one).")
     target_hookpoint: str | None = option(None, "Hookpoint to reconstruct instead of the input "
                                                 "(transcoders).")
-    order: Literal["shuffle", "sequential"] = option("shuffle", "Order of rows from a store: shuffle (rows mixed across "
-                                   "contexts) or sequential (FAST: whole contexts, in store "
-                                   "order, packed into batches of at most batch_size rows).")
+    order: Literal["shuffle", "sequential"] = option(
+        "shuffle", "Order of rows from a store: shuffle (rows mixed across contexts) or "
+                   "sequential (FAST: whole contexts, in store order, packed into batches of at "
+                   "most batch_size rows).")
     buffer_rows: int = option(1 << 19, "Rows held in the shuffle buffer when reading a store.")
     device: str | None = option(None, "Device to train on: cpu, cuda, cuda:1, ... or auto (cuda "
                                       "when available); default: the dictionary's device.")
-    precision: Literal["fp32", "bf16"] = option("fp32", "fp32, or bf16: bfloat16 autocast of the forward products "
-                                    "with float32 master weights and optimiser (about 2x on "
-                                    "GPUs and on CPUs with AVX-512 BF16).")
+    precision: Literal["fp32", "bf16"] = option(
+        "fp32", "fp32, or bf16: bfloat16 autocast of the forward products with float32 master "
+                "weights and optimiser (about 2x on GPUs and on CPUs with AVX-512 BF16).")
     compile: bool = option(False, "Compile the loss with torch.compile: the first step takes "
                                   "seconds to a minute longer; the sparse TopK kernels stay "
                                   "eager. The docs' benchmark pages say what it gains per "
