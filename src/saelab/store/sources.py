@@ -4,8 +4,9 @@ turned into one `Source` of row-aligned batches that feeds one or more dictionar
 `saelab.store.open_source(data, wants, cfg, group)` (adapters.py) takes one `Want` per
 dictionary (its hookpoint, width, target, whether it needs loss gradients) and returns a
 `Source`: batches from any global batch index on, batches per epoch, and one `Feed` per
-dictionary saying where its tensors sit in each batch. A store or a model is read once per batch for every dictionary. Under data parallelism
-(a `group` of several ranks, see saelab.train.distributed) each batch is this rank's share.
+dictionary saying where its tensors sit in each batch. A store or a model is read once per
+batch for every dictionary. Under data parallelism (a `group` of several ranks, see
+saelab.train.distributed) each batch is this rank's share.
 
 The kinds of data (see adapters.py for each):
 - an activation store (folder or ActivationStore): the hookpoints the dictionaries name;
