@@ -73,9 +73,26 @@ def check_fields(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     check_known(values, list(fields), what)
     hints = typing.get_type_hints(cls)
-    return {name: check_value(value, hints[name], f"{what}: field {name!r}",
-                              default_of(fields[name]))
-            for name, value in values.items()}
+    out = {}
+    for name, value in values.items():
+        where = f"{what}: field {name!r}"
+        out[name] = check_value(value, hints[name], where, default_of(fields[name]))
+        check_choice(value, fields[name].metadata.get("choices"), where)
+    return out
+
+
+def check_choice(value: Any, choices: Any, where: str) -> None:
+    """Refuse a `value` (or an item of a list value) not among `choices()`, a field's run-time
+    choices (registered architectures, metric families), with a did-you-mean."""
+    if choices is None or value is None:
+        return
+    allowed = list(choices())
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if item not in allowed:
+            close = difflib.get_close_matches(str(item), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where} expects one of {', '.join(allowed)}; got "
+                              f"{item!r}{hint}")
 
 
 def default_of(f: dataclasses.Field) -> Any:
