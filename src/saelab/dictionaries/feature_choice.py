@@ -33,6 +33,7 @@ Where this file had to choose:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -62,11 +63,13 @@ from saelab.ops.zipf import register_usage_buffers
 class FeatureChoiceConfig(DictionaryConfig):
     k: int = option(32, "Mean active latents per input at full use: the latents' capacities "
                         "add up to k x batch.")
-    capacity: str = option("zipf", "How the budget is split over latents: zipf (latent i gets "
-                                   "a share ~ (i + 1)^-zipf_exponent) or uniform.")
+    capacity: Literal["zipf", "uniform"] = option(
+        "zipf", "How the budget is split over latents: zipf (latent i gets a share ~ (i + "
+                "1)^-zipf_exponent) or uniform.")
     threshold_decay: float = option(0.9, "Decay of the running average of each latent's smallest "
                                          "kept activation (its inference threshold).")
-    aux: str = option("zipf", "Auxiliary loss for dead / under-used latents: zipf, auxk or none.")
+    aux: Literal["zipf", "auxk", "none"] = option(
+        "zipf", "Auxiliary loss for dead / under-used latents: zipf, auxk or none.")
     aux_coeff: float = option(1 / 32, "Weight of the auxiliary loss (0 disables it).")
     aux_k: int | None = option(None, "Latents per input in the auxiliary loss; default d_in // 2.")
     zipf_exponent: float = option(1.0, "Exponent alpha of the Zipf law (capacities and "

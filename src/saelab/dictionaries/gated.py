@@ -61,7 +61,7 @@ Choices where the paper leaves room:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -91,14 +91,15 @@ AUX_DECODERS = ("frozen", "trained")
 class GatedConfig(AuxKConfig):
     l1_coeff: float = option(0.15, "Weight lambda of the L1 penalty on ReLU(gate pre-activations) "
                                    "(inputs are normalised to unit mean squared norm).")
-    l1_form: str = option("plain", "'plain': unit-norm decoder, plain L1 (the paper); "
-                                   "'decoder_norm': free decoder, L1 weighted by decoder-row norms.")
+    l1_form: Literal["plain", "decoder_norm"] = option(
+        "plain", "'plain': unit-norm decoder, plain L1 (the paper); 'decoder_norm': free decoder, "
+                 "L1 weighted by decoder-row norms.")
     l1_warmup: float = option(0.05, "Fraction of training over which lambda ramps up from 0.")
     aux_coeff: float = option(1.0, "Weight of the auxiliary reconstruction from ReLU(gate) "
                                    "through the decoder (1 in the paper).")
-    aux_decoder: str = option("frozen", "'frozen': the auxiliary reconstruction goes through a "
-                                        "detached copy of the decoder (the paper); 'trained': the "
-                                        "decoder learns from it too (SAELens).")
+    aux_decoder: Literal["frozen", "trained"] = option(
+        "frozen", "'frozen': the auxiliary reconstruction goes through a detached copy of the "
+                  "decoder (the paper); 'trained': the decoder learns from it too (SAELens).")
     auxk_coeff: float = auxk_coeff_option(0.0, "; read through the gate path; the paper "
                                                "resamples instead")
 

@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
@@ -84,8 +86,9 @@ SPARSITY_FORMS = ("step", "tanh")
 
 @dataclass
 class JumpReLUConfig(AuxKConfig):
-    sparsity: str = option("step", "'step' (lambda x L0, the paper) or 'tanh' (lambda x sum "
-                                   "tanh(c |z| ||W_dec||), Anthropic's 2025 recipe).")
+    sparsity: Literal["step", "tanh"] = option(
+        "step", "'step' (lambda x L0, the paper) or 'tanh' (lambda x sum tanh(c |z| ||W_dec||), "
+                "Anthropic's 2025 recipe).")
     l0_coeff: float = option(1e-3, "lambda: weight of the sparsity term (inputs at unit mean "
                                    "squared norm).")
     bandwidth: float = option(1e-3, "eps: width of the rectangle kernel of the threshold's "

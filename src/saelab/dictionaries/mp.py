@@ -32,7 +32,7 @@ Choices where the paper leaves room:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -63,9 +63,9 @@ _GRAM_MAX = 1 << 26
 class MPConfig(AuxKConfig):
     k: int = option(32, "Matching-pursuit steps per input (atoms selected; inference may use "
                         "another number).")
-    selection: str = option("positive", "'positive': largest inner product, codes >= 0 (the "
-                                        "paper's code); 'absolute': largest |inner product| "
-                                        "(classic MP, signed codes).")
+    selection: Literal["positive", "absolute"] = option(
+        "positive", "'positive': largest inner product, codes >= 0 (the paper's code); 'absolute': "
+                    "largest |inner product| (classic MP, signed codes).")
     residual_tol: float = option(0.0, "Stop a row early once |residual| <= residual_tol * "
                                       "|x - b_dec| (0: always take k steps).")
 

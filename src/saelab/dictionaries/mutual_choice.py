@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -52,7 +53,8 @@ class MutualChoiceConfig(DictionaryConfig):
                         "batch (input, latent) pairs.")
     threshold_decay: float = option(0.9, "Decay of the running average of the smallest kept "
                                          "activation that becomes the inference threshold.")
-    aux: str = option("zipf", "Auxiliary loss for dead / under-used latents: zipf, auxk or none.")
+    aux: Literal["zipf", "auxk", "none"] = option(
+        "zipf", "Auxiliary loss for dead / under-used latents: zipf, auxk or none.")
     aux_coeff: float = option(1 / 32, "Weight of the auxiliary loss (0 disables it).")
     aux_k: int | None = option(None, "Latents per input in the auxiliary loss; default d_in // 2.")
     zipf_exponent: float = option(1.0, "Exponent alpha of the Zipf law usage is pulled towards.")

@@ -24,6 +24,7 @@ steps of 1,024, lambda 0.2) the unscaled plain form recovered 57% of them, the s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -52,8 +53,9 @@ L1_FORMS = ("plain", "decoder_norm")
 class ReLUConfig(AuxKConfig):
     l1_coeff: float = option(0.05, "Weight of the L1 sparsity penalty (inputs are normalised to "
                                    "unit mean squared norm during training).")
-    l1_form: str = option("decoder_norm", "'plain' (unit-norm decoder) or 'decoder_norm' "
-                                          "(L1 weighted by decoder-row norms).")
+    l1_form: Literal["plain", "decoder_norm"] = option(
+        "decoder_norm", "'plain' (unit-norm decoder) or 'decoder_norm' (L1 weighted by decoder-row "
+                        "norms).")
     l1_warmup: float = option(0.05, "Fraction of training over which the L1 weight ramps up.")
     auxk_coeff: float = auxk_coeff_option(0.0, "; the L1 recipes have none")
 

@@ -25,7 +25,7 @@ Choices where the papers leave room:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -60,8 +60,9 @@ NEEDS_PAIRS = ("a {name} predicts a module's output from its input, so it trains
 
 @dataclass
 class TranscoderConfig(AuxKConfig):
-    activation: str = option("topk", "'topk' (k active latents, Paulo et al. 2025) or 'relu' "
-                                     "(ReLU with an L1 penalty, Dunefsky et al. 2024).")
+    activation: Literal["topk", "relu"] = option(
+        "topk", "'topk' (k active latents, Paulo et al. 2025) or 'relu' (ReLU with an L1 penalty, "
+                "Dunefsky et al. 2024).")
     k: int = option(32, "Active latents per input (activation='topk').")
     l1_coeff: float = option(0.05, "Weight of the L1 penalty on the codes (activation='relu'; "
                                    "inputs are normalised to unit mean squared norm).")
