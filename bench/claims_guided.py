@@ -34,7 +34,7 @@ import torch
 
 import saelab
 from saelab.dictionaries.guided import detection_auc, store_row_labels
-from saelab.train.data import Labelled
+from saelab.train import Labelled
 
 log = logging.getLogger(__name__)
 

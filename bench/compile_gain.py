@@ -31,7 +31,7 @@ import saelab  # noqa: E402
 from saelab.dictionaries import StepState  # noqa: E402
 from saelab.dictionaries._registry import get  # noqa: E402
 from saelab.train.optim import make_optimizer  # noqa: E402
-from saelab.train.loop import _compiled  # noqa: E402
+from saelab.train.run import compiled_loss  # noqa: E402
 from saelab.train.step import train_step  # noqa: E402
 
 VARIANTS = ("relu", "gated", "jumprelu", "topk", "batchtopk")
@@ -40,7 +40,7 @@ VARIANTS = ("relu", "gated", "jumprelu", "topk", "batchtopk")
 def runner(sae, compiled: bool):
     """A function running one optimiser step of `sae` (compiled or eager) on a batch."""
     opt = make_optimizer(sae.parameters(), lr=1e-4)
-    loss_fn = _compiled(sae.loss) if compiled else sae.loss
+    loss_fn = compiled_loss(sae.loss) if compiled else sae.loss
     dead = torch.zeros(sae.n_latents, dtype=torch.bool)
 
     def step(x: torch.Tensor, i: int) -> None:
