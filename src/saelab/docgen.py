@@ -204,23 +204,22 @@ def metric_families() -> list[str]:
 
 
 def metric_page(name: str) -> str:
-    """The page of metric family `name`: its docstring, what it needs and the figures it
-    returns (contract: `saelab.evaluate.family(name)` with `needs` and `figures`)."""
+    """The page of metric family `name`: its docstring, what it needs (and what to pass to
+    `saelab.evaluate` for each need) and the figures it returns (contract 5:
+    `saelab.evaluate.family(name)` with `needs`, `figures` and `headline`)."""
     ev = _evaluate()
-    parts = [f"# `{name}`", ""]
-    if not hasattr(ev, "family"):  # older evaluate without family(): the name only
-        return "\n".join(parts + [f"Metric family `{name}` (details appear once "
-                                  "`saelab.evaluate.family` exists).", ""])
     cls = ev.family(name)
-    needs = sorted(getattr(cls, "needs", ()) or ())
-    figures = list(getattr(cls, "figures", ()) or ())
     module = inspect.getmodule(cls)
-    parts += [docstring(module) if module else "", "", docstring(cls), "",
-              f"- **Needs**: {', '.join(code(n) for n in needs) or 'the activations only'}",
-              f"- **Figures**: {', '.join(code(f) for f in figures) or 'none declared'}", "",
-              f'Use it with `saelab.evaluate(sae, data, metrics=("{name}",))` or '
-              f"`saelab eval SAE STORE --metrics {name}`.", ""]
-    return "\n".join(parts)
+    needs = [f"    - {code(n)}: {escape(ev.NEEDS.get(n, ''))}" for n in sorted(cls.needs)]
+    headline = getattr(cls, "headline", ())
+    return "\n".join([
+        f"# `{name}`", "", docstring(module) if module else "", "", docstring(cls), "",
+        "- **Needs**:", *needs,
+        f"- **Figures**: {', '.join(code(f) for f in cls.figures)}",
+        f"- **Printed in the report's summary**: {', '.join(code(f) for f in headline) or '-'}",
+        "", f'Use it with `saelab.evaluate(sae, data, metrics=("{name}",))` or '
+        f"`saelab eval SAE STORE --metrics {name}`; its figures are under `report[\"{name}\"]`.",
+        ""])
 
 
 def metric_index() -> str:
@@ -228,8 +227,7 @@ def metric_index() -> str:
     ev = _evaluate()
     rows = []
     for name in metric_families():
-        about = summary(ev.family(name)) if hasattr(ev, "family") else ""
-        rows.append([f"[`{name}`]({name}.md)", about])
+        rows.append([f"[`{name}`]({name}.md)", summary(ev.family(name))])
     return "\n".join(["# Metric families", "",
                       "Every registered metric family (`saelab.evaluate.families()`), one page "
                       "each, generated from its code.", "", table(["family", "what it measures"],
@@ -250,8 +248,6 @@ def cli_reference() -> str:
              "take `--no-...`, and `--config FILE` (JSON or YAML) reads the same fields, "
              "strictly; options on the command line win. `saelab COMMAND --help` prints the "
              "same.", ""]
-    if not hasattr(cli, "commands"):  # the CLI before contract 4: argparse's own help
-        return "\n".join(parts + [_argparse_help(cli)])
     for name, command in sorted(cli.commands().items()):
         parts += [f"## `saelab {name}`", "", escape(command.help), ""]
         if dataclasses.is_dataclass(command.config):
@@ -309,14 +305,6 @@ def _architecture_fields() -> str:
     links = ", ".join(f"[`{n}`](dictionaries/{n}.md#config-fields)" for n in names())
     return ("Each architecture adds its own fields (`saelab train STORE --architecture X "
             f"--help` lists them): {links}.")
-
-
-def _argparse_help(cli: Any) -> str:
-    """Fallback: each subcommand's argparse help as a code block."""
-    parser = cli.build_parser([])
-    subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    return "\n".join(f"## `saelab {name}`\n\n```text\n{sub.format_help()}```\n"
-                     for name, sub in subs.choices.items())
 
 
 # --- benchmarks ---------------------------------------------------------------------------------
