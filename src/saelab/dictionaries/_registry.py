@@ -28,6 +28,12 @@ def register(name: str) -> Callable[[T], T]:
     return wrap
 
 
+def unregister(name: str) -> None:
+    """Remove `name` from the registry (for a throwaway variant registered by a test or a
+    notebook); unknown names are ignored."""
+    _REGISTRY.pop(name, None)
+
+
 def _load_all() -> None:
     global _loaded
     if _loaded:
