@@ -71,3 +71,19 @@ def commands(block: Block) -> list[list[str]]:
                              f"commands, not {line!r}")
         argvs.append(argv[1:])
     return argvs
+
+
+def shell_commands(block: Block) -> list[list[str]]:
+    """Every `saelab` command line of a bash block, whatever its marker, as the argv after
+    `saelab` (also under `torchrun ... -m saelab` and `torchrun --no-python saelab`)."""
+    import shlex
+
+    text = re.sub(r"\\\n\s*", " ", block.code)
+    found = []
+    for line in text.splitlines():
+        argv = shlex.split(line, comments=True)
+        for i, word in enumerate(argv):
+            if word == "saelab" and (i == 0 or argv[i - 1] in ("-m", "--no-python")):
+                found.append(argv[i + 1:])
+                break
+    return found

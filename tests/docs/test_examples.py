@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import missing_asset
-from tests.docs.fenced import Block, blocks, commands, runnable
+from tests.docs.fenced import Block, blocks, commands, runnable, shell_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -76,3 +76,29 @@ def test_no_run_marker_skips_a_block_and_run_marker_enables_bash(tmp_path: Path)
     assert commands(found[3]) == [["eval", "runs/x", "acts"]]
     with pytest.raises(ValueError, match="only `saelab` commands"):
         commands(Block("bash", "pip install x", 1, "run"))
+
+
+def _documented_commands() -> list[tuple[str, list[str]]]:
+    return [(f"{page.relative_to(ROOT)}:{b.line}", argv) for page in PAGES
+            for b in blocks(page) if b.language == "bash" for argv in shell_commands(b)]
+
+
+@pytest.mark.parametrize("where, argv", _documented_commands(),
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_documented_command_line_parses(where: str, argv: list[str]) -> None:
+    """Every `saelab ...` line of the docs, run or not (torchrun ones included), names a command
+    and options the CLI accepts, so no example shows a flag that does not exist."""
+    from saelab import cli
+
+    assert argv and argv[0] in cli.commands(), f"{where}: unknown command {argv[:1]}"
+    try:
+        cli.parse(argv[0], argv[1:])
+    except SystemExit as e:
+        pytest.fail(f"{where}: `saelab {' '.join(argv)}` does not parse (exit {e.code})")
+
+
+def test_a_command_line_with_an_unknown_option_does_not_parse(capsys) -> None:
+    from saelab import cli
+
+    with pytest.raises(SystemExit):
+        cli.parse("train", ["acts", "--n-latentz", "64"])
