@@ -102,3 +102,10 @@ def test_a_command_line_with_an_unknown_option_does_not_parse(capsys) -> None:
 
     with pytest.raises(SystemExit):
         cli.parse("train", ["acts", "--n-latentz", "64"])
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_python_block_compiles_even_those_not_run(page: Path) -> None:
+    for b in blocks(page):
+        if b.language == "python":
+            compile(b.code, f"{page.relative_to(ROOT)}:{b.line}", "exec")
