@@ -354,17 +354,9 @@ def _plain(parsed: Any) -> dict[str, Any]:
 
 
 # --- parsing -------------------------------------------------------------------------------------
-def _config_path(argv: list[str]) -> str | None:
-    """The value of `--config` in a command's arguments, if given."""
-    for i, a in enumerate(argv):
-        if a == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--config="):
-            return a.split("=", 1)[1]
-    return None
-
-
 def _peek(argv: list[str], flag: str) -> str | None:
+    """The value of option `flag` in a command's arguments, if given (read before parsing: the
+    config file and the architecture decide which options exist)."""
     for i, a in enumerate(argv):
         if a == flag and i + 1 < len(argv):
             return argv[i + 1]
@@ -379,7 +371,7 @@ def parse(name: str, argv: list[str]) -> tuple[Any, dict]:
 
     config, help_text, _ = _COMMANDS[name]
     cls = config()
-    path = _config_path(argv)
+    path = _peek(argv, "--config")
     file = load_config_file(path) if path else {}
     sources = [(cls, frozenset())]
     arch = None
