@@ -190,3 +190,21 @@ def test_bad_k_and_auxk_are_refused_naming_the_field():
         saelab.create("matryoshka", d_in=8, n_latents=16, k=17)
     with pytest.raises(ConfigError, match="auxk_coeff"):
         saelab.create("matryoshka", d_in=8, n_latents=16, k=4, auxk_coeff=-1.0)
+
+
+def test_to_inference_is_a_jumprelu_with_the_same_codes_and_refused_before_training():
+    sae = saelab.create("matryoshka", d_in=16, n_latents=64, k=4)
+    with pytest.raises(ConfigError, match="no inference threshold yet"):
+        sae.to_inference()
+    x = planted(d=16, n_atoms=64, n=2048, mean_active=3, seed=0).x
+    sae.train()
+    sae.loss(x[:512], StepState())  # a training batch sets the threshold
+    sae.eval()
+    jump = sae.to_inference()
+    assert jump.architecture == "jumprelu" and not jump.training
+    assert torch.equal(jump.exact_tensors["threshold"], sae.threshold.expand(64))
+    theta = float(sae.threshold)
+    pre = sae.pre_activations(x)
+    clear = ((pre - theta).abs() > 1e-6).all(-1)  # rows with no code at the threshold itself
+    assert clear.any()
+    assert torch.equal(jump.encode(x)[clear], sae.encode(x)[clear])

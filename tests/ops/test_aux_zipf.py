@@ -65,3 +65,40 @@ def test_aux_zipf_loss_moves_feature_usage_towards_zipf():
     assert dead_zipf < 0.5 * dead_none, results
     assert share_zipf > 0.1, results  # the revived latents carry real usage
     assert dist_zipf < 0.75 * dist_none, results  # ... and the shape moves towards Zipf
+
+
+def test_add_auxk_adds_the_term_only_when_on_and_some_latent_is_dead():
+    from types import SimpleNamespace
+
+    from saelab.ops.auxk import add_auxk
+
+    g = torch.Generator().manual_seed(0)
+    x, target, x_hat = (torch.randn(32, 8, generator=g) for _ in range(3))
+    W_enc, W_dec = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+    b_enc = torch.zeros(16)
+    dead = torch.zeros(16, dtype=torch.bool)
+    dead[:5] = True
+    total = torch.tensor(1.0)
+    on, off = SimpleNamespace(auxk_coeff=0.5, auxk_k=3), SimpleNamespace(auxk_coeff=0.0, auxk_k=3)
+    for cfg, mask in ((off, dead), (on, None), (on, torch.zeros(16, dtype=torch.bool))):
+        terms = {}
+        assert add_auxk(terms, total, cfg, mask, x, target, x_hat, W_enc, b_enc, W_dec) is total
+        assert terms == {}
+    terms = {}
+    out = add_auxk(terms, total, on, dead, x, target, x_hat, W_enc, b_enc, W_dec)
+    expected = auxk_loss(x, target - x_hat, W_enc, b_enc, W_dec, dead, 3)
+    assert torch.equal(terms["auxk"], expected) and torch.equal(out, total + 0.5 * expected)
+
+
+def test_magnitude_codes_let_latents_with_negative_pre_activations_reconstruct():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    W_enc = torch.randn(4, 8, generator=g)
+    b_enc = torch.full((4,), -100.0)  # every pre-activation negative
+    dead = torch.ones(4, dtype=torch.bool)
+    residual = torch.randn(64, 8, generator=g)
+    relu = auxk_loss(x, residual, W_enc, b_enc, W_enc, dead, 2, codes="relu")
+    nothing = residual.pow(2).sum(-1).mean() / (residual - residual.mean(0)).pow(2).sum(-1).mean()
+    assert relu == pytest.approx(float(nothing))  # ReLU'd codes are all 0: no reconstruction
+    for codes in ("signed", "magnitude"):
+        assert auxk_loss(x, residual, W_enc, b_enc, W_enc, dead, 2, codes=codes) != relu
