@@ -54,7 +54,8 @@ def docstring(obj: Any) -> str:
     lines = inspect.cleandoc(doc).split("\n")
     out: list[str] = []
     for line in lines:  # Markdown needs a blank line before a list that follows a paragraph
-        if line.startswith("- ") and out and out[-1].strip() and not out[-1].startswith(("- ", " ")):
+        after_paragraph = out and out[-1].strip() and not out[-1].startswith(("- ", " "))
+        if line.startswith("- ") and after_paragraph:
             out.append("")
         out.append(line)
     return escape("\n".join(out))
@@ -72,7 +73,7 @@ def table(columns: list[str], rows: list[list[Any]]) -> str:
 
 
 def code(value: Any) -> str:
-    """`value` as an inline code span (backticks inside are doubled around)."""
+    """`value` as an inline code span (a double-backtick span when it holds a backtick)."""
     text = str(value)
     return f"`` {text} ``" if "`" in text else f"`{text}`"
 
