@@ -10,7 +10,8 @@ import saelab
 from saelab.data.synthetic import planted
 from saelab.dictionaries import StepState
 from saelab.dictionaries._base import fvu
-from saelab.dictionaries.matryoshka import batch_topk, default_prefixes
+from saelab.dictionaries.matryoshka import default_prefixes
+from saelab.ops.bags import batch_topk
 from saelab.errors import ConfigError
 
 
