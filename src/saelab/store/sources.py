@@ -25,6 +25,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from saelab.capture import BATCH_CONTEXTS
+from saelab.capture.exclude import NORM_FACTOR
 from saelab.errors import DataError
 
 Batch = tuple[Tensor, ...]
@@ -65,13 +67,13 @@ class LiveSource:
     """Contexts [N, T] of token ids, read once in order."""
     model_name: str = "model"
     """Name recorded in each dictionary's provenance."""
-    batch_contexts: int = 8
+    batch_contexts: int = BATCH_CONTEXTS
     """Contexts per model forward."""
     buffer_rows: int = 1 << 16
     """Rows held in the shuffling buffer."""
     special_ids: list[int] | None = None
     """Token ids left out (BOS, EOS, separators)."""
-    norm_factor: float | None = 5.0
+    norm_factor: float | None = NORM_FACTOR
     """Rows whose norm exceeds this multiple of the median norm are left out (None: keep all)."""
 
 

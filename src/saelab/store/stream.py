@@ -15,14 +15,14 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from saelab.capture import Capture
-from saelab.capture.exclude import Exclusion
+from saelab.capture import BATCH_CONTEXTS, Capture
+from saelab.capture.exclude import NORM_FACTOR, Exclusion
 from saelab.errors import DataError
 
 
 def stream_batches(model: nn.Module, tokens: Tensor, hookpoint: str | Sequence[str],
-                   batch_size: int, *, buffer_rows: int = 1 << 16, batch_contexts: int = 8,
-                   special_ids: list[int] | None = None, norm_factor: float | None = 5.0,
+                   batch_size: int, *, buffer_rows: int = 1 << 16, batch_contexts: int = BATCH_CONTEXTS,
+                   special_ids: list[int] | None = None, norm_factor: float | None = NORM_FACTOR,
                    seed: int = 0) -> Iterator[tuple[Tensor, ...]]:
     """Shuffled batches captured on the fly from `tokens` [N, T]: `(acts [batch_size, d],)` for
     one hookpoint, or one row-aligned tensor per hookpoint, in model order (the order of

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from saelab._paths import write_json, write_safetensors
-from saelab.capture import Capture
-from saelab.capture.exclude import Exclusion
+from saelab.capture import BATCH_CONTEXTS, Capture
+from saelab.capture.exclude import NORM_FACTOR, Exclusion
 from saelab.errors import DataError, OutputExistsError
 from saelab.store.reader import (CONTEXTS, FORMAT, MANIFEST, ActivationStore, acts_name,
                                  is_store, read_manifest)
@@ -96,8 +96,8 @@ def _rows_of_batch(acts: dict[str, Tensor], tokens: Tensor, first_ctx: int,
 
 def capture_to_store(model: nn.Module, tokens: Tensor, hookpoints: list[str], out: str | Path, *,
                      model_name: str, doc_ids: Tensor | None = None,
-                     special_ids: list[int] | None = None, norm_factor: float | None = 5.0,
-                     batch_contexts: int = 8, shard_rows: int = 1 << 16, dtype: str = "float32",
+                     special_ids: list[int] | None = None, norm_factor: float | None = NORM_FACTOR,
+                     batch_contexts: int = BATCH_CONTEXTS, shard_rows: int = 1 << 16, dtype: str = "float32",
                      overwrite: bool = False, progress: bool = True,
                      gradients: bool = False) -> ActivationStore:
     """Capture the activations of `hookpoints` for every context in `tokens` [N, T] into a store.
