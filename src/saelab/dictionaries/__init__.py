@@ -1,10 +1,18 @@
 """Dictionaries: one file per variant, registered by name."""
 
-from saelab.dictionaries._base import Dictionary, DictionaryConfig, Loss, Output, StepState
+from saelab.dictionaries._base import (
+    AuxKConfig,
+    Dictionary,
+    DictionaryConfig,
+    Loss,
+    Output,
+    StepState,
+)
+from saelab.dictionaries._formats import SaeLensMapping, SparsifyMapping
 from saelab.dictionaries._registry import get, names, register
 
-__all__ = ["Dictionary", "DictionaryConfig", "Loss", "Output", "StepState", "get", "names",
-           "register", "create"]
+__all__ = ["AuxKConfig", "Dictionary", "DictionaryConfig", "Loss", "Output", "SaeLensMapping",
+           "SparsifyMapping", "StepState", "get", "names", "register", "create"]
 
 
 def create(architecture: str, d_in: int, n_latents: int, *, seed: int | None = 0,
