@@ -4,6 +4,7 @@ layouts and read back bit for bit, and by the libraries themselves."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -341,3 +342,29 @@ def test_writing_what_a_format_cannot_express_is_refused_by_name(arch, kw, to, m
     with pytest.raises(saelab.SaelabError, match=match):
         save_in(sae, tmp_path / "out", format=to)
     assert not (tmp_path / "out").exists()
+
+
+def _declared(fmt):
+    from saelab.io.mapping import declarations
+
+    return sorted(declarations(fmt).items())
+
+
+@pytest.mark.parametrize("fmt", ["saelens", "sparsify"])
+def test_every_declared_mapping_writes_a_folder_that_reads_back_as_the_same_dictionary(fmt,
+                                                                                      tmp_path):
+    from saelab.dictionaries import StepState, get
+
+    assert _declared(fmt), fmt
+    for arch, mapping in _declared(fmt):
+        k = {"k": 3} if "k" in {f.name for f in dataclasses.fields(get(arch).Config)} else {}
+        sae = saelab.create(arch, d_in=D, n_latents=F, **k, **mapping.fixed)
+        if "target" not in sae.needs:  # a training batch sets any inference threshold
+            sae.train()
+            sae.loss(_x().float(), StepState())
+        sae.eval()
+        save_in(sae, tmp_path / arch / fmt, format=fmt)
+        back = saelab.load(tmp_path / arch / fmt)
+        assert type(back) is type(sae) and back.cfg == sae.cfg, arch
+        for name, t in sae.state_dict().items():
+            assert torch.equal(t, back.state_dict()[name]), (arch, name)

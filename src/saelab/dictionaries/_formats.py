@@ -51,7 +51,14 @@ def shift_biases(*names: str) -> Shift:
         for name in names:
             state[name] = state[name] + shift
 
+    fold.__name__ = fold.__qualname__ = "shift_" + "_".join(names)  # how docs show it
     return fold
+
+
+def inference_form(dictionary):
+    """`dictionary.to_inference()`: the form a training-time variant is written as
+    (`SaeLensMapping.written_as`)."""
+    return dictionary.to_inference()
 
 
 def whole_k(cfg: dict, fields: dict) -> None:

@@ -61,7 +61,7 @@ from saelab.dictionaries._base import (
     fvu,
     squared_error,
 )
-from saelab.dictionaries._formats import PLAIN, SaeLensMapping, whole_k
+from saelab.dictionaries._formats import PLAIN, SaeLensMapping, inference_form, whole_k
 from saelab.dictionaries._registry import register
 from saelab.dictionaries.jumprelu import JumpReLU
 from saelab.ops import sparse_decode
@@ -108,7 +108,7 @@ class BatchTopK(Dictionary):
     formats = {"saelens": SaeLensMapping(
         architecture="batchtopk", tensors={**PLAIN, "topk_threshold": "threshold"},
         fields={"k": "k"}, read_fields=whole_k, read=threshold_from_saelens,
-        written_as=lambda dictionary: dictionary.to_inference())}
+        written_as=inference_form)}
     """Read from SAELens' training-time BatchTopK; written as its inference form, a JumpReLU."""
 
     def __init__(self, cfg: BatchTopKConfig):

@@ -52,7 +52,7 @@ from saelab.dictionaries._base import (
     check_k,
     squared_error,
 )
-from saelab.dictionaries._formats import PLAIN, SaeLensMapping, whole_k
+from saelab.dictionaries._formats import PLAIN, SaeLensMapping, inference_form, whole_k
 from saelab.dictionaries._registry import register
 from saelab.dictionaries.jumprelu import JumpReLU
 from saelab.errors import ConfigError
@@ -126,7 +126,7 @@ class Matryoshka(Dictionary):
     formats = {"saelens": SaeLensMapping(
         architecture="matryoshka_batchtopk", tensors={**PLAIN, "topk_threshold": "threshold"},
         fields={"k": "k"}, read_fields=prefixes_from_saelens, read=threshold_from_saelens,
-        written_as=lambda dictionary: dictionary.to_inference())}
+        written_as=inference_form)}
     """Read from SAELens' training-time Matryoshka BatchTopK; written as its inference form, a
     JumpReLU."""
 
