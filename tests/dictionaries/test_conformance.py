@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import saelab
+from saelab import docgen
 import saelab.dictionaries as package
 from saelab.dictionaries import Dictionary, Output, StepState, get, names
 from saelab.dictionaries._registry import unregister
@@ -94,10 +95,7 @@ def check_training_improves_it(sae, x) -> None:
 
 def check_deterministic(name: str, planted) -> None:
     x, target = pairs(make(name), planted.x[:2048, :D_IN])
-    data = x if target is None else (x, target)
-    if make(name).trained_by == "fit":  # fitted on one pass: a finite list of batches
-        data = list(x.split(256)) if target is None else list(zip(x.split(256),
-                                                                  target.split(256)))
+    data = x if target is None else (x, target)  # fit variants read `steps` batches of it
     if "gradients" in make(name).needs:  # g-SAE: a fixed stand-in loss gradient
         grads = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
         data = saelab.train.WithGradients(data, grads)
@@ -168,6 +166,8 @@ from saelab.dictionaries import Dictionary, register
 
 @register("throwaway_fit")
 class ThrowawayFit(Dictionary):
+    """Atoms are the leading right singular vectors of the centred data."""
+
     trained_by = "fit"
     unit_norm_decoder = False
 
@@ -209,3 +209,6 @@ def test_a_variant_in_a_new_module_is_registered_and_passes_conformance(throwawa
     check_deterministic(throwaway, planted)
     with pytest.raises(NotImplementedError, match="not trained by gradient"):
         make(throwaway).loss(torch.randn(4, D_IN), StepState())
+    page = docgen.dictionary_page(throwaway)  # documented: a generated page of its own
+    assert "throwaway_fit" in page and "leading right singular vectors" in page
+    assert "throwaway_fit" in docgen.dictionary_index()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import Callable, TypeVar
 
 from saelab.errors import ConfigError
@@ -38,11 +39,10 @@ def _load_all() -> None:
     global _loaded
     if _loaded:
         return
-    import saelab.dictionaries as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
+    package = __name__.rpartition(".")[0]  # the folder of this file, without importing it
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if not mod.name.startswith("_"):
-            importlib.import_module(f"{pkg.__name__}.{mod.name}")
+            importlib.import_module(f"{package}.{mod.name}")
     _loaded = True
 
 

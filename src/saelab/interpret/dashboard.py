@@ -81,7 +81,6 @@ def check_features(features: Sequence[int], n_latents: int) -> list[int]:
     return list(dict.fromkeys(features))  # drop repeats, keep order
 
 
-_check_features = check_features  # the old private name, until saelab.io.export has moved
 
 
 # --- data gathering ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from torch import Tensor
 from saelab._paths import write_json
 from saelab.interpret.dashboard import (
     TokenText,
-    _check_features,
+    check_features,
     gather_contexts,
     logit_effects,
     select_features,
@@ -71,7 +71,7 @@ def neuronpedia_export(out_file: str | Path, dictionary, top: TopExamples, token
     prov = dictionary.provenance
     model_id = model_id or str(prov.get("model", "unknown"))
     layer = layer or str(prov.get("hookpoint", "unknown"))
-    chosen = (_check_features(features, dictionary.n_latents) if features is not None
+    chosen = (check_features(features, dictionary.n_latents) if features is not None
               else select_features(top, n_features))
     text = TokenText(tokenizer)
     effects = {} if unembed is None else logit_effects(dictionary.W_dec, unembed, chosen)

@@ -45,11 +45,20 @@ def fit(dictionary: Dictionary, data, config: TrainConfig | None = None) -> Dict
     `fit` on the batches."""
     cfg = config or TrainConfig()
     if dictionary.trained_by != "gradient":
-        source = open_source(data, [want_of(Member(cfg.hookpoint, dictionary, cfg))], cfg)
-        dictionary.fit(b[source.feeds[0].input] for b in source.batches(0))
-        return dictionary
+        return fit_by_itself(dictionary, data, cfg)
     (trained,) = train([Member(cfg.hookpoint, dictionary, cfg)], data, cfg)
     return trained
+
+
+def fit_by_itself(dictionary: Dictionary, data, cfg: TrainConfig) -> Dictionary:
+    """A dictionary with its own `fit` (`trained_by == "fit"`) reads `cfg.steps` batches, or
+    `cfg.epochs` passes over data of known length, or an iterable to its end."""
+    source = open_source(data, [want_of(Member(cfg.hookpoint, dictionary, cfg))], cfg)
+    batches = source.batches(0)  # epochs repeat without end: bounded here
+    if cfg.steps is not None or source.per_epoch is not None:
+        batches = itertools.islice(batches, total_steps(cfg, source, Group()))
+    dictionary.fit(b[source.feeds[0].input] for b in batches)
+    return dictionary
 
 
 def fit_many(targets: Mapping[str, Dictionary | tuple | Sequence], source,
