@@ -98,7 +98,13 @@ def load(path: str | Path):
 
 def load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
     """Copy `tensors` into `module`, refusing missing, extra or mis-shaped tensors."""
-    expected = module.state_dict()
+    check_state(module.state_dict(), tensors, source)
+    module.load_state_dict(tensors)
+
+
+def check_state(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+                source: Path) -> None:
+    """Refuse `tensors` unless they have exactly the names and shapes of `expected`."""
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
@@ -108,4 +114,3 @@ def load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source
         if t.shape != expected[name].shape:
             raise FormatError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, the config "
                               f"implies {tuple(expected[name].shape)}")
-    module.load_state_dict(tensors)

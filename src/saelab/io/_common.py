@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saelab._paths import atomic_path, write_json, write_safetensors
 from saelab.config import build, to_dict
 from saelab.dictionaries import get
-from saelab.dictionaries._native import load_weights
+from saelab.dictionaries._native import check_state, load_weights
 from saelab.errors import FormatError
 
 log = logging.getLogger("saelab.io")
@@ -81,17 +82,8 @@ def blank(architecture: str, fields: dict[str, Any], source: Path):
 
 def fill(dictionary, tensors: dict[str, Tensor], provenance: dict[str, Any], source: Path):
     """`dictionary` whose state is `tensors` exactly (same dtype, bit for bit), in eval mode."""
-    architecture = dictionary.architecture
     state = dictionary.state_dict()
-    missing = sorted(set(state) - set(tensors))
-    extra = sorted(set(tensors) - set(state))
-    if missing or extra:
-        raise FormatError(f"{source}: cannot fill a saelab {architecture!r} (missing: "
-                          f"{missing or 'none'}; unexpected: {extra or 'none'})")
-    for name, t in tensors.items():
-        if tuple(t.shape) != tuple(state[name].shape):
-            raise FormatError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, a saelab "
-                              f"{architecture!r} of this size needs {tuple(state[name].shape)}")
+    check_state(state, tensors, source)
     dictionary.to(tensors["W_dec"].dtype)
     for name, t in tensors.items():
         state[name] = t.clone() if t.is_floating_point() else t.to(state[name].dtype)
@@ -113,3 +105,16 @@ def saelab_record(dictionary) -> dict[str, Any]:
     scalars = {name: t.item() for name, t in dictionary.named_buffers() if t.ndim == 0}
     return {"architecture": dictionary.architecture, "config": to_dict(dictionary.cfg),
             "scalars": scalars, "provenance": dict(dictionary.provenance)}
+
+
+def write_folder(path: str | Path, files: dict[str, dict[str, Tensor]],
+                 cfg: tuple[str, dict[str, Any]]) -> Path:
+    """A folder at `path` (replaced as a whole, atomically) holding one safetensors file per
+    entry of `files` ({name: tensors}) and the config file `cfg` = (name, values)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        for name, tensors in files.items():
+            write_safetensors(tmp / name, tensors)
+        write_json(tmp / cfg[0], cfg[1])
+    return path

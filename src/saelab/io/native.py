@@ -8,6 +8,7 @@ from saelab.dictionaries._native import (
     CFG,
     EXACT,
     WEIGHTS,
+    check_state,
     library_version,
     load,
     load_state,
@@ -16,5 +17,5 @@ from saelab.dictionaries._native import (
     save,
 )
 
-__all__ = ["CFG", "EXACT", "WEIGHTS", "library_version", "load", "load_state", "load_weights",
+__all__ = ["CFG", "EXACT", "WEIGHTS", "check_state", "library_version", "load", "load_state", "load_weights",
            "read_config", "save"]

@@ -16,9 +16,8 @@ from typing import Any
 
 from torch import Tensor
 
-from saelab._paths import atomic_path, write_json, write_safetensors
 from saelab.errors import ConfigError, FormatError
-from saelab.io._common import SAELAB_KEY, saelab_record
+from saelab.io._common import SAELAB_KEY, saelab_record, write_folder
 from saelab.io.mapping import mapping_to, refuse_unfixed, renamed_out
 from saelab.io.saelens import CFG, LAYOUT_VERSION, SPARSITY, TRANSPOSED, WEIGHTS
 
@@ -67,12 +66,8 @@ def _json_safe(obj: Any) -> Any:
 
 def save(dictionary, path: str | Path, sparsity: Tensor | None = None) -> Path:
     """Write `dictionary` as a SAELens folder at `path` (replaced as a whole, atomically)."""
-    path = Path(path)
     cfg, tensors = to_saelens(dictionary)
-    with atomic_path(path) as tmp:
-        tmp.mkdir()
-        write_safetensors(tmp / WEIGHTS, tensors)
-        write_json(tmp / CFG, cfg)
-        if sparsity is not None:
-            write_safetensors(tmp / SPARSITY, {"sparsity": sparsity.detach().cpu()})
-    return path
+    files = {WEIGHTS: tensors}
+    if sparsity is not None:
+        files[SPARSITY] = {"sparsity": sparsity.detach().cpu()}
+    return write_folder(path, files, (CFG, cfg))

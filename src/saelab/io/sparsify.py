@@ -22,7 +22,6 @@ from typing import Any
 
 from torch import Tensor
 
-from saelab._paths import atomic_path, write_json, write_safetensors
 from saelab.errors import FormatError
 from saelab.dictionaries._formats import SparsifyMapping
 from saelab.io._common import (
@@ -34,6 +33,7 @@ from saelab.io._common import (
     read_json,
     read_tensors,
     saelab_record,
+    write_folder,
 )
 from saelab.io.mapping import (
     declarations,
@@ -125,10 +125,5 @@ def to_sparsify(dictionary) -> tuple[dict[str, Any], dict[str, Tensor]]:
 def save(dictionary, path: str | Path) -> Path:
     """Write `dictionary` as a sparsify folder at `path` (replaced as a whole, atomically). For a
     multi-hookpoint layout, save each dictionary to `run/<hookpoint>`."""
-    path = Path(path)
     cfg, tensors = to_sparsify(dictionary)
-    with atomic_path(path) as tmp:
-        tmp.mkdir()
-        write_safetensors(tmp / WEIGHTS, tensors)
-        write_json(tmp / CFG, cfg)
-    return path
+    return write_folder(path, {WEIGHTS: tensors}, (CFG, cfg))
