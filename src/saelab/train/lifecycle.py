@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 
 from saelab.config import to_dict
 from saelab.dictionaries import Dictionary
-from saelab.errors import DataError, OutputExistsError
+from saelab.errors import DataError
 from saelab.store.sources import Batch, check_batch
 from saelab.train import checkpoint as ckpt
+from saelab.train.folder import check_not_an_input, prepare
 from saelab.train.run import Run
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def open_folder(run: Run) -> bool:
 def _open_folder(run: Run) -> bool:
     if run.out is None:
         return False
+    check_not_an_input(run.out, [d["path"] for d in [run.identity["data"]] if "path" in d])
     info = ckpt.read_info(run.checkpoint_dir)
     if info is not None and info.get("identity") == json.loads(json.dumps(run.identity)):
         run.since_fired = ckpt.load_checkpoint(run.checkpoint_dir, run.dictionary, run.optimizer,
@@ -54,13 +55,7 @@ def _open_folder(run: Run) -> bool:
         run.target_scale = info.get("target_scale", run.scale)
         log.info("resuming %s at step %d of %d", run.out, run.step, run.steps)
         return True
-    if run.out.exists() and any(run.out.iterdir()):
-        if not run.cfg.overwrite:
-            raise OutputExistsError(f"{run.out} already holds a run with other settings (or "
-                                    f"other files); pass overwrite=True (--overwrite) to "
-                                    f"replace it, or choose another folder")
-        shutil.rmtree(run.out)
-    run.out.mkdir(parents=True, exist_ok=True)
+    prepare(run.out, run.identity, run.cfg.overwrite)
     return False
 
 

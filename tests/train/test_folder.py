@@ -1,0 +1,91 @@
+"""The run folder: a run killed before its first checkpoint reruns with the same command,
+`overwrite` removes only what saelab wrote, and no run folder may overlap the store it reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import saelab
+from saelab.errors import ConfigError, OutputExistsError
+from saelab.train.run import Run
+
+HP = "model.layers.1"
+
+
+def cfg(**kw):
+    return saelab.TrainConfig(**{**dict(steps=12, batch_size=128, progress=False,
+                                        checkpoint_every=100, log_every=2), **kw})
+
+
+def topk():
+    return saelab.create("topk", d_in=32, n_latents=64, k=3)
+
+
+@pytest.fixture(scope="module")
+def store(tiny_lm, tmp_path_factory):
+    from saelab.store import capture_to_store
+
+    tokens = torch.randint(3, 64, (8, 16), generator=torch.Generator().manual_seed(2))
+    path = tmp_path_factory.mktemp("folder") / "store"
+    capture_to_store(tiny_lm, tokens, [HP], path, model_name="tiny", progress=False)
+    return path
+
+
+def killed_at(step: int, *args) -> None:
+    """Run saelab.fit(*args) and kill it (an exception) when it reaches `step`."""
+    original = Run.take_step
+
+    def dying(run, batch):
+        if run.step == step:
+            raise KeyboardInterrupt
+        return original(run, batch)
+
+    Run.take_step = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            saelab.fit(*args)
+    finally:
+        Run.take_step = original
+
+
+def test_a_run_killed_before_its_first_checkpoint_reruns_with_the_same_command(planted,
+                                                                              tmp_path):
+    out = tmp_path / "run"
+    killed_at(5, topk(), planted.x[:4096], cfg(out=str(out)))
+    assert not (out / "checkpoint").exists() and (out / "metrics.jsonl").exists()
+    saelab.fit(topk(), planted.x[:4096], cfg(out=str(out)))  # no overwrite needed
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(2, 13, 2))  # one line per logged step: the killed run's are gone
+
+
+def test_another_run_is_refused_without_overwrite_and_nothing_is_deleted(planted, tmp_path):
+    out = tmp_path / "run"
+    killed_at(5, topk(), planted.x[:4096], cfg(out=str(out)))
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(OutputExistsError, match="other settings"):
+        saelab.fit(topk(), planted.x[:4096], cfg(out=str(out), lr=1e-3))
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_overwrite_removes_only_what_saelab_wrote(planted, tmp_path):
+    out = tmp_path / "run"
+    saelab.fit(topk(), planted.x[:4096], cfg(out=str(out), checkpoint_every=6))
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="notes.txt"):
+        saelab.fit(topk(), planted.x[:4096], cfg(out=str(out), lr=1e-3))
+    saelab.fit(topk(), planted.x[:4096], cfg(out=str(out), lr=1e-3, overwrite=True))
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "run.json").read_text())["train"]["lr"] == 1e-3
+    assert (out / "sae" / "cfg.json").exists()
+
+
+@pytest.mark.parametrize("where", ["store", "store/inside", "parent"])
+def test_a_run_folder_overlapping_its_store_is_refused_even_with_overwrite(store, where):
+    out = {"store": store, "store/inside": store / "inside", "parent": store.parent}[where]
+    files = sorted(p.name for p in store.iterdir())
+    with pytest.raises(ConfigError, match="overlaps the data it reads"):
+        saelab.fit(topk(), store, cfg(out=str(out), overwrite=True))
+    assert sorted(p.name for p in store.iterdir()) == files
