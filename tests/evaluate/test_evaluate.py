@@ -12,7 +12,7 @@ from torch import nn
 
 import saelab
 from saelab.capture.exclude import Exclusion
-from saelab.errors import ConfigError
+from saelab.errors import ConfigError, DataError
 from saelab.evaluate import family, figures, format_report, headline, spliced_loss
 
 
@@ -179,3 +179,33 @@ def test_transcoders_are_evaluated_against_their_target():
     assert report["reconstruction"]["fvu"] == pytest.approx(fvu.item(), rel=1e-4)
     with pytest.raises(ConfigError, match="target_hookpoint"):
         saelab.evaluate(tc, x)
+
+
+def test_non_finite_activations_are_refused_naming_the_first_bad_row(planted):
+    sae = saelab.create("topk", d_in=32, n_latents=64, k=3)
+    x = planted.x[:3000].clone()
+    x[2345, 7] = float("nan")
+    x[2900, 1] = float("inf")
+    with pytest.raises(DataError, match="NaN or inf at row 2345"):
+        saelab.evaluate(sae, x, batch_size=1000)
+
+
+def test_activations_of_another_width_are_refused_with_a_message():
+    sae = saelab.create("topk", d_in=32, n_latents=64, k=3)
+    with pytest.raises(DataError, match=r"shape \(100, 576\).*expects \[rows, 32\]"):
+        saelab.evaluate(sae, torch.randn(100, 576))
+
+
+def test_report_json_is_strict_json_when_a_figure_is_nan(tiny_lm, tokens, tmp_path):
+    sae = saelab.create("topk", d_in=32, n_latents=64, k=3)
+    hp = "model.layers.1"
+    report = saelab.evaluate(sae, None, model=tiny_lm, tokens=tokens, hookpoint=hp,
+                             out=tmp_path)  # no data: no mean, so mean-ablated figures are NaN
+    assert math.isnan(report["splice"]["ce_loss_mean_ablated"])
+
+    def refuse(name):
+        raise ValueError(f"bare {name} in report.json")
+
+    written = json.loads((tmp_path / "report.json").read_text(), parse_constant=refuse)
+    assert written["splice"]["ce_loss_mean_ablated"] is None
+    assert written["splice"]["ce_loss_clean"] == pytest.approx(report["splice"]["ce_loss_clean"])

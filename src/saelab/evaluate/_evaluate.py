@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saelab.errors import ConfigError
+from saelab.errors import ConfigError, DataError
 from saelab.evaluate._base import NEEDS, Context, Family
 from saelab.evaluate._data import Data, prepare
 from saelab.evaluate._registry import family
@@ -104,7 +104,10 @@ def _run(instances: list[Family], context: Context) -> tuple[dict[str, dict], di
     results: dict[str, dict] = {}
     if streaming:
         seconds["activations_pass"] = 0.0
+        row = 0
         for x, target in tqdm(context.batches(), desc="evaluate", disable=not context.progress):
+            check_rows(x, target, context.dictionary, row)
+            row += x.shape[0]
             t0 = time.perf_counter()
             output = context.dictionary(x)
             seconds["activations_pass"] += time.perf_counter() - t0
@@ -117,6 +120,21 @@ def _run(instances: list[Family], context: Context) -> tuple[dict[str, dict], di
         results[f.name] = f.result() if f.streams() else f.run()
         seconds[f.name] += time.perf_counter() - t0
     return results, {k: round(v, 3) for k, v in seconds.items()}
+
+
+def check_rows(x: Tensor, target: Tensor, dictionary, first_row: int) -> None:
+    """Refuse a batch of the wrong width or with non-finite values, naming the first bad row
+    (`first_row` is the index of the batch's first row in the data)."""
+    for what, t, width in (("activations", x, dictionary.d_in),
+                           ("targets", target, dictionary.d_out)):
+        if t.ndim != 2 or t.shape[1] != width:
+            raise DataError(f"the {what} have shape {tuple(t.shape)} from row {first_row}; this "
+                            f"{dictionary.architecture} expects [rows, {width}]: evaluate it on "
+                            f"data of the hookpoint it was trained on")
+        bad = (~torch.isfinite(t)).any(dim=1).nonzero()
+        if len(bad):
+            raise DataError(f"the {what} hold NaN or inf at row {first_row + int(bad[0])}: "
+                            f"clean or re-capture the data (figures on them would be NaN)")
 
 
 def _version() -> str:

@@ -17,11 +17,24 @@ META = "meta"
 
 
 def write_report(out: str | Path, report: dict) -> Path:
-    """Write `report.json` into the folder `out` (created if needed); returns its path."""
+    """Write `report.json` into the folder `out` (created if needed); returns its path. A figure
+    that is not a number (NaN, e.g. a mean-ablated loss without a data mean) is written as null."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "report.json", report)
+    write_json(out / "report.json", json_safe(report))
     return out / "report.json"
+
+
+def json_safe(value):
+    """`value` with every NaN or infinite float replaced by None (JSON's null): strict JSON
+    readers refuse the bare NaN that Python's json module writes."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def histogram(path: Path, values, xlabel: str, ylabel: str, bins: int) -> Path:
