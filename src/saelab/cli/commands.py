@@ -1,37 +1,24 @@
 """`saelab <command>`: thin wrappers over the Python API, each generated from its config dataclass.
 
-Why tyro: it builds a command line from a typed dataclass and nothing else, so the config classes
-stay the one source of truth. `Literal[...]` fields become choices, `X | None` accepts `None`,
-booleans get `--x/--no-x`, nested configs get dotted flags (`--train.lr`), and a default instance
-per call lets a config file supply the defaults that the command line then overrides. It is
-typed end to end and actively maintained; simple-parsing (SAELens, sparsify) does the same job
-on argparse, but with less of the typing (unions, Literal) handled for us.
-
-A config file (`--config f.json` or `.yaml`) is loaded strictly by `saelab.config` (unknown keys
-refused with a did-you-mean, wrong types named); its values become the defaults, and options on
-the command line win. Errors meant for users print their message and exit 2, without a traceback
-unless `--debug`.
+The commands: their config dataclasses, one-line help and steps (`cmd_*`), and `main`, the
+top-level parser that hands a command's arguments to `saelab.cli.parsing`. Errors meant for users
+print their message and exit 2, without a traceback unless `--debug`.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import functools
 import logging
 import sys
-import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
-from saelab.config import (build, check_fields, check_known, default_of, load_config_file,
-                           option, required)
+from saelab.cli.parsing import parse_config, train_command
+from saelab.config import build, option, required
 from saelab.errors import SaelabError
-
-CONFIG_HELP = ("Read option values from a JSON or YAML file (strict: unknown keys and wrong "
-               "types are refused); options on the command line win.")
 
 
 class Command(NamedTuple):
@@ -45,18 +32,6 @@ class Command(NamedTuple):
 
 
 # --- configs of the commands whose step lives outside this package's own modules ----------------
-def _architectures() -> list[str]:
-    from saelab.dictionaries import names
-
-    return names()
-
-
-def _train_config() -> type:
-    from saelab.train import TrainConfig
-
-    return TrainConfig
-
-
 @dataclass
 class ViewConfig:
     """Serve a dashboard folder on 127.0.0.1."""
@@ -86,28 +61,6 @@ class PushConfig:
     repo: str = required("Hub repository, owner/name (created if missing).", positional=True)
     path_in_repo: str = option("sae", "Folder inside the repository.")
     private: bool = option(False, "Create the repository private.")
-
-
-@functools.lru_cache(maxsize=None)
-def _train_command() -> type:
-    """TrainConfig plus what `saelab train` adds: the store, the architecture, its size."""
-    TrainConfig = _train_config()
-
-    @dataclass(kw_only=True)
-    class TrainCommand(TrainConfig):
-        """Train a dictionary on an activation store (data parallel under torchrun)."""
-
-        store: str = required("Activation store folder (from `saelab capture`).",
-                              positional=True)
-        architecture: str = option("topk", "Dictionary architecture; `--architecture X --help` "
-                                           "lists X's fields.", choices=_architectures)
-        n_latents: int = option(4608, "Number of latents.")
-        hookpoints: list[str] | None = option(None, "Train one dictionary per hookpoint, each in "
-                                                    "its own folder under OUT; under torchrun "
-                                                    "the hookpoints are shared out over the "
-                                                    "ranks (layer parallel).")
-
-    return TrainCommand
 
 
 # --- the commands ---------------------------------------------------------------------------------
@@ -148,12 +101,12 @@ def cmd_hookpoints(cfg) -> int:
 def cmd_train(cmd, dictionary: dict) -> int:
     import saelab
     from saelab.store import ActivationStore
+    from saelab.train import TrainConfig, run_folder
     from saelab.train import distributed as dist
-    from saelab.train import run_folder
 
     store = ActivationStore(cmd.store)
-    names = {f.name for f in dataclasses.fields(_train_config())}
-    cfg = build(_train_config(), {k: getattr(cmd, k) for k in names})
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = build(TrainConfig, {k: getattr(cmd, k) for k in names})
     if cfg.out is None:
         cfg = dataclasses.replace(cfg, out=str(Path("runs") / cmd.architecture))
     started = not dist.is_initialized() and dist.init_from_env(cfg.device)  # under torchrun
@@ -263,8 +216,8 @@ _COMMANDS: dict[str, tuple[Callable[[], type], str, Callable]] = {
     "capture": (_pipeline("CaptureConfig"), "Capture activations into a store.", cmd_capture),
     "hookpoints": (_hookpoints_config, "List a model's hookpoints with their output shapes.",
                    cmd_hookpoints),
-    "train": (_train_command, "Train a dictionary on an activation store (data parallel when "
-                              "launched with torchrun).", cmd_train),
+    "train": (train_command, "Train a dictionary on an activation store (data parallel when "
+                             "launched with torchrun).", cmd_train),
     "eval": (_pipeline("EvalConfig"), "Evaluate a dictionary on an activation store.", cmd_eval),
     "dashboard": (_pipeline("DashboardConfig"), "Build the static HTML dashboard of a "
                                                 "dictionary.", cmd_dashboard),
@@ -282,148 +235,16 @@ def commands() -> dict[str, Command]:
     return {name: Command(config(), help) for name, (config, help, _) in _COMMANDS.items()}
 
 
-# --- dataclass -> tyro ---------------------------------------------------------------------------
-def _cli_hint(hint: Any, f: dataclasses.Field) -> Any:
-    """The annotation tyro sees: `str` becomes a Literal of the field's run-time choices."""
-    choices = f.metadata.get("choices")
-    if choices is None:
-        return hint
-    literal = Literal[tuple(choices())]  # type: ignore[misc]
-    if hint is str:
-        return literal
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is list:
-        return list[literal]
-    if args and type(None) in args:  # X | None
-        return _cli_hint(next(a for a in args if a is not type(None)), f) | None
-    return hint
-
-
-def _cli_dataclass(name: str, sources: list[tuple[type, frozenset[str]]],
-                   defaults: dict[str, Any], with_config: bool) -> type:
-    """A dataclass for tyro with the fields of `sources` (minus their skipped names), their help
-    and positional flags from the field metadata, and `defaults` (from a config file) over the
-    fields' own defaults."""
-    import tyro
-
-    fields = []
-    for cls, skip in sources:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in skip:
-                continue
-            hint = _cli_hint(hints[f.name], f)
-            default = defaults.get(f.name, default_of(f))
-            nested = dataclasses.is_dataclass(hint)
-            if nested:
-                hint = _cli_dataclass(hint.__name__, [(hint, frozenset())],
-                                      _field_values(default), False)
-                default = hint(**_field_values(default)) if default is not None else default
-            marks = [tyro.conf.arg(help=f.metadata.get("help", ""),
-                                   metavar=f.name.upper() if f.metadata.get("positional")
-                                   else None)]
-            if f.metadata.get("positional"):
-                marks.append(tyro.conf.Positional)
-            fields.append((f.name, Annotated[(hint, *marks)], _field(default)))
-    if with_config:
-        fields.append(("config", Annotated[str | None, tyro.conf.arg(help=CONFIG_HELP)],
-                       dataclasses.field(default=None)))
-    return dataclasses.make_dataclass(name, fields, kw_only=True)
-
-
-def _field_values(obj: Any) -> dict[str, Any]:
-    """A dataclass instance's field values (not recursively); {} for anything else."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    return {}
-
-
-def _field(default: Any) -> dataclasses.Field:
-    if default is dataclasses.MISSING:
-        return dataclasses.field()
-    if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
-        return dataclasses.field(default_factory=lambda: copy.deepcopy(default))
-    return dataclasses.field(default=default)
-
-
-def _plain(parsed: Any) -> dict[str, Any]:
-    """tyro's result as a dict of field values (nested configs as dicts), without `config`."""
-    values = dataclasses.asdict(parsed)
-    values.pop("config", None)
-    return values
-
-
-# --- parsing -------------------------------------------------------------------------------------
-def _peek(argv: list[str], flag: str) -> str | None:
-    """The value of option `flag` in a command's arguments, if given (read before parsing: the
-    config file and the architecture decide which options exist)."""
-    for i, a in enumerate(argv):
-        if a == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(flag + "="):
-            return a.split("=", 1)[1]
-    return None
-
-
 def parse(name: str, argv: list[str]) -> tuple[Any, dict]:
     """Parse one command's arguments: (its config, for `train` the dictionary's fields)."""
-    import tyro
-
     config, help_text, _ = _COMMANDS[name]
-    cls = config()
-    path = _peek(argv, "--config")
-    file = load_config_file(path) if path else {}
-    sources = [(cls, frozenset())]
-    arch = None
-    if name == "train":
-        arch = _peek(argv, "--architecture") or file.get("architecture") or "topk"
-        sources = _train_sources(cls, arch)
-    what = f"config file {path}" + (f" (train, architecture {arch!r})" if arch else "")
-    defaults = _checked(sources, file, what)
-    parser_cls = _cli_dataclass(f"saelab_{name}", sources, defaults, True)
-    parsed = _plain(tyro.cli(parser_cls, args=argv, prog=f"saelab {name}",
-                             description=help_text))
-    if name != "train":
-        return build(cls, parsed, what=f"saelab {name}"), {}
-    dictionary_names = {f.name for f in dataclasses.fields(sources[1][0])} - sources[1][1]
-    dictionary = {k: v for k, v in parsed.items() if k in dictionary_names}
-    command = build(cls, {k: v for k, v in parsed.items() if k not in dictionary_names},
-                    what="saelab train")
-    return command, dictionary
+    return parse_config(name, config(), help_text, argv)
 
 
-def _train_sources(cls: type, arch: str) -> list[tuple[type, frozenset[str]]]:
-    """The field sources of `saelab train --architecture arch`: the command's own fields first,
-    then the architecture's (minus d_in, n_latents), then TrainConfig's."""
-    from saelab.dictionaries import get, names
-
-    own = frozenset(f.name for f in dataclasses.fields(cls)) - frozenset(
-        f.name for f in dataclasses.fields(_train_config()))
-    dictionary = get(arch if arch in names() else "topk").Config
-    return [(cls, frozenset(f.name for f in dataclasses.fields(cls)) - own),
-            (dictionary, frozenset({"d_in", "n_latents"})),
-            (_train_config(), frozenset())]
-
-
-def _checked(sources: list[tuple[type, frozenset[str]]], file: dict, what: str) -> dict:
-    """The config file's values, checked strictly against the fields of `sources`."""
-    known = [f.name for cls, skip in sources for f in dataclasses.fields(cls)
-             if f.name not in skip]
-    unknown = {k: v for k, v in file.items() if k not in known}
-    if unknown:
-        check_known(unknown, known, what)
-    out: dict = {}
-    for cls, skip in sources:
-        mine = {k: v for k, v in file.items() if k in
-                {f.name for f in dataclasses.fields(cls)} - skip}
-        out.update(check_fields(cls, mine, what))
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The top-level parser: global options, then a command and its options (left to `parse`)."""
     from saelab import __version__
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     top = argparse.ArgumentParser(
         prog="saelab", description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -436,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("command", choices=list(_COMMANDS), metavar="COMMAND",
                      help="One of the commands below.")
     top.add_argument("args", nargs=argparse.REMAINDER, help="The command's options.")
-    args = top.parse_args(argv)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -451,7 +277,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("saelab: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
