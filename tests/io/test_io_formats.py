@@ -368,3 +368,24 @@ def test_every_declared_mapping_writes_a_folder_that_reads_back_as_the_same_dict
         assert type(back) is type(sae) and back.cfg == sae.cfg, arch
         for name, t in sae.state_dict().items():
             assert torch.equal(t, back.state_dict()[name]), (arch, name)
+
+
+def test_convert_never_writes_over_its_source_and_replaces_a_folder_only_when_asked(tmp_path):
+    from saelab.errors import ConfigError, OutputExistsError
+
+    run = tmp_path / "run"
+    saelab.create("topk", d_in=8, n_latents=16, k=2).save(run / "sae")
+    (run / "metrics.jsonl").write_text("{}\n")
+    listing = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    for dst in (run, run / "sae", run / "sae" / "inner"):  # the run, the source, inside it
+        with pytest.raises(ConfigError, match="overlaps the source"):
+            convert(run / "sae", dst, "saelens", overwrite=True)
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == listing
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        convert(run / "sae", taken, "saelens")
+    assert (taken / "keep.txt").read_text() == "mine"
+    convert(run / "sae", taken, "saelens", overwrite=True)
+    assert detect(taken) == "saelens"
