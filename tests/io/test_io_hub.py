@@ -227,6 +227,24 @@ def test_cli_convert_round_trips_and_reports_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+
+def test_cli_convert_refuses_its_own_run_folder_and_an_existing_destination(tmp_path, capsys):
+    _sae().save(tmp_path / "run" / "sae")
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    assert main(["convert", str(tmp_path / "run" / "sae"), str(tmp_path / "run"),
+                 "--to", "saelens"]) == 2
+    assert "overlaps the source" in capsys.readouterr().err
+    assert (tmp_path / "run" / "metrics.jsonl").exists() and \
+        detect(tmp_path / "run" / "sae") == "saelab"
+    (tmp_path / "b").mkdir()
+    assert main(["convert", str(tmp_path / "run" / "sae"), str(tmp_path / "b"), "--to",
+                 "saelens"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "run" / "sae"), str(tmp_path / "b"), "--to",
+                 "saelens", "--overwrite"]) == 0
+    assert detect(tmp_path / "b") == "saelens"
+
+
 # --- Neuronpedia export -------------------------------------------------------------------------
 def test_neuronpedia_export_holds_the_dashboard_data(tmp_path):
     from saelab.interpret import collect_top_examples

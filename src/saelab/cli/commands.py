@@ -46,11 +46,13 @@ class ConvertConfig:
 
     src: str = required("Dictionary folder in any known format, or hf://owner/repo/path.",
                         positional=True)
-    dst: str = required("Output folder (replaced atomically).", positional=True)
+    dst: str = required("Output folder (written atomically; never the source or a folder "
+                        "around it).", positional=True)
     to: Literal["saelens", "sparsify", "saelab"] = required("Output format.")
     hookpoint: str | None = option(None, "Sub-folder of a multi-hookpoint (sparsify) source.")
     norm_scaling_factor: float | None = option(None, "SAELens expected_average_only_in factor to "
                                                      "fold into the weights.")
+    overwrite: bool = option(False, "Replace an existing output folder.")
 
 
 @dataclass
@@ -183,7 +185,7 @@ def cmd_convert(cfg: ConvertConfig) -> int:
     kind = "hub" if src.startswith("hf://") else detect(
         Path(src) / cfg.hookpoint if cfg.hookpoint else src)
     out = convert(src, cfg.dst, cfg.to, hookpoint=cfg.hookpoint,
-                  norm_scaling_factor=cfg.norm_scaling_factor)
+                  norm_scaling_factor=cfg.norm_scaling_factor, overwrite=cfg.overwrite)
     print(f"converted {src} ({kind}) -> {out} ({cfg.to})")
     return 0
 
