@@ -76,3 +76,12 @@ def test_fit_trains_on_the_gpu_and_the_result_matches_the_cpu(planted):
             out = sae(x.to(device))
         fvus.append(((out.x_hat.cpu() - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item())
     assert abs(fvus[0] - fvus[1]) < 0.05
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a CUDA GPU")
+def test_cuda_on_a_machine_without_it_is_refused_with_a_message(planted):
+    from saelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sees no CUDA GPU; use device='cpu'"):
+        saelab.fit(saelab.create("topk", d_in=32, n_latents=64, k=3), planted.x[:512],
+                   saelab.TrainConfig(steps=2, batch_size=256, device="cuda", progress=False))

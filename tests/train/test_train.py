@@ -225,3 +225,12 @@ def test_nan_in_a_store_names_the_step_and_hookpoint(tiny_lm, tokens, tmp_path):
     with pytest.raises(DataError, match=r"step 0.*model\.layers\.1"):
         saelab.fit(saelab.create("topk", d_in=32, n_latents=32, k=2), store.path,
                    cfg(batch_size=64))
+
+
+def test_a_value_too_large_for_float32_squares_is_refused_naming_its_row(planted):
+    x = planted.x[:2048].clone()
+    x[300, 4] = 1e20  # finite, but its square overflows: the input scale would be 0
+    with pytest.raises(DataError, match=r"row \d+ of the first batch of data holds a value of "
+                                        r"1e\+20"):
+        saelab.fit(saelab.create("topk", d_in=32, n_latents=64, k=3), x,
+                   cfg(steps=5, batch_size=2048))

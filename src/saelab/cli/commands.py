@@ -163,14 +163,10 @@ def cmd_dashboard(cfg) -> int:
 
 
 def cmd_view(cfg: ViewConfig) -> int:
-    import http.server
+    from saelab.interpret.viewer import serve
 
-    folder = Path(cfg.folder)
-    if not (folder / "index.html").is_file():
-        raise SaelabError(f"{folder} holds no index.html; build one with `saelab dashboard`")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", cfg.port), handler)
-    print(f"serving {folder} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")
+    server = serve(cfg.folder, cfg.port)
+    print(f"serving {cfg.folder} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 
 from saelab.config import check, option
+from saelab.errors import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 ORDERS = ("shuffle", "sequential")
@@ -113,6 +114,10 @@ class TrainConfig:
             return dictionary_device
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device: {self.device!r} asked, but this torch ({torch.__version__}) "
+                              f"sees no CUDA GPU; use device='cpu' or 'auto' (--device cpu), or "
+                              f"install a CUDA build of torch on a machine with a GPU")
         return torch.device(self.device)
 
     @property

@@ -8,6 +8,9 @@ import json
 import logging
 import math
 
+import torch
+from torch import Tensor
+
 from saelab.config import to_dict
 from saelab.dictionaries import Dictionary
 from saelab.errors import DataError
@@ -67,21 +70,34 @@ def initialise(run: Run, first: Batch) -> None:
     rows = (x,) if target is None else (x, target)
     if run.group.active:  # the whole global batch, the same on every rank (nccl: on the GPU)
         rows = run.group.gather_rows(tuple(t.to(run.device) for t in rows))
-    msn = run.feed.mean_sq_norm
-    if msn is None:
-        msn = float(rows[0].float().pow(2).sum(-1).mean())
+    first_msn = mean_squared_norm(rows[0], "data", run.feed.where)  # refuses overflowing rows
+    msn = first_msn if run.feed.mean_sq_norm is None else run.feed.mean_sq_norm
     if run.cfg.normalize:
-        if not msn > 0:
-            raise DataError(f"{run.feed.where}: the data is all zeros: nothing to learn")
+        if not msn > 0 or not math.isfinite(msn):
+            raise DataError(f"{run.feed.where}: the mean squared norm of the data is {msn}: "
+                            f"{'nothing to learn' if msn == 0 else 'it cannot be normalised'}")
         run.scale = run.target_scale = 1.0 / math.sqrt(msn)
         if len(rows) > 1:  # a transcoder's target: its own scale (an MLP's output can be
-            target_msn = float(rows[1].float().pow(2).sum(-1).mean())  # 1000x its input's)
+            target_msn = mean_squared_norm(rows[1], "targets", run.feed.where)  # 1000x x's)
             if not target_msn > 0:
                 raise DataError(f"{run.feed.where}: the targets are all zeros: nothing to learn")
             run.target_scale = 1.0 / math.sqrt(target_msn)
     if run.cfg.init_b_dec:
         with run.rng.active():  # b_dec lives in the target's units (the input's without one)
             sae.init_from_data(rows[-1].to(run.device).float() * run.target_scale)
+
+
+def mean_squared_norm(rows: Tensor, what: str, where: str) -> float:
+    """The mean squared row norm of `rows` [B, d] in float32; an activation too large for it
+    (|value| above about 1.8e19, whose square overflows) is refused, naming its row."""
+    sq = rows.float().pow(2).sum(-1)
+    overflow = (~torch.isfinite(sq)).nonzero()
+    if len(overflow):
+        r = int(overflow[0])
+        raise DataError(f"{where}: row {r} of the first batch of {what} holds a value of "
+                        f"{float(rows[r].abs().max()):.3g}, too large to train on (its square "
+                        f"overflows float32); clean the data or leave such rows out")
+    return float(sq.mean())
 
 
 def sync_start(run: Run) -> None:
