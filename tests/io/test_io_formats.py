@@ -389,3 +389,19 @@ def test_convert_never_writes_over_its_source_and_replaces_a_folder_only_when_as
     assert (taken / "keep.txt").read_text() == "mine"
     convert(run / "sae", taken, "saelens", overwrite=True)
     assert detect(taken) == "saelens"
+
+
+@pytest.mark.parametrize("fmt", ["saelab", "saelens", "sparsify"])
+def test_weights_holding_nan_are_refused_at_load_naming_the_tensor(tmp_path, fmt):
+    from safetensors.torch import load_file, save_file
+
+    from saelab.errors import FormatError
+
+    save_in(saelab.create("topk", d_in=8, n_latents=16, k=2), tmp_path / "d", fmt)
+    file = next((tmp_path / "d").glob("*.safetensors"))
+    tensors = load_file(file)
+    name = next(k for k, t in tensors.items() if t.ndim == 2)
+    tensors[name][3, 1] = float("nan")
+    save_file(tensors, file)
+    with pytest.raises(FormatError, match="holds NaN values"):
+        saelab.load(tmp_path / "d")

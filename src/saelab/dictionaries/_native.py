@@ -114,3 +114,7 @@ def check_state(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tens
         if t.shape != expected[name].shape:
             raise FormatError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, the config "
                               f"implies {tuple(expected[name].shape)}")
+        if t.is_floating_point() and torch.isnan(t).any():  # (inf can be meant: log 0)
+            raise FormatError(f"{source}: tensor {name!r} holds NaN values: the "
+                              f"dictionary is broken (a diverged run?); retrain it or load "
+                              f"another checkpoint")
