@@ -89,3 +89,13 @@ def test_a_run_folder_overlapping_its_store_is_refused_even_with_overwrite(store
     with pytest.raises(ConfigError, match="overlaps the data it reads"):
         saelab.fit(topk(), store, cfg(out=str(out), overwrite=True))
     assert sorted(p.name for p in store.iterdir()) == files
+
+
+def test_metrics_hold_each_logged_step_once_after_a_resume_and_a_rerun(planted, tmp_path):
+    out = tmp_path / "run"
+    args = dict(steps=30, out=str(out), checkpoint_every=10, log_every=5)
+    killed_at(17, topk(), planted.x[:4096], cfg(**args))  # last checkpoint at step 10
+    saelab.fit(topk(), planted.x[:4096], cfg(**args))
+    saelab.fit(topk(), planted.x[:4096], cfg(**args))  # a rerun of the finished run
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 10, 15, 20, 25, 30]

@@ -35,13 +35,13 @@ def check_log_to(kinds: list[str], out: Path | None) -> None:
 
 class JsonlLog:
     """metrics.jsonl in the run folder, one JSON object per line. A resumed run first drops
-    the lines past its checkpoint (they will be logged again)."""
+    the lines past its checkpoint step (they will be logged again); the line of that step stays."""
 
     def __init__(self, out: Path, resumed_at: int | None):
         file = out / "metrics.jsonl"
         if resumed_at is not None and file.exists():
             lines = [ln for ln in file.read_text().splitlines()
-                     if ln.strip() and json.loads(ln)["step"] < resumed_at]
+                     if ln.strip() and json.loads(ln)["step"] <= resumed_at]
             file.write_text("".join(ln + "\n" for ln in lines))
         self.file = open(file, "a")
 
