@@ -155,6 +155,8 @@ class EvalConfig(EvalOptions):
                                                 "they were trained on).")
     allow_hookpoint_mismatch: bool = option(False, "Evaluate even where the store lacks the "
                                                    "dictionary's hookpoint.")
+    allow_incomplete_store: bool = option(False, "Evaluate even on a store whose capture has "
+                                                 "not finished.")
     out: str | None = option(None, "Report folder (default: beside the dictionary, eval/).")
 
 
@@ -184,7 +186,8 @@ def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
                           exclusion=Exclusion.from_json(store.manifest.get("exclusion")))
     out = Path(cfg.out or Path(cfg.sae).parent / "eval")
     report = saelab.evaluate(sae, store, metrics=cfg.metrics, hookpoint=hookpoint,
-                             allow_hookpoint_mismatch=cfg.allow_hookpoint_mismatch, out=out,
+                             allow_hookpoint_mismatch=cfg.allow_hookpoint_mismatch,
+                             allow_incomplete_store=cfg.allow_incomplete_store, out=out,
                              progress=True, **kwargs)
     return report, out
 
@@ -208,6 +211,8 @@ class DashboardConfig(DashboardOptions):
     hookpoint: str | None = option(None, "Store hookpoint (default: the dictionary's).")
     allow_hookpoint_mismatch: bool = option(False, "Build it even where the store lacks the "
                                                    "dictionary's hookpoint.")
+    allow_incomplete_store: bool = option(False, "Build it even on a store whose capture has "
+                                                 "not finished.")
 
 
 def dashboard_step(cfg: DashboardConfig) -> Path:
@@ -225,6 +230,7 @@ def dashboard_step(cfg: DashboardConfig) -> Path:
                                 tokenizer=lm.tokenizer if lm else None,
                                 unembed=lm.unembed if lm else None, hookpoint=cfg.hookpoint,
                                 allow_hookpoint_mismatch=cfg.allow_hookpoint_mismatch,
+                                allow_incomplete_store=cfg.allow_incomplete_store,
                                 n_features=cfg.n_features, n_top=cfg.n_top)
 
 

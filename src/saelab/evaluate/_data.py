@@ -54,7 +54,8 @@ def _from_store(store: ActivationStore, dictionary, hookpoint: str | None,
 
 
 def prepare(dictionary, data: Any, hookpoint: str | None, target_hookpoint: str | None,
-            batch_size: int, allow_hookpoint_mismatch: bool) -> Data:
+            batch_size: int, allow_hookpoint_mismatch: bool,
+            allow_incomplete_store: bool = False) -> Data:
     """The stream of `data` (None, a tensor [N, d_in], (x, y) tensors, a store or its folder, or
     an iterable of tensors or (x, y) pairs), checked against what `dictionary` reads."""
     if data is None:
@@ -65,6 +66,7 @@ def prepare(dictionary, data: Any, hookpoint: str | None, target_hookpoint: str 
     if isinstance(data, (str, Path)) and is_store(data):
         data = ActivationStore(data)
     if isinstance(data, ActivationStore):
+        data.require_complete(allow_incomplete_store, "evaluation")
         return _from_store(data, dictionary, hookpoint, target_hookpoint, batch_size,
                            allow_hookpoint_mismatch)
     if isinstance(data, Tensor):

@@ -28,8 +28,8 @@ def evaluate(dictionary, data: Any = None, *, metrics: Sequence[str] | None = No
              batch_size: int = 4096, model: torch.nn.Module | None = None,
              tokens: Tensor | None = None, exclusion=None, labels: Any = None,
              second_dictionary=None, seed: int | None = None,
-             allow_hookpoint_mismatch: bool = False, out: str | Path | None = None,
-             progress: bool = False) -> dict:
+             allow_hookpoint_mismatch: bool = False, allow_incomplete_store: bool = False,
+             out: str | Path | None = None, progress: bool = False) -> dict:
     """Evaluate `dictionary` with the metric families `metrics` (see `families()`); returns the
     report, `{family: {figure: value}, ..., "meta": {...}}`, also written to `out/report.json`
     with each family's plots when `out` is given.
@@ -37,7 +37,8 @@ def evaluate(dictionary, data: Any = None, *, metrics: Sequence[str] | None = No
     `data` is the activation stream: a tensor [N, d_in], (x, y) tensors for a transcoder, an
     activation store (or its folder), or an iterable of batches. On a store the hookpoint is
     `check_hookpoint(dictionary, store.hookpoints, hookpoint, allow_hookpoint_mismatch)`: the
-    dictionary's own unless a mismatch is allowed. Transcoders are compared with their target:
+    dictionary's own unless a mismatch is allowed; a store whose capture has not finished is
+    refused unless `allow_incomplete_store`. Transcoders are compared with their target:
     `target_hookpoint` of a store, or the y of (x, y) tensors. `model` (a causal LM) and `tokens`
     [N, T] serve families that run the model (the spliced loss at `hookpoint`, or for a
     transcoder at `target_hookpoint`, with positions `exclusion` drops left untouched);
@@ -54,7 +55,7 @@ def evaluate(dictionary, data: Any = None, *, metrics: Sequence[str] | None = No
         raise ConfigError("metrics is empty: name at least one metric family (see "
                           "saelab.evaluate.families()), or leave it out for the default ones")
     data_ = prepare(dictionary, data, hookpoint, target_hookpoint, batch_size,
-                    allow_hookpoint_mismatch)
+                    allow_hookpoint_mismatch, allow_incomplete_store)
     context = Context(dictionary, batches=data_.batches, data_mean=data_.mean, model=model,
                       tokens=tokens, hookpoint=data_.hookpoint,
                       target_hookpoint=data_.target_hookpoint, exclusion=exclusion,

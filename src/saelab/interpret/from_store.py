@@ -18,17 +18,20 @@ from saelab.store import ActivationStore
 def dashboard_from_store(dictionary, store: ActivationStore | str | os.PathLike,
                          out: str | os.PathLike, *, tokenizer: Any = None,
                          unembed: Tensor | None = None, hookpoint: str | None = None,
-                         allow_hookpoint_mismatch: bool = False, n_features: int = 200,
+                         allow_hookpoint_mismatch: bool = False,
+                         allow_incomplete_store: bool = False, n_features: int = 200,
                          n_top: int = 20, extra: dict | None = None, title: str | None = None,
                          progress: bool = True) -> Path:
     """Top examples of `dictionary` over `store` and its dashboard in the folder `out`.
 
     The store hookpoint read is `check_hookpoint(dictionary, store.hookpoints, hookpoint,
     allow_hookpoint_mismatch)`: the one the dictionary was trained on, and a store that lacks it
-    is refused unless the mismatch is allowed. `tokenizer` (default: the store model's) renders
+    is refused unless the mismatch is allowed, and so is a store whose capture has not finished
+    unless `allow_incomplete_store`. `tokenizer` (default: the store model's) renders
     the tokens; `unembed` [vocab, d_out] adds each feature's logit effect. Returns `out`.
     """
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
+    store.require_complete(allow_incomplete_store, "a dashboard")
     key = check_hookpoint(dictionary, store.hookpoints, hookpoint, allow_hookpoint_mismatch)
     if tokenizer is None:
         from saelab.models import load_tokenizer

@@ -34,7 +34,9 @@ def open_source(data, wants: list[Want], cfg, group=None) -> Source:
     if world > 1 and cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} is not a multiple of the {world} ranks")
     if isinstance(data, (str, Path, ActivationStore)):
-        return from_store(as_store(data), wants, cfg, group)
+        store = as_store(data)
+        store.require_complete(getattr(cfg, "allow_incomplete_store", False), "training")
+        return from_store(store, wants, cfg, group)
     if cfg.order == "sequential" and not _plain_iterable(data):
         raise ConfigError(f"order='sequential' (FAST) needs an activation store, whose rows "
                           f"carry their context and position; a {type(data).__name__} has no "

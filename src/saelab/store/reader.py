@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +12,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from saelab.errors import ConfigError, FormatError
+from saelab.errors import ConfigError, DataError, FormatError
 from saelab.store.shuffle import ShuffledBatches
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CONTEXTS = "contexts.safetensors"
@@ -78,6 +81,20 @@ class ActivationStore:
     @property
     def complete(self) -> bool:
         return bool(self.manifest.get("complete"))
+
+    def require_complete(self, allow: bool, use: str) -> None:
+        """Refuse to use (`use`: "training", ...) a store whose capture has not finished (still
+        running, or killed), unless `allow`: then log a warning and go on with its rows."""
+        if self.complete:
+            return
+        m = self.manifest
+        done = f"{m.get('contexts_done', '?')} of {m.get('n_contexts', '?')}"
+        if not allow:
+            raise DataError(f"{self.path} is incomplete ({done} contexts captured): its capture "
+                            f"is still running or was killed. Rerun the same `saelab capture` "
+                            f"command to finish it, or allow an incomplete store for {use} "
+                            f"(--allow-incomplete-store) to use the rows it has")
+        log.warning("%s is incomplete (%s contexts): %s on the rows it has", self.path, done, use)
 
     def d(self, key: str) -> int:
         return int(self.manifest["d"][self.hookpoint(key)])

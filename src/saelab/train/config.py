@@ -74,6 +74,9 @@ class TrainConfig:
                                      "weights of one process). A store of too few shards for "
                                      "every rank to fill its batch is read as with False, with a "
                                      "warning.")
+    allow_incomplete_store: bool = option(False, "Train on a store whose capture has not "
+                                                 "finished (still running or killed); refused "
+                                                 "otherwise.")
     progress: bool = option(True, "Show a progress bar.")
     overwrite: bool = option(False, "Replace a different run already in `out`.")
 
