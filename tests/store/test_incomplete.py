@@ -66,3 +66,14 @@ def test_the_cli_refuses_it_with_exit_2_and_accepts_the_flag(incomplete, tmp_pat
     assert main(args) == 2
     assert "--allow-incomplete-store" in capsys.readouterr().err
     assert main(args + ["--allow-incomplete-store"]) == 0
+
+
+def test_a_dashboard_of_an_incomplete_store_is_refused_before_anything_is_written(incomplete,
+                                                                                  tmp_path):
+    from saelab.interpret import dashboard_from_store
+
+    sae = topk()
+    sae.provenance["hookpoint"] = HP
+    with pytest.raises(DataError, match="incomplete"):
+        dashboard_from_store(sae, incomplete, tmp_path / "dash", progress=False)
+    assert not (tmp_path / "dash").exists()
