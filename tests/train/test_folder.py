@@ -99,3 +99,28 @@ def test_metrics_hold_each_logged_step_once_after_a_resume_and_a_rerun(planted, 
     saelab.fit(topk(), planted.x[:4096], cfg(**args))  # a rerun of the finished run
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 10, 15, 20, 25, 30]
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_and_a_killed_holder_leaves_no_lock(
+        planted, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, pathlib\n"
+         "from saelab.train.folder import locked\n"
+         f"with locked(pathlib.Path({str(out)!r})):\n"
+         "    print('holding', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(OutputExistsError, match=f"in use by another saelab run "
+                                                    f"\\(process {holder.pid}\\)"):
+            saelab.fit(topk(), planted.x[:4096], cfg(out=str(out)))
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a kill -9: the OS releases its lock
+        holder.wait()
+    saelab.fit(topk(), planted.x[:4096], cfg(out=str(out)))
+    assert (out / "sae" / "cfg.json").exists()

@@ -9,9 +9,12 @@ input of the run (an activation store being read).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from saelab._paths import write_json
@@ -21,6 +24,8 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 """The identity of the run that owns the folder."""
+LOCK_FILE = ".lock"
+"""Held (flock) by the run writing the folder; never removed, so a waiting run keeps its inode."""
 RUN_ENTRIES = ("checkpoint", "metrics.jsonl", "sae", "tensorboard", "wandb", RUN_FILE)
 """Everything saelab writes in a run folder (besides `.NAME.*` temporaries of atomic writes)."""
 
@@ -39,9 +44,9 @@ def prepare(out: Path, identity: dict, overwrite: bool) -> None:
     """Make `out` ready for a fresh run of `identity` (no checkpoint of it to resume): empty or
     absent, or holding only a run of the same identity killed before its first checkpoint, or
     (with `overwrite`) saelab's entries of another run, which are removed."""
-    own = [p for p in out.iterdir() if p.name in RUN_ENTRIES or _temporary(p)] \
-        if out.exists() else []
-    foreign = sorted(p.name for p in out.iterdir() if p not in own) if out.exists() else []
+    entries = [p for p in out.iterdir() if p.name != LOCK_FILE] if out.exists() else []
+    own = [p for p in entries if p.name in RUN_ENTRIES or _temporary(p)]
+    foreign = sorted(p.name for p in entries if p not in own)
     if foreign and not overwrite:
         raise OutputExistsError(f"{out} holds files saelab did not write ({', '.join(foreign)}); "
                                 f"choose an empty or new folder, or pass overwrite=True "
@@ -74,3 +79,34 @@ def _plain(identity: dict) -> dict:
 def _temporary(p: Path) -> bool:
     """A leftover of an atomic write interrupted by a kill (`.NAME.*.tmp`, `.NAME.old-PID`)."""
     return p.name.startswith(".") and (p.name.endswith(".tmp") or ".old-" in p.name)
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on run folder `out` for the block: a second run into the same
+    folder is refused, naming the process that holds it. The lock is the operating system's
+    (flock on `out/.lock`), so a killed run leaves no stale lock. Check first that `out` is no
+    input of the run: the lock file is written in it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise OutputExistsError(f"{out} is in use by another saelab run (process {holder}); "
+                                    f"wait for it to end, or choose another folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -16,7 +16,7 @@ from saelab.dictionaries import Dictionary
 from saelab.errors import DataError
 from saelab.store.sources import Batch, check_batch
 from saelab.train import checkpoint as ckpt
-from saelab.train.folder import check_not_an_input, prepare
+from saelab.train.folder import prepare
 from saelab.train.run import Run
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ def open_folder(run: Run) -> bool:
 def _open_folder(run: Run) -> bool:
     if run.out is None:
         return False
-    check_not_an_input(run.out, [d["path"] for d in [run.identity["data"]] if "path" in d])
     info = ckpt.read_info(run.checkpoint_dir)
     if info is not None and info.get("identity") == json.loads(json.dumps(run.identity)):
         run.since_fired = ckpt.load_checkpoint(run.checkpoint_dir, run.dictionary, run.optimizer,

@@ -13,19 +13,22 @@ loop trains data-parallel: see train/distributed.py.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 from tqdm.auto import tqdm
 
 from saelab.dictionaries import Dictionary
 from saelab.errors import ConfigError, DataError
-from saelab.store import Source, Want, open_source
+from saelab.store import ActivationStore, Source, Want, open_source
 from saelab.store.sources import Batch
 from saelab.train.config import TrainConfig
+from saelab.train.folder import check_not_an_input, locked
 from saelab.train.group import Group
 from saelab.train.lifecycle import finish, initialise, open_folder, sync_start
 from saelab.train.logs import Logs, check_log_to
@@ -104,8 +107,6 @@ class Started(NamedTuple):
 def start_runs(members: list[Member], data, cfg: TrainConfig, group: Group) -> Started:
     """Open the data, then each member's run: resumed from its checkpoint, or fresh with its
     input scale and data-dependent initialisation from batch 0; every rank starts alike."""
-    for m in members:
-        check_log_to(m.cfg.log_to, m.cfg.out)
     wants = [want_of(m) for m in members]
     source = group.all_or_none(lambda: open_source(data, wants, cfg, group))
     steps = total_steps(cfg, source, group)
@@ -128,9 +129,24 @@ def start_runs(members: list[Member], data, cfg: TrainConfig, group: Group) -> S
 
 
 def train(members: list[Member], data, cfg: TrainConfig) -> list[Dictionary]:
+    """Train `members` with every run folder locked against a second run (rank 0 holds the
+    locks), none of them overlapping the store read; returns the trained dictionaries."""
+    group = Group.current()
+    inputs = [str(getattr(data, "path", data))] if isinstance(data, (str, Path, ActivationStore)) \
+        else []
+    for m in members:  # a missing logging package is refused before any folder is made
+        check_log_to(m.cfg.log_to, m.cfg.out)
+    with contextlib.ExitStack() as held:
+        if group.main:
+            for out in dict.fromkeys(Path(m.cfg.out) for m in members if m.cfg.out):
+                check_not_an_input(out, inputs)  # before the lock file is written beside it
+                held.enter_context(locked(out))
+        return run_loop(members, data, cfg, group)
+
+
+def run_loop(members: list[Member], data, cfg: TrainConfig, group: Group) -> list[Dictionary]:
     """The loop: each batch to every member, logging and checkpointing; returns the trained
     dictionaries."""
-    group = Group.current()
     runs, batches, start, steps = start_runs(members, data, cfg, group)
     logs = [Logs(r.cfg.log_to, r.out, r.key or r.dictionary.architecture, r.identity,
                  group.main, start or None) for r in runs]
