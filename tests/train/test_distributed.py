@@ -51,29 +51,16 @@ def _scenarios(rank: int, tmp: str, store: str, small: str) -> dict:
         torch.save(sae.state_dict(), f"{tmp}/dp_{arch}_rank{rank}.pt")
     # a run killed after its checkpoint at step 6 resumes there (rank 0 reads the checkpoint and
     # sends the loop state and optimiser to rank 1)
-    from saelab.train import Run
+    from tests.steps import counted, killed_at
 
-    original_step = Run.take_step
-    def dying(run, batch):
-        if run.step == 8:
-            raise KeyboardInterrupt
-        return original_step(run, batch)
-    Run.take_step = dying
     try:
-        saelab.fit(_dictionary("topk"), x, _cfg(out=f"{tmp}/resumed"))
+        with killed_at(8):
+            saelab.fit(_dictionary("topk"), x, _cfg(out=f"{tmp}/resumed"))
     except KeyboardInterrupt:
         facts["killed"] = True
-    finally:
-        Run.take_step = original_step
-    taken = []
-    def counting(run, batch):
-        taken.append(run.step)
-        return original_step(run, batch)
-    Run.take_step = counting
-    try:
+    taken: list[int] = []
+    with counted(taken):
         sae = saelab.fit(_dictionary("topk"), x, _cfg(out=f"{tmp}/resumed"))
-    finally:
-        Run.take_step = original_step
     facts["resumed_steps"] = taken
     torch.save(sae.state_dict(), f"{tmp}/resumed_rank{rank}.pt")
     # data parallel over a store, each rank reading its own shards

@@ -10,7 +10,7 @@ import torch
 
 import saelab
 from saelab.errors import ConfigError, OutputExistsError
-from saelab.train.run import Run
+from tests.steps import killed_at
 
 HP = "model.layers.1"
 
@@ -34,27 +34,16 @@ def store(tiny_lm, tmp_path_factory):
     return path
 
 
-def killed_at(step: int, *args) -> None:
-    """Run saelab.fit(*args) and kill it (an exception) when it reaches `step`."""
-    original = Run.take_step
-
-    def dying(run, batch):
-        if run.step == step:
-            raise KeyboardInterrupt
-        return original(run, batch)
-
-    Run.take_step = dying
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            saelab.fit(*args)
-    finally:
-        Run.take_step = original
+def fit_killed_at(step: int, *args) -> None:
+    """Run saelab.fit(*args), killed when it reaches `step`."""
+    with killed_at(step), pytest.raises(KeyboardInterrupt):
+        saelab.fit(*args)
 
 
 def test_a_run_killed_before_its_first_checkpoint_reruns_with_the_same_command(planted,
                                                                               tmp_path):
     out = tmp_path / "run"
-    killed_at(5, topk(), planted.x[:4096], cfg(out=str(out)))
+    fit_killed_at(5, topk(), planted.x[:4096], cfg(out=str(out)))
     assert not (out / "checkpoint").exists() and (out / "metrics.jsonl").exists()
     saelab.fit(topk(), planted.x[:4096], cfg(out=str(out)))  # no overwrite needed
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -63,7 +52,7 @@ def test_a_run_killed_before_its_first_checkpoint_reruns_with_the_same_command(p
 
 def test_another_run_is_refused_without_overwrite_and_nothing_is_deleted(planted, tmp_path):
     out = tmp_path / "run"
-    killed_at(5, topk(), planted.x[:4096], cfg(out=str(out)))
+    fit_killed_at(5, topk(), planted.x[:4096], cfg(out=str(out)))
     before = (out / "metrics.jsonl").read_text()
     with pytest.raises(OutputExistsError, match="other settings"):
         saelab.fit(topk(), planted.x[:4096], cfg(out=str(out), lr=1e-3))
@@ -94,7 +83,7 @@ def test_a_run_folder_overlapping_its_store_is_refused_even_with_overwrite(store
 def test_metrics_hold_each_logged_step_once_after_a_resume_and_a_rerun(planted, tmp_path):
     out = tmp_path / "run"
     args = dict(steps=30, out=str(out), checkpoint_every=10, log_every=5)
-    killed_at(17, topk(), planted.x[:4096], cfg(**args))  # last checkpoint at step 10
+    fit_killed_at(17, topk(), planted.x[:4096], cfg(**args))  # last checkpoint at step 10
     saelab.fit(topk(), planted.x[:4096], cfg(**args))
     saelab.fit(topk(), planted.x[:4096], cfg(**args))  # a rerun of the finished run
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]

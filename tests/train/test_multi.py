@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import saelab
+from tests.steps import counted, killed_at
 from saelab.errors import ConfigError
 from saelab.store import ActivationStore, capture_to_store, stream_batches
 from saelab.train import LiveSource, fit_many
@@ -198,36 +199,15 @@ def test_a_transcoder_trained_with_others_matches_it_trained_alone():
 
 
 def test_a_killed_fit_many_resumes_every_member_to_the_same_weights(tmp_path):
-    from saelab.train import Run
-
     x, y = torch.randn(512, 32), torch.randn(512, 32) * 2
     cfg = replace(CFG, steps=12, checkpoint_every=4, out=str(tmp_path / "full"))
     full = fit_many({"x": make(seed=1), "y": make(seed=2)}, {"x": x, "y": y}, cfg)
     killed = replace(cfg, out=str(tmp_path / "killed"))
-    original = Run.take_step
-
-    def dying(run, batch):
-        if run.step == 6 and run.key == "y":
-            raise KeyboardInterrupt
-        return original(run, batch)
-
-    Run.take_step = dying
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            fit_many({"x": make(seed=1), "y": make(seed=2)}, {"x": x, "y": y}, killed)
-    finally:
-        Run.take_step = original
-    taken = []
-
-    def counting(run, batch):
-        taken.append(run.step)
-        return original(run, batch)
-
-    Run.take_step = counting
-    try:
+    with killed_at(6, key="y"), pytest.raises(KeyboardInterrupt):
+        fit_many({"x": make(seed=1), "y": make(seed=2)}, {"x": x, "y": y}, killed)
+    taken: list[int] = []
+    with counted(taken):
         resumed = fit_many({"x": make(seed=1), "y": make(seed=2)}, {"x": x, "y": y}, killed)
-    finally:
-        Run.take_step = original
     assert taken == [s for s in range(4, 12) for _ in range(2)]  # both from the step-4 checkpoint
     for key in ("x", "y"):
         assert_same_weights(full[key], resumed[key])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import saelab
+from tests.steps import killed_at
 from saelab.errors import ConfigError, DataError, OutputExistsError
 from saelab.train.optim import lr_factor
 from tests.conftest import planted_data
@@ -45,24 +46,9 @@ def test_resumed_run_ends_with_the_same_weights(planted, tmp_path):
     full = saelab.fit(saelab.create("topk", d_in=32, n_latents=64, k=3), planted.x,
                       cfg(steps=30, out=str(tmp_path / "a"), checkpoint_every=10))
 
-    class Killed(Exception):
-        pass
-
-    from saelab.train import Run
-    original = Run.take_step
-
-    def dying(run, batch):
-        if run.step == 17:
-            raise Killed
-        return original(run, batch)
-
-    Run.take_step = dying
-    try:
-        with pytest.raises(Killed):
-            saelab.fit(saelab.create("topk", d_in=32, n_latents=64, k=3), planted.x,
-                       cfg(steps=30, out=str(tmp_path / "b"), checkpoint_every=10))
-    finally:
-        Run.take_step = original
+    with killed_at(17), pytest.raises(KeyboardInterrupt):
+        saelab.fit(saelab.create("topk", d_in=32, n_latents=64, k=3), planted.x,
+                   cfg(steps=30, out=str(tmp_path / "b"), checkpoint_every=10))
     info = json.loads((tmp_path / "b" / "checkpoint" / "train_state.json").read_text())
     assert info["step"] == 10
     resumed = saelab.fit(saelab.create("topk", d_in=32, n_latents=64, k=3), planted.x,
