@@ -161,7 +161,7 @@ THROWAWAY = '''
 import torch
 from torch import nn
 
-from saelab.dictionaries import Dictionary, register
+from saelab.dictionaries import Dictionary, as_rows, register
 
 
 @register("throwaway_fit")
@@ -181,7 +181,7 @@ class ThrowawayFit(Dictionary):
 
     @torch.no_grad()
     def fit(self, batches):
-        x = torch.cat(list(batches))
+        x = torch.cat([as_rows(b).x for b in batches])
         self.b_dec.copy_(x.mean(0))
         v = torch.linalg.svd(x - x.mean(0), full_matrices=False).Vh
         self.W_dec.zero_()

@@ -6,13 +6,15 @@ from saelab.dictionaries._base import (
     DictionaryConfig,
     Loss,
     Output,
+    Rows,
     StepState,
+    as_rows,
 )
 from saelab.dictionaries._formats import SaeLensMapping, SparsifyMapping
 from saelab.dictionaries._registry import get, names, register
 
 __all__ = ["AuxKConfig", "Dictionary", "DictionaryConfig", "Loss", "Output", "SaeLensMapping",
-           "SparsifyMapping", "StepState", "get", "names", "register", "create"]
+           "Rows", "SparsifyMapping", "StepState", "as_rows", "get", "names", "register", "create"]
 
 
 def create(architecture: str, d_in: int, n_latents: int, *, seed: int | None = 0,

@@ -91,6 +91,30 @@ class Output(NamedTuple):
     """Dense latent codes [B, n_latents]."""
 
 
+class Rows(NamedTuple):
+    """One batch handed to `Dictionary.fit` (dictionaries with `trained_by == "fit"`)."""
+
+    x: Tensor
+    """Input rows [B, d_in]."""
+    target: Tensor | None = None
+    """Target rows [B, d_out] for dictionaries that predict another activation; else None."""
+    labels: Tensor | None = None
+    """Per-row concept labels [B] or [B, n_concepts] for supervised dictionaries; else None."""
+
+
+def as_rows(batch: Tensor | tuple | Rows) -> Rows:
+    """A batch given to `fit` as `Rows`: a tensor x, an (x, target) tuple, or `Rows` itself (so
+    that `dictionary.fit(x.split(1024))` works as well as the training loop's batches)."""
+    if isinstance(batch, Rows):
+        return batch
+    if isinstance(batch, Tensor):
+        return Rows(batch)
+    if isinstance(batch, tuple) and len(batch) == 2:
+        return Rows(*batch)
+    raise TypeError(f"fit takes batches of tensors, (x, target) tuples or "
+                    f"saelab.dictionaries.Rows; got {type(batch).__name__}")
+
+
 class Loss(NamedTuple):
     """What `dictionary.loss(x, state)` returns for one training batch."""
 
@@ -182,8 +206,10 @@ class Dictionary(nn.Module):
         """Training loss on a batch `x` [B, d_in] (target [B, d_out] defaults to x)."""
         raise NotImplementedError(f"{type(self).__name__} is not trained by gradient; use fit()")
 
-    def fit(self, batches: Iterable[Tensor]) -> None:
-        """Train without gradients (for variants with trained_by = "fit")."""
+    def fit(self, batches: Iterable[Tensor | tuple | Rows]) -> None:
+        """Train without gradients (for variants with trained_by = "fit"). Each batch is a
+        tensor x [B, d_in], an (x, target) tuple, or `Rows` (with labels for supervised
+        dictionaries); read it with `as_rows(batch)`. The training loop passes `Rows`."""
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient; use saelab.fit")
 
     # --- shared helpers ---------------------------------------------------------------------

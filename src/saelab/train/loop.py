@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from tqdm.auto import tqdm
 
-from saelab.dictionaries import Dictionary
+from saelab.dictionaries import Dictionary, Rows
 from saelab.errors import ConfigError, DataError
 from saelab.store import ActivationStore, Source, Want, open_source
 from saelab.store.sources import Batch
@@ -60,8 +60,18 @@ def fit_by_itself(dictionary: Dictionary, data, cfg: TrainConfig) -> Dictionary:
     batches = source.batches(0)  # epochs repeat without end: bounded here
     if cfg.steps is not None or source.per_epoch is not None:
         batches = itertools.islice(batches, total_steps(cfg, source, Group()))
-    dictionary.fit(b[source.feeds[0].input] for b in batches)
+    feed = source.feeds[0]
+    if "labels" in dictionary.needs and "labels" not in feed.extras:
+        raise ConfigError(f"{dictionary.architecture} is fitted to concept labels; pass "
+                          f"saelab.train.Labelled(x, labels)")
+    dictionary.fit(rows_of(feed, b) for b in batches)
     return dictionary
+
+
+def rows_of(feed, batch: Batch) -> Rows:
+    """One batch as the `Rows` a dictionary's own `fit` reads."""
+    x, target, extras = feed.split(batch)
+    return Rows(x, target, extras.get("labels"))
 
 
 def fit_many(targets: Mapping[str, Dictionary | tuple | Sequence], source,
