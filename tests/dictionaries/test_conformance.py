@@ -17,7 +17,7 @@ import torch
 import saelab
 from saelab import docgen
 import saelab.dictionaries as package
-from saelab.dictionaries import Dictionary, Output, StepState, get, names
+from saelab.dictionaries import Dictionary, Output, Rows, StepState, get, names
 from saelab.dictionaries._registry import unregister
 from saelab.errors import ConfigError
 from saelab.train.optim import make_optimizer
@@ -79,7 +79,10 @@ def check_training_improves_it(sae, x) -> None:
     """One optimiser step lowers the loss (trained by gradient), or fitting lowers the
     reconstruction error (trained by its own `fit`)."""
     x, target = pairs(sae, x)
-    if sae.trained_by == "gradient":
+    if sae.trained_by == "model":  # read from a model's weights: training is refused
+        with pytest.raises(ConfigError, match="read from a model"):
+            saelab.fit(sae, x)
+    elif sae.trained_by == "gradient":
         sae.init_from_data(x if target is None else target)
         state = StepState(step=50, total_steps=100)
         before = sae.loss(x, state, target).total.item()
@@ -88,14 +91,27 @@ def check_training_improves_it(sae, x) -> None:
     else:
         assert sae.trained_by == "fit", sae.trained_by
         before = reconstruction_error(sae, x, target)
-        sae.fit(iter(x.split(128)) if target is None else iter(zip(x.split(128),
-                                                                   target.split(128))))
+        labels = concept_labels(x) if "labels" in sae.needs else None
+        sae.fit(Rows(*r) for r in zip(x.split(128), (None,) * 128 if target is None
+                                       else target.split(128),
+                                       (None,) * 128 if labels is None else labels.split(128)))
         assert reconstruction_error(sae, x, target) < before
 
 
+def concept_labels(x):
+    """Per-row labels of two concepts for supervised dictionaries: the signs of two inputs."""
+    return torch.stack([x[:, 0] > 0, x[:, 1] > 0], 1).long()
+
+
 def check_deterministic(name: str, planted) -> None:
+    if make(name).trained_by == "model":  # nothing trained: creation under a seed decides
+        for t1, t2 in zip(make(name).state_dict().values(), make(name).state_dict().values()):
+            assert torch.equal(t1, t2)
+        return
     x, target = pairs(make(name), planted.x[:2048, :D_IN])
     data = x if target is None else (x, target)  # fit variants read `steps` batches of it
+    if "labels" in make(name).needs:
+        data = saelab.train.Labelled(data, concept_labels(x))
     if "gradients" in make(name).needs:  # g-SAE: a fixed stand-in loss gradient
         grads = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
         data = saelab.train.WithGradients(data, grads)

@@ -22,7 +22,7 @@ from saelab.ops.sparse import linear
 
 NEEDS = ("target", "labels", "gradients")
 """What a dictionary may need for training besides its input rows (`Dictionary.needs`)."""
-TRAINED_BY = ("gradient", "fit")
+TRAINED_BY = ("gradient", "fit", "model")
 """How a dictionary is trained (`Dictionary.trained_by`)."""
 INPUT_NORMS = ("none", "constant_norm_rescale", "layer_norm")
 """Values of `DictionaryConfig.input_norm` (SAELens' run-time `normalize_activations`)."""
@@ -161,7 +161,8 @@ class Dictionary(nn.Module):
     row). A variant whose needs depend on its config overrides this with a property."""
     trained_by: ClassVar[str] = "gradient"
     """"gradient": trained by `saelab.fit` through `loss`; "fit": trained by its own
-    `fit(batches)` (PCA, ITDA, semi-NMF, ...)."""
+    `fit(batches)` (PCA, ITDA, semi-NMF, ...); "model": read from a model's weights by the
+    variant's own constructor (MLP neurons), never trained (`saelab.fit` refuses it)."""
     formats: ClassVar[dict[str, SaeLensMapping | SparsifyMapping]] = {}
     """This variant in other libraries' formats, declared in its own file (read in the variant's
     own class only, never inherited): "saelens" -> `SaeLensMapping`, "sparsify" ->

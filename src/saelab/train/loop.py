@@ -47,6 +47,10 @@ def fit(dictionary: Dictionary, data, config: TrainConfig | None = None) -> Dict
     run. A dictionary not trained by gradient (`trained_by == "fit"`) is fitted by its own
     `fit` on the batches."""
     cfg = config or TrainConfig()
+    if dictionary.trained_by == "model":
+        raise ConfigError(f"{dictionary.architecture} is read from a model's weights, not "
+                          f"trained: build it from the model (see its documentation) and "
+                          f"evaluate or save it directly")
     if dictionary.trained_by != "gradient":
         return fit_by_itself(dictionary, data, cfg)
     (trained,) = train([Member(cfg.hookpoint, dictionary, cfg)], data, cfg)
