@@ -228,3 +228,16 @@ def test_a_variant_in_a_new_module_is_registered_and_passes_conformance(throwawa
     page = docgen.dictionary_page(throwaway)  # documented: a generated page of its own
     assert "throwaway_fit" in page and "leading right singular vectors" in page
     assert "throwaway_fit" in docgen.dictionary_index()
+
+
+def test_a_fit_variant_with_an_out_folder_saves_its_result_and_keeps_foreign_files(
+        throwaway, planted, tmp_path):
+    x = unit_rows_of(planted, 512)
+    out = tmp_path / "run"
+    fitted = saelab.fit(make(throwaway), x, saelab.TrainConfig(out=str(out), batch_size=128, progress=False))
+    loaded = saelab.load(out / "sae")
+    assert torch.equal(loaded.W_dec, fitted.W_dec)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(saelab.errors.OutputExistsError, match="notes.txt"):
+        saelab.fit(make(throwaway), x, saelab.TrainConfig(out=str(out), batch_size=128, progress=False))
+    assert (out / "notes.txt").read_text() == "mine" and (out / "sae").is_dir()

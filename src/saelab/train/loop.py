@@ -23,12 +23,13 @@ from typing import NamedTuple
 
 from tqdm.auto import tqdm
 
+from saelab.config import to_dict
 from saelab.dictionaries import Dictionary, Rows
 from saelab.errors import ConfigError, DataError
 from saelab.store import ActivationStore, Source, Want, open_source
 from saelab.store.sources import Batch
 from saelab.train.config import TrainConfig
-from saelab.train.folder import check_not_an_input, locked
+from saelab.train.folder import check_not_an_input, locked, prepare
 from saelab.train.group import Group
 from saelab.train.lifecycle import finish, initialise, open_folder, sync_start
 from saelab.train.logs import Logs, check_log_to
@@ -59,16 +60,30 @@ def fit(dictionary: Dictionary, data, config: TrainConfig | None = None) -> Dict
 
 def fit_by_itself(dictionary: Dictionary, data, cfg: TrainConfig) -> Dictionary:
     """A dictionary with its own `fit` (`trained_by == "fit"`) reads `cfg.steps` batches, or
-    `cfg.epochs` passes over data of known length, or an iterable to its end."""
+    `cfg.epochs` passes over data of known length, or an iterable to its end. With `cfg.out`,
+    the folder is locked and prepared as for a gradient run and the result saved in `out/sae`
+    (no checkpoints: a killed fit starts again)."""
     source = open_source(data, [want_of(Member(cfg.hookpoint, dictionary, cfg))], cfg)
-    batches = source.batches(0)  # epochs repeat without end: bounded here
-    if cfg.steps is not None or source.per_epoch is not None:
-        batches = itertools.islice(batches, total_steps(cfg, source, Group()))
     feed = source.feeds[0]
     if "labels" in dictionary.needs and "labels" not in feed.extras:
         raise ConfigError(f"{dictionary.architecture} is fitted to concept labels; pass "
                           f"saelab.train.Labelled(x, labels)")
-    dictionary.fit(rows_of(feed, b) for b in batches)
+    batches = source.batches(0)  # epochs repeat without end: bounded here
+    if cfg.steps is not None or source.per_epoch is not None:
+        batches = itertools.islice(batches, total_steps(cfg, source, Group()))
+    out = Path(cfg.out) if cfg.out else None
+    inputs = [str(getattr(data, "path", data))] if isinstance(data, (str, Path, ActivationStore)) \
+        else []
+    with contextlib.ExitStack() as held:
+        if out is not None:
+            check_not_an_input(out, inputs)
+            held.enter_context(locked(out))
+            prepare(out, {"fit": {"architecture": dictionary.architecture,
+                                  **to_dict(dictionary.cfg)}, "data": feed.describe},
+                    cfg.overwrite)
+        dictionary.fit(rows_of(feed, b) for b in batches)
+        if out is not None:
+            dictionary.save(out / "sae")
     return dictionary
 
 
