@@ -39,6 +39,8 @@ Where saelab chooses:
   when the dictionary is built, so `saelab.create("ica", ..., seed=0)` fixes it, and kept as the
   int64 buffer `random_state` (saved and loaded with the weights). Two fits of the same
   dictionary on the same rows give bit-identical weights.
+- Rank: with more components than the rank of the data, whitening divides by singular values
+  near zero and the extra components are noise; keep `n_latents` at most the rank.
 - A FastICA that stops at `max_iter` without reaching `tol` is logged as a warning (scikit-learn's
   ConvergenceWarning), not raised: raise `max_iter` or lower `n_latents`.
 - Signs are FastICA's (a source and its negation are equally independent).
