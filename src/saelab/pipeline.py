@@ -157,6 +157,8 @@ class EvalConfig(EvalOptions):
                                                    "dictionary's hookpoint.")
     allow_incomplete_store: bool = option(False, "Evaluate even on a store whose capture has "
                                                  "not finished.")
+    other: str | None = option(None, "A second dictionary (folder or hf:// address) for the "
+                                     "families that compare two (similarity).")
     out: str | None = option(None, "Report folder (default: beside the dictionary, eval/).")
 
 
@@ -184,6 +186,8 @@ def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
             n = max(1, cfg.splice_tokens // store.manifest["context_len"])
             kwargs.update(model=lm.model, tokens=store.contexts()["tokens"][:n],
                           exclusion=Exclusion.from_json(store.manifest.get("exclusion")))
+    if cfg.other:
+        kwargs["other"] = saelab.load(cfg.other)
     out = Path(cfg.out or Path(cfg.sae).parent / "eval")
     report = saelab.evaluate(sae, store, metrics=cfg.metrics, hookpoint=hookpoint,
                              allow_hookpoint_mismatch=cfg.allow_hookpoint_mismatch,

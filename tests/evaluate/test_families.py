@@ -1,7 +1,8 @@
 """Conformance of every registered metric family on a tiny random Llama: it declares itself
 (docstring, needs from the vocabulary, figures), is refused before any work when a need is
-missing, and returns exactly its declared figures, all finite. A family written in a new module
-is discovered by itself."""
+missing, and returns exactly its declared figures, all finite but those it declares conditional
+(NaN unless a condition its docstring states holds). A family written in a new module is
+discovered by itself."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ PACKAGE = importlib.import_module("saelab.evaluate")  # saelab.evaluate is also 
 registry = importlib.import_module("saelab.evaluate._registry")
 HOOKPOINT = "model.layers.0"
 ARGUMENT = {"activations": "data", "model": "model", "tokens": "tokens", "labels": "labels",
-            "second_dictionary": "second_dictionary"}
+            "other": "other"}
 """The `evaluate` argument that provides each need."""
 
 
@@ -48,7 +49,7 @@ def setup():
     other = saelab.create("topk", d_in=32, n_latents=64, k=4, seed=2)
     # labels: no family needs them yet; the first one that does fixes their form here
     provided = {"data": x, "model": lm, "tokens": tokens, "labels": (["a", "b"], [0, 1]),
-                "second_dictionary": other}
+                "other": other}
     return sae, provided
 
 
@@ -77,11 +78,12 @@ def check_family(name: str, sae, provided: dict) -> None:
     assert cls.name == name and (cls.__doc__ or "").strip(), f"{name} needs a docstring"
     assert cls.needs and set(cls.needs) <= set(NEEDS)
     assert cls.figures and len(set(cls.figures)) == len(cls.figures)
-    assert set(cls.headline) <= set(cls.figures)
+    assert set(cls.headline) <= set(cls.figures) and set(cls.conditional) <= set(cls.figures)
     report = saelab.evaluate(sae, metrics=(name,), hookpoint=HOOKPOINT, **provided)
     assert set(report) == {name, "meta"}
     assert set(report[name]) == set(cls.figures)
-    bad = {k: v for k, v in report[name].items() if not math.isfinite(v)}
+    bad = {k: v for k, v in report[name].items()
+           if not math.isfinite(v) and k not in cls.conditional}
     assert not bad, f"{name}: figures not finite: {bad}"
     assert report["meta"]["families"] == [name]
 
@@ -101,7 +103,7 @@ def test_a_missing_need_is_refused_before_any_work(setup, name):
         kwargs = {ARGUMENT[n]: provided[ARGUMENT[n]] for n in cls.needs}
         kwargs["data"] = watched if "activations" in cls.needs else None
         kwargs[ARGUMENT[need]] = None
-        with Forwards(sae, provided["model"], provided["second_dictionary"]) as forwards:
+        with Forwards(sae, provided["model"], provided["other"]) as forwards:
             with pytest.raises(ConfigError) as err:
                 saelab.evaluate(sae, metrics=(name,), hookpoint=HOOKPOINT, **kwargs)
         message = str(err.value)

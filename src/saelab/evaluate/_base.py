@@ -7,7 +7,9 @@ A family is one class in its own file under `saelab/evaluate/`, registered by na
   every requested family before any work starts);
 - `figures`: the names of the figures its result holds, exactly (a figure that cannot be computed
   on the data given is NaN, not left out);
-- `headline`: the figures `format_report` prints (a subset of `figures`).
+- `headline`: the figures `format_report` prints (a subset of `figures`);
+- `conditional`: the figures that are NaN unless a condition its docstring states holds (e.g.
+  both dictionaries are ITDA), so that a NaN there is expected, not a failure.
 
 It computes in one of two ways:
 
@@ -34,7 +36,8 @@ NEEDS: dict[str, str] = {
     "model": "model: the causal LM the dictionary was trained on (an nn.Module returning .logits)",
     "tokens": "tokens: token ids [N, T] of held-out contexts for the model",
     "labels": "labels: labelled texts",
-    "second_dictionary": "second_dictionary: another dictionary to compare with",
+    "other": "other: another dictionary to compare with, of the same input width (from the "
+             "command line: --other DICTIONARY2)",
 }
 """What a family may need -> what to pass to `evaluate` to provide it."""
 
@@ -73,8 +76,8 @@ class Context:
     trained on; None keeps every position."""
     labels: Any = None
     """Labelled texts, for families that need them."""
-    second_dictionary: nn.Module | None = None
-    """Another dictionary, for families that compare two."""
+    other: nn.Module | None = None
+    """Another dictionary, for families that compare two (in eval mode)."""
     batch_size: int = 4096
     """Rows per batch of the activation stream."""
     seed: int | None = None
@@ -85,7 +88,7 @@ class Context:
     def provides(self, need: str) -> bool:
         """Whether the need `need` (a key of NEEDS) is met."""
         value = {"activations": self.batches, "model": self.model, "tokens": self.tokens,
-                 "labels": self.labels, "second_dictionary": self.second_dictionary}[need]
+                 "labels": self.labels, "other": self.other}[need]
         return value is not None
 
 
@@ -100,6 +103,9 @@ class Family:
     """Names of the figures `run()` returns, exactly."""
     headline: ClassVar[tuple[str, ...]] = ()
     """Figures shown by `format_report`."""
+    conditional: ClassVar[tuple[str, ...]] = ()
+    """Figures that are NaN unless a condition stated in the docstring holds (a subset of
+    `figures`); every other figure is finite on data the family accepts."""
 
     def __init__(self, context: Context) -> None:
         self.context = context

@@ -27,7 +27,7 @@ def evaluate(dictionary, data: Any = None, *, metrics: Sequence[str] | None = No
              hookpoint: str | None = None, target_hookpoint: str | None = None,
              batch_size: int = 4096, model: torch.nn.Module | None = None,
              tokens: Tensor | None = None, exclusion=None, labels: Any = None,
-             second_dictionary=None, seed: int | None = None,
+             other=None, seed: int | None = None,
              allow_hookpoint_mismatch: bool = False, allow_incomplete_store: bool = False,
              out: str | Path | None = None, progress: bool = False) -> dict:
     """Evaluate `dictionary` with the metric families `metrics` (see `families()`); returns the
@@ -42,7 +42,8 @@ def evaluate(dictionary, data: Any = None, *, metrics: Sequence[str] | None = No
     `target_hookpoint` of a store, or the y of (x, y) tensors. `model` (a causal LM) and `tokens`
     [N, T] serve families that run the model (the spliced loss at `hookpoint`, or for a
     transcoder at `target_hookpoint`, with positions `exclusion` drops left untouched);
-    `labels` and `second_dictionary` serve the families that need them.
+    `labels` serve the families that need them, and `other`, another dictionary (a module
+    or anything `saelab.load` reads), those that compare two (`similarity`).
 
     Without `metrics`, runs those of DEFAULT_FAMILIES whose needs are met. Every requested
     family's needs are checked before any work: a missing one is a ConfigError naming the
@@ -59,7 +60,7 @@ def evaluate(dictionary, data: Any = None, *, metrics: Sequence[str] | None = No
     context = Context(dictionary, batches=data_.batches, data_mean=data_.mean, model=model,
                       tokens=tokens, hookpoint=data_.hookpoint,
                       target_hookpoint=data_.target_hookpoint, exclusion=exclusion,
-                      labels=labels, second_dictionary=second_dictionary,
+                      labels=labels, other=_other(other),
                       batch_size=batch_size, seed=seed, progress=progress)
     classes = requested if requested is not None else _defaults(context)
     _check(classes, context)
@@ -77,6 +78,18 @@ def evaluate(dictionary, data: Any = None, *, metrics: Sequence[str] | None = No
         for f in instances:
             f.plot(Path(out))
     return report
+
+
+def _other(other):
+    """The second dictionary in eval mode: a module as given, or loaded with `saelab.io.load`
+    from a path (a folder in any known format, an hf:// address, a release name)."""
+    if other is None:
+        return None
+    if isinstance(other, (str, Path)):
+        from saelab.io import load
+
+        other = load(other)
+    return other.eval()
 
 
 def _defaults(context: Context) -> list[type[Family]]:
