@@ -73,7 +73,8 @@ def test_atoms_beyond_d_in_are_zero_and_the_reconstruction_stays_exact():
     assert torch.equal(pca.explained_variance[D:], torch.zeros(2 * D))
     with torch.no_grad():
         codes = pca.encode(x)
-        assert codes.shape == (len(x), 3 * D) and torch.equal(codes[:, D:], torch.zeros(len(x), 2 * D))
+        assert codes.shape == (len(x), 3 * D)
+        assert torch.equal(codes[:, D:], torch.zeros(len(x), 2 * D))
         torch.testing.assert_close(pca.decode(codes), x, rtol=0, atol=2e-5)
 
 
@@ -107,3 +108,23 @@ def test_fold_input_scale_turns_a_fit_on_scaled_rows_into_the_fit_on_the_rows():
         torch.testing.assert_close(on_3x.encode(x), on_x.encode(x), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(on_3x.explained_variance, on_x.explained_variance, rtol=1e-4,
                                    atol=0)
+
+
+def test_saelab_train_fits_pca_from_a_store(model_dir, tmp_path):
+    """`saelab train STORE --architecture pca` makes one pass of its own fit over the store and
+    saves a PCA that reconstructs the store's rows exactly."""
+    from saelab.cli import main
+    from saelab.store import ActivationStore
+
+    store, out = tmp_path / "store", tmp_path / "run"
+    assert main(["capture", "--model", str(model_dir), "--hookpoints", "model.layers.0",
+                 "--n-tokens", "1024", "--context-len", "64", "--out", str(store),
+                 "--no-progress"]) == 0
+    assert main(["train", str(store), "--architecture", "pca", "--n-latents", "64",
+                 "--batch-size", "128", "--out", str(out), "--no-progress"]) == 0
+    pca = saelab.load(out / "sae")
+    assert pca.architecture == "pca" and pca.d_in == 32
+    assert (pca.explained_variance[:32] > 0).all() and (pca.explained_variance[32:] == 0).all()
+    x = torch.cat([acts for acts, _ in ActivationStore(store).iter_rows()]).float()
+    with torch.no_grad():
+        torch.testing.assert_close(pca(x).x_hat, x, rtol=0, atol=1e-3 * x.abs().max().item())
