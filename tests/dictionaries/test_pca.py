@@ -49,6 +49,19 @@ def test_pca_explains_the_same_variance_as_numpy_svd_over_several_batches():
     np.testing.assert_allclose(np.abs(cos), 1, atol=1e-4)
 
 
+def test_fewer_latents_than_d_in_keep_the_svds_leading_directions_exactly():
+    """exact=True (default) tracks all d_in directions over the batches and keeps the leading
+    n_latents, so even a truncated PCA matches the SVD (IncrementalPCA tracking only n_latents
+    would drift on the smaller components)."""
+    x = anisotropic(n=4000)
+    pca = fit(x, n_latents=4)
+    _, ratio, vt = svd_of(x)
+    np.testing.assert_allclose(pca.explained_variance_ratio.double().numpy(), ratio[:4],
+                               rtol=1e-4)
+    np.testing.assert_allclose(np.abs((pca.W_dec.detach().double().numpy() * vt[:4]).sum(1)), 1,
+                               atol=1e-4)
+
+
 @pytest.mark.parametrize("whiten", [False, True])
 def test_reconstruction_with_all_d_in_components_is_exact(whiten):
     x = anisotropic()
