@@ -53,7 +53,7 @@ def test_fit_history_never_rises_for_plain_semi_nmf_and_codes_are_nonnegative():
 
 def test_exact_semi_nmf_data_is_reconstructed_by_fit_and_encode():
     X = planted_product(seed=2)
-    sae = saelab.create("semi_nmf", 24, 6, sparsity=1.0, encode_iterations=500).double()
+    sae = saelab.create("semi_nmf", 24, 6, sparsity=1.0).double()
     sae.fit([X])
     with torch.no_grad():
         assert fvu(sae(X).x_hat, X) < 1e-3

@@ -101,15 +101,14 @@ class MlpNeurons(Dictionary):
     It reads the MLP's input and outputs the MLP's output, like a transcoder: its hookpoint is
     `MODULE:input` and its target `MODULE` (`needs` holds "target"; `from_model` records both in
     the provenance, as `hookpoint` and `data_target_hookpoint`, so `saelab eval` compares the
-    output with the captured MLP output and splices it there). Capture both sites to evaluate it:
+    output with the captured MLP output and splices it there). Capture both sites to evaluate
+    it: `saelab capture --hookpoints model.layers.3.mlp:input model.layers.3.mlp` (SmolLM2).
 
-        saelab capture smollm2-135m --hookpoints model.layers.3.mlp:input model.layers.3.mlp
-
-    Build it from a loaded model (never trained: `saelab.fit` and `saelab train` refuse it):
-
-        lm = saelab.models.load("smollm2-135m")
-        neurons = saelab.dictionaries.get("mlp_neurons").from_model(lm, "model.layers.3.mlp")
-        neurons.save("runs/mlp_neurons_l3")     # then `saelab eval runs/mlp_neurons_l3 STORE`
+    Build it from a loaded model (it is never trained: `saelab.fit` and `saelab train` refuse it),
+    save it, and use it wherever a dictionary goes (`saelab eval runs/mlp_neurons_l3 STORE`):
+    `lm = saelab.models.load("smollm2-135m")`,
+    `neurons = saelab.dictionaries.get("mlp_neurons").from_model(lm, "model.layers.3.mlp")`,
+    `neurons.save("runs/mlp_neurons_l3")`.
 
     `saelab.create("mlp_neurons", d_in, n_latents)` makes one with random weights (the shape of
     an MLP, for tests). Weights: W_enc, b_enc [n_latents, d_in], [n_latents]; W_gate, b_gate

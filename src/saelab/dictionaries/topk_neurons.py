@@ -43,10 +43,9 @@ class TopKNeurons(MlpNeurons):
     random rotation of the neuron basis is not offered.
 
     Everything else is `mlp_neurons`: read from a model's weights, never trained; input the MLP's
-    input (hookpoint `MODULE:input`), output the MLP's output (target `MODULE`):
-
-        lm = saelab.models.load("smollm2-135m")
-        d = saelab.dictionaries.get("topk_neurons").from_model(lm, "model.layers.3.mlp", k=32)
+    input (hookpoint `MODULE:input`), output the MLP's output (target `MODULE`). From Python:
+    `lm = saelab.models.load("smollm2-135m")`,
+    `d = saelab.dictionaries.get("topk_neurons").from_model(lm, "model.layers.3.mlp", k=32)`.
 
     With k = n_latents it equals `mlp_neurons` exactly; with smaller k its reconstruction of the
     MLP's output loses what the dropped neurons wrote.
