@@ -16,21 +16,20 @@ Labels: `[B, n_concepts]` with values 0 or 1 (1: the concept holds in that row),
 `saelab.train.Labelled` passes them, or, when calling `fit` directly with
 `saelab.dictionaries.Rows(x, None, labels)`, integer classes `[B]` in `[0, n_latents)` (concept
 c holds where the class is c: one atom per class against the rest; the concepts are the classes
-up to the largest one seen). The sums run over the
-batches, so memory is one batch plus `n_concepts * d_in` numbers, in float64.
+up to the largest one seen). The sums run over the batches, so memory is one batch plus
+`n_concepts * d_in` numbers, in float64.
 
 The dictionary: `W_dec` row c is the unit direction of concept c; `b_dec` is the mean of all rows;
 `encode(x) = (x - b_dec) W_dec^T`, the coordinate of the centred input along each direction
 (AxBench scores concept presence by this projection; centring only shifts each score by a
 constant); `decode(codes) = codes W_dec + b_dec`. The atoms are in general not orthogonal, so the
 reconstruction is the sum of the projections, not a least-squares fit: it is a yardstick of
-directions, not a reconstruction method. The buffer `mean_difference` [n_latents] keeps the norm
+directions, not a reconstruction method. The buffer `mean_difference` `[n_latents]` keeps the norm
 of each difference of means before normalising (the concept's separation, in input units).
 
-From Python:
-
-    dm = saelab.fit(saelab.create("diffmeans", d_in=576, n_latents=3),
-                    saelab.train.Labelled(x, labels), saelab.TrainConfig(batch_size=4096))
+From Python, with activations `x` [N, 576] and labels [N, 3]:
+`dm = saelab.fit(saelab.create("diffmeans", d_in=576, n_latents=3), saelab.train.Labelled(x,
+labels))`, then `dm.encode(x)` scores each concept.
 
 There is no labelled store format yet, so `saelab train STORE --architecture diffmeans` is
 refused with a message asking for labels; fit it from Python.
@@ -42,7 +41,7 @@ Where saelab chooses:
   batches, labels whose row count differs from the batch's, labels that are not 0/1, and a
   concept with no positive or no negative rows (named) are refused with a DataError.
 - Atoms are unit norm as in AxBench; a concept whose two means coincide gets a zero atom.
-- Before `fit` the atoms are zero and the dictionary reconstructs every input as b_dec (zero).
+- Before `fit` the atoms are zero and the dictionary reconstructs every input as `b_dec` (zero).
 """
 
 from __future__ import annotations

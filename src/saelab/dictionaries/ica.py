@@ -6,9 +6,9 @@ and looks for the unmixing that makes the codes as non-Gaussian as possible (Hyv
 2000, "Independent Component Analysis: Algorithms and Applications"; FastICA: Hyvarinen 1999,
 "Fast and Robust Fixed-Point Algorithms for Independent Component Analysis"). Sparse, heavy-tailed
 features are such sources, so for a complete basis ICA is a close relative of sparse dictionary
-learning. Relative to a TopK SAE: the codes are a
-linear map of the input (no activation, no sparsity constraint, every code active), the atoms
-are at most d_in (a complete, not an overcomplete, basis), and nothing is trained by gradient.
+learning. Relative to a TopK SAE: the codes are a linear map of the input (no activation, no
+sparsity constraint, every code active), the atoms are at most `d_in` (a complete, not an
+overcomplete, basis), and nothing is trained by gradient.
 
 saelab fits scikit-learn's `sklearn.decomposition.FastICA` (parallel algorithm, `logcosh`
 contrast by default, whitening by SVD with `whiten="unit-variance"`). FastICA needs all its rows
@@ -16,23 +16,20 @@ in memory, so `fit` reads at most `max_rows` rows (default 50,000) from the batc
 and stops reading there: from a store, the first batches of the shuffled stream, so a random
 sample. Memory is `max_rows * d_in * 8` bytes (float64) plus scikit-learn's copies.
 
-The dictionary: with `mixing` the estimated mixing matrix [d_in, n] and `unmixing` its
-pseudo-inverse [n, d_in] (whitening included), each atom (row of W_dec) is a column of `mixing`
+The dictionary: with `mixing` the estimated mixing matrix `[d_in, n]` and `unmixing` its
+pseudo-inverse `[n, d_in]` (whitening included), each atom (row of `W_dec`) is a column of `mixing`
 scaled to unit norm, and the codes are scaled by that norm to match, so the reconstruction is
 unchanged: `encode(x) = (x - mean) W_enc^T` with `W_enc = diag(|mixing_i|) unmixing`, `decode(c) =
 c W_dec + mean`. The sources FastICA returns have unit variance on the sample, so the standard
 deviation of code i is the norm of its mixing column; the atoms are ordered by it, largest first.
 
-From Python:
-
-    ica = saelab.fit(saelab.create("ica", d_in=576, n_latents=128, max_rows=50_000), "store/",
-                     saelab.TrainConfig(batch_size=4096))
+From Python: `ica = saelab.fit(saelab.create("ica", d_in=576, n_latents=128), "store/")`.
 
 From the command line: `saelab train STORE --architecture ica --n-latents 128 --max-rows 50000`.
 
 Where saelab chooses:
 - Components: `min(n_latents, d_in, rows read)`; with fewer than `n_latents` the remaining atoms
-  are zero rows of W_dec and W_enc (zero codes). With `n_latents < d_in` the data is first
+  are zero rows of `W_dec` and `W_enc` (zero codes). With `n_latents < d_in` the data is first
   reduced to its leading principal subspace (FastICA's whitening), so the reconstruction is the
   PCA reconstruction of that rank; with `n_latents >= d_in` it is exact.
 - Determinism: FastICA's `random_state` (its initial unmixing) is drawn from torch's generator
@@ -44,7 +41,7 @@ Where saelab chooses:
 - A FastICA that stops at `max_iter` without reaching `tol` is logged as a warning (scikit-learn's
   ConvergenceWarning), not raised: raise `max_iter` or lower `n_latents`.
 - Signs are FastICA's (a source and its negation are equally independent).
-- Before `fit` the atoms are zero and the dictionary reconstructs every input as b_dec (zero).
+- Before `fit` the atoms are zero and the dictionary reconstructs every input as `b_dec` (zero).
 """
 
 from __future__ import annotations
