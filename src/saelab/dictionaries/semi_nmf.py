@@ -222,7 +222,8 @@ class SemiNmf(Dictionary):
         x = self.read_rows(batches)
         cfg = self.cfg
         log.info("semi_nmf: factorising %d rows into %d features", x.shape[0], self.n_latents)
-        result = semi_nmf_solve(x.to(self.W_dec.dtype), self.n_latents, cfg.neurons_per_feature(),
+        x = x.to(self.W_dec.device, self.W_dec.dtype)
+        result = semi_nmf_solve(x, self.n_latents, cfg.neurons_per_feature(),
                                 cfg.iterations, cfg.ridge, cfg.patience, cfg.tol,
                                 torch.Generator().manual_seed(self.fit_seed))
         self.W_dec.copy_(result.features)
@@ -239,7 +240,7 @@ class SemiNmf(Dictionary):
             if x.shape[-1] != self.d_in:
                 raise DataError(f"semi_nmf was created with d_in={self.d_in}, but a batch has "
                                 f"rows of width {x.shape[-1]}")
-            held.append(x[: self.cfg.max_rows - n])
+            held.append(x[: self.cfg.max_rows - n].clone())  # a reader may reuse its buffers
             n += held[-1].shape[0]
             if n >= self.cfg.max_rows:
                 break

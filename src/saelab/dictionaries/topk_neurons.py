@@ -32,7 +32,8 @@ class TopKNeurons(MlpNeurons):
     """An MLP's neurons as a dictionary with only the k largest hidden activations of each input
     kept: the sparsified-neuron baseline of Paulo, Mallen, Juang and Belrose 2024 ("Automatically
     Interpreting Millions of Features in Large Language Models"), against which they scored the
-    explanations of SAE latents.
+    explanations of SAE latents. Ye et al. 2025 (the `mlp_neurons` paper) also evaluate a top-k
+    form of the feed-forward key-value memories next to the dense one.
 
     Reference code: EleutherAI/delphi, `delphi/autoencoders/Neurons/__init__.py` (`TopKNeurons`,
     removed from the repository in February 2025; last at commit 3fd11fa), applied to the input
