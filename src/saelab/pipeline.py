@@ -162,6 +162,14 @@ class EvalConfig(EvalOptions):
     out: str | None = option(None, "Report folder (default: beside the dictionary, eval/).")
 
 
+def _wants_model(metrics: list[str] | None) -> bool:
+    """Whether the families asked for (the defaults when None) include one that runs the model,
+    so that `saelab eval --metrics similarity` does not load a model it will not use."""
+    from saelab.evaluate import family
+
+    return metrics is None or any("model" in family(name).needs for name in metrics)
+
+
 def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
     """Evaluate `cfg.sae` on `cfg.store` (refused, before any work, when the store lacks the
     dictionary's hookpoint, unless allowed); returns the report and its folder."""
@@ -174,11 +182,11 @@ def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
     store = ActivationStore(cfg.store)
     hookpoint = check_hookpoint(sae, store.hookpoints, cfg.hookpoint,
                                 allow_mismatch=cfg.allow_hookpoint_mismatch)
-    kwargs: dict = {}
+    kwargs: dict = {"other": saelab.load(cfg.other)} if cfg.other else {}
     target = cfg.target_hookpoint or sae.provenance.get("data_target_hookpoint")
     if "target" in sae.needs and target:  # a transcoder: compared with and spliced at its target
         kwargs["target_hookpoint"] = store.hookpoint(target)
-    if cfg.splice_tokens > 0:
+    if cfg.splice_tokens > 0 and _wants_model(cfg.metrics):
         from saelab.models import load
 
         lm = load(store.model)
@@ -186,8 +194,6 @@ def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
             n = max(1, cfg.splice_tokens // store.manifest["context_len"])
             kwargs.update(model=lm.model, tokens=store.contexts()["tokens"][:n],
                           exclusion=Exclusion.from_json(store.manifest.get("exclusion")))
-    if cfg.other:
-        kwargs["other"] = saelab.load(cfg.other)
     out = Path(cfg.out or Path(cfg.sae).parent / "eval")
     report = saelab.evaluate(sae, store, metrics=cfg.metrics, hookpoint=hookpoint,
                              allow_hookpoint_mismatch=cfg.allow_hookpoint_mismatch,

@@ -148,7 +148,9 @@ def test_two_itda_dictionaries_get_their_jaccard_index():
     assert similarity(a, x, b)["itda_jaccard"] == pytest.approx(expected)
 
 
-def test_eval_command_compares_with_other(model_dir, tmp_path, capsys):
+def test_eval_command_compares_with_other_without_loading_the_model(model_dir, tmp_path, capsys,
+                                                                    monkeypatch):
+    import saelab.models
     from saelab.cli import main
 
     store = tmp_path / "store"
@@ -158,8 +160,9 @@ def test_eval_command_compares_with_other(model_dir, tmp_path, capsys):
     sae = saelab.create("topk", d_in=32, n_latents=64, k=4, seed=1)
     sae.provenance["hookpoint"] = "model.layers.0"
     sae.save(tmp_path / "sae")
+    monkeypatch.setattr(saelab.models, "load", lambda *a, **k: pytest.fail("model loaded"))
     args = ["eval", str(tmp_path / "sae"), str(store), "--metrics", "similarity",
-            "--splice-tokens", "0", "--out", str(tmp_path / "eval")]
+            "--out", str(tmp_path / "eval")]
     assert main([*args, "--other", str(tmp_path / "sae")]) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["similarity"]["mmcs"] == pytest.approx(1)

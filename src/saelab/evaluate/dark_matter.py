@@ -94,9 +94,9 @@ class DarkMatter(Family):
     saelab fits scikit-learn's ridge regression with an intercept (penalty chosen by
     leave-one-out on the fitting half) on a bounded sample, so that it stays cheap and stable
     when the input has more dimensions than the sample has rows. The paper's error-vector R^2 is
-    the mean of the per-dimension R^2; here it is the share of the total variance (dimensions
-    weighted by their variance), the figure the paper's prose describes; the authors' code
-    itself flags its per-dimension mean as a stopgap.
+    the mean of the per-dimension R^2 (which a comment in their code calls a makeshift); here it
+    is the share of the total variance (dimensions weighted by their variance), so that
+    dimensions where the error hardly varies do not weigh as much as those carrying most of it.
     For a transcoder the same regressions predict its error at the target from its input.
     """
 
