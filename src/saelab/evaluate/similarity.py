@@ -71,20 +71,27 @@ def code_gram(dictionary, xs: Tensor, block: int = GRAM_BLOCK) -> Tensor:
     """Gram matrix C C^T [m, m] (float64, CPU) of the dictionary's codes C of the rows xs
     [m, d_in], holding the codes of all rows only as sparse tensors."""
     parts = [dictionary(b).codes.double().to_sparse() for b in xs.split(block)]
-    columns = [torch.cat([torch.sparse.mm(p, q.to_dense().T) for p in parts])
-               for q in parts]  # each [m, rows of block q]
-    return torch.cat(columns, dim=1).cpu()
+    gram = torch.empty(len(xs), len(xs), dtype=torch.float64)
+    start = 0
+    for q in parts:  # one block of columns at a time: [m, rows of block q]
+        dense = q.to_dense().T
+        gram[:, start:start + dense.shape[1]] = torch.cat(
+            [torch.sparse.mm(p, dense) for p in parts]).cpu()
+        start += dense.shape[1]
+    return gram
 
 
 def unbiased_hsic(k: Tensor, l: Tensor) -> float:
     """The unbiased estimator of HSIC of Song et al. (2012, "Feature Selection via Dependence
-    Maximization") from two Gram matrices [n, n], n >= 4."""
+    Maximization") from two symmetric Gram matrices [n, n], n >= 4, computed without copies of
+    them: with K~, L~ the Gram matrices with their diagonals zeroed,
+    [tr(K~ L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3))."""
     n = k.shape[0]
-    k, l = k.clone(), l.clone()
-    k.fill_diagonal_(0)
-    l.fill_diagonal_(0)
-    total = float((k * l).sum()) + float(k.sum()) * float(l.sum()) / ((n - 1) * (n - 2)) \
-        - 2 / (n - 2) * float(k.sum(0) @ l.sum(0))
+    dk, dl = k.diagonal(), l.diagonal()
+    rk, rl = k.sum(0) - dk, l.sum(0) - dl  # row sums of K~ and L~
+    trace = float(torch.vdot(k.reshape(-1), l.reshape(-1)) - dk @ dl)
+    total = trace + float(rk.sum()) * float(rl.sum()) / ((n - 1) * (n - 2)) \
+        - 2 / (n - 2) * float(rk @ rl)
     return total / (n * (n - 3))
 
 
@@ -103,12 +110,16 @@ def _leading_directions(gram: Tensor) -> Tensor:
     """Orthonormal basis [m, k] (in row space) of the leading principal directions of the
     representation whose Gram matrix is `gram`: those explaining SVCCA_VARIANCE of its variance,
     at most SVCCA_MAX_DIMS."""
-    centred = gram - gram.mean(0) - gram.mean(1, keepdim=True) + gram.mean()  # H K H
+    means = gram.mean(0)
+    centred = gram - means  # H K H, in place after this first copy
+    centred -= means[:, None]
+    centred += means.mean()
     scale = float(centred.diagonal().sum())
     if scale <= 0:
         return gram.new_zeros(gram.shape[0], 0)
     # float32 suffices for the leading directions and halves the time of the eigendecomposition
-    values, vectors = torch.linalg.eigh((centred / scale).float())  # ascending
+    centred = centred.div_(scale).float()
+    values, vectors = torch.linalg.eigh(centred)  # ascending
     values, vectors = values.flip(0).double().clamp_min(0), vectors.flip(1).double()
     share = values.cumsum(0) / values.sum()
     k = int((share < SVCCA_VARIANCE).sum()) + 1
