@@ -38,9 +38,9 @@ compares models by the union of their layers' sets, which `itda_jaccard` takes a
 A floor to keep in mind: rows that no dictionary approximates yet, early in the stream, are
 added by every dictionary whatever its data. When a first batch is added nearly whole, two
 dictionaries of unrelated activations share it: Jaccard 0.95 measured between unrelated rank-24
-data in 32 dimensions, batches of 512 (loss_threshold 0.0004); with batches of 64 it fell to
-0.35, and to 0.02-0.05 where the first d_in atoms already met the threshold
-(tests/dictionaries/test_itda.py).
+data in 32 dimensions (k 40, loss_threshold 0.0004, batches of 512); 0.35 with batches of 64;
+0.01-0.05 on rank-8 data with 2% of full-rank rows, whose first d_in atoms already meet the
+threshold for the rest (tests/dictionaries/test_itda.py).
 
 Where saelab departs from the reference:
 - Capacity: when a batch has more rows above the threshold than free atoms, the worst
