@@ -101,12 +101,12 @@ def test_unbiased_cka_of_independent_codes_is_near_zero_where_the_biased_one_is_
     g = torch.Generator().manual_seed(0)
     a = torch.relu(torch.randn(500, 2000, generator=g, dtype=torch.float64))
     b = torch.relu(torch.randn(500, 2000, generator=g, dtype=torch.float64))
-    k, l = a @ a.T, b @ b.T
-    assert abs(linear_cka(k, l)) < 0.02
+    k, m = a @ a.T, b @ b.T
+    assert abs(linear_cka(k, m)) < 0.02
     assert linear_cka(k, k) == pytest.approx(1)
     centre = torch.eye(500, dtype=torch.float64) - 1 / 500
-    kc, lc = centre @ k @ centre, centre @ l @ centre
-    biased = float((kc * lc).sum() / (kc.norm() * lc.norm()))
+    kc, mc = centre @ k @ centre, centre @ m @ centre
+    biased = float((kc * mc).sum() / (kc.norm() * mc.norm()))
     assert biased > 0.3
 
 

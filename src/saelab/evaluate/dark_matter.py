@@ -1,10 +1,11 @@
-"""Dark matter: how much of a dictionary's error is a linear function of its input (Engels, Riggs
-and Tegmark 2024, "Decomposing the Dark Matter of Sparse Autoencoders").
+"""Dark matter: how much of a dictionary's error is a linear function of its input (Engels, Smith
+and Tegmark 2024, "Decomposing the Dark Matter of Sparse Autoencoders"; TMLR 2025; the arXiv
+version names the second author Logan Riggs).
 
-The paper finds that a large part of an SAE's error vector, and most of its squared norm, can be
+The paper finds that about half of an SAE's error vector, and over 90% of its norm, can be
 predicted from the activation by a linear map: the error is not all structure the dictionary has
-not learned yet, some of it is a linear function of the input it could remove, and what is left
-(the nonlinear error) does not shrink as the SAE grows.
+not learned yet, some of it is a linear function of the input, and what is left (the nonlinear
+error) stays about constant as the SAE grows wider in their scaling runs.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class DarkMatter(Family):
     - `nonlinear_error_fraction`: the held-out share of the error's squared norm that the linear
       prediction leaves, sum ||e - e_lin||^2 / sum ||e||^2 (the paper's "nonlinear error";
       1 minus it is the linearly predictable share, intercept included). Times the dictionary's
-      FVU (`reconstruction`), it is the nonlinear error in FVU units;
+      FVU (`reconstruction`), it is about the nonlinear error in FVU units (the paper's scale);
     - `sample_rows`: the rows sampled (half fit, half scored).
 
     From Python: `saelab.evaluate(sae, data, metrics=("dark_matter",))`; from the command line:
@@ -90,10 +91,10 @@ class DarkMatter(Family):
 
     Reference code: `run_lstsq` and `calculate_r_squared` in utils.py and their use in
     sae_power_laws.py of github.com/JoshEngels/SAE-Dark-Matter. Departures: the paper fits
-    least squares (no intercept for the error vector) on 150k tokens and scores the next 150k;
-    saelab fits scikit-learn's ridge regression with an intercept (penalty chosen by
+    least squares (without an intercept in its scaling runs) on 150k tokens and scores the next
+    150k; saelab fits scikit-learn's ridge regression with an intercept (penalty chosen by
     leave-one-out on the fitting half) on a bounded sample, so that it stays cheap and stable
-    when the input has more dimensions than the sample has rows. The paper's error-vector R^2 is
+    when the input has nearly as many dimensions as the fitting half has rows. The paper's error-vector R^2 is
     the mean of the per-dimension R^2 (which a comment in their code calls a makeshift); here it
     is the share of the total variance (dimensions weighted by their variance), so that
     dimensions where the error hardly varies do not weigh as much as those carrying most of it.

@@ -38,7 +38,9 @@ SVCCA_VARIANCE = 0.99
 variance (Raghu et al. 2017) ..."""
 SVCCA_MAX_DIMS = 20
 """... but at most this many, the number the ITDA authors' reference code uses: canonical
-correlations of more directions than about a tenth of the rows approach 1 by chance alone."""
+correlations grow by chance with the number of directions compared (they are all 1 once the two
+sets of directions together outnumber the rows), and SAE codes need thousands of directions for
+99% of their variance."""
 MATCH_THRESHOLD = 0.9
 """Matched pairs with a cosine above this count in `matched_above_0_9`."""
 GRAM_BLOCK = 512
@@ -81,29 +83,29 @@ def code_gram(dictionary, xs: Tensor, block: int = GRAM_BLOCK) -> Tensor:
     return gram
 
 
-def unbiased_hsic(k: Tensor, l: Tensor) -> float:
+def unbiased_hsic(k: Tensor, m: Tensor) -> float:
     """The unbiased estimator of HSIC of Song et al. (2012, "Feature Selection via Dependence
     Maximization") from two symmetric Gram matrices [n, n], n >= 4, computed without copies of
-    them: with K~, L~ the Gram matrices with their diagonals zeroed,
-    [tr(K~ L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3))."""
+    them: with K~, M~ the Gram matrices with their diagonals zeroed,
+    [tr(K~ M~) + 1'K~1 1'M~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~M~1] / (n(n-3))."""
     n = k.shape[0]
-    dk, dl = k.diagonal(), l.diagonal()
-    rk, rl = k.sum(0) - dk, l.sum(0) - dl  # row sums of K~ and L~
-    trace = float(torch.vdot(k.reshape(-1), l.reshape(-1)) - dk @ dl)
-    total = trace + float(rk.sum()) * float(rl.sum()) / ((n - 1) * (n - 2)) \
-        - 2 / (n - 2) * float(rk @ rl)
+    dk, dm = k.diagonal(), m.diagonal()
+    rk, rm = k.sum(0) - dk, m.sum(0) - dm  # row sums of K~ and M~
+    trace = float(torch.vdot(k.reshape(-1), m.reshape(-1)) - dk @ dm)
+    total = trace + float(rk.sum()) * float(rm.sum()) / ((n - 1) * (n - 2)) \
+        - 2 / (n - 2) * float(rk @ rm)
     return total / (n * (n - 3))
 
 
-def linear_cka(k: Tensor, l: Tensor) -> float:
+def linear_cka(k: Tensor, m: Tensor) -> float:
     """Linear CKA from the Gram matrices of two representations of the same rows, with the
     unbiased HSIC; NaN when either representation is constant or there are fewer than 4 rows."""
     if k.shape[0] < 4:
         return math.nan
-    kk, ll = unbiased_hsic(k, k), unbiased_hsic(l, l)
-    if kk <= 0 or ll <= 0:
+    kk, mm = unbiased_hsic(k, k), unbiased_hsic(m, m)
+    if kk <= 0 or mm <= 0:
         return math.nan
-    return unbiased_hsic(k, l) / math.sqrt(kk * ll)
+    return unbiased_hsic(k, m) / math.sqrt(kk * mm)
 
 
 def _leading_directions(gram: Tensor) -> Tensor:
@@ -126,11 +128,11 @@ def _leading_directions(gram: Tensor) -> Tensor:
     return vectors[:, :min(k, SVCCA_MAX_DIMS)]
 
 
-def svcca(k: Tensor, l: Tensor) -> float:
+def svcca(k: Tensor, m: Tensor) -> float:
     """SVCCA from the Gram matrices of two representations of the same rows: the mean canonical
     correlation of their leading principal directions (the cosines of the principal angles
     between the two spans in row space); NaN when either representation is constant."""
-    u_a, u_b = _leading_directions(k), _leading_directions(l)
+    u_a, u_b = _leading_directions(k), _leading_directions(m)
     if u_a.shape[1] == 0 or u_b.shape[1] == 0:
         return math.nan
     corr = torch.linalg.svdvals(u_a.T @ u_b).clamp(0, 1)
@@ -178,8 +180,8 @@ class Similarity(Family):
     share; `mmcs` is one-to-one, as in Paulo and Belrose 2025, who align two SAEs with the
     Hungarian algorithm and look at their encoders as well as their decoders (this family uses
     the decoders only); the original MMCS is `max_cosine_mean`.
-    CKA uses the unbiased HSIC rather than Kornblith et al.'s biased one, which drifts towards 1
-    when the codes are wider than the sample has rows. SVCCA caps the directions at 20, as the
+    CKA uses the unbiased HSIC rather than Kornblith et al.'s biased one, which stays far from 0
+    for independent codes wider than the sample has rows (0.3 and more in saelab's tests). SVCCA caps the directions at 20, as the
     ITDA authors' reference code does (layer_similarity.py in github.com/davidkaczer/itda),
     where Raghu et al. keep all those explaining 99% of the variance.
     """
@@ -219,8 +221,8 @@ class Similarity(Family):
                "sample_rows": len(self.sample)}
         if len(self.sample):
             (rows,) = self.sample.columns()
-            k, l = code_gram(a, rows), code_gram(b, rows)
-            out.update(cka=linear_cka(k, l), svcca=svcca(k, l))
+            k, m = code_gram(a, rows), code_gram(b, rows)
+            out.update(cka=linear_cka(k, m), svcca=svcca(k, m))
         return out
 
 
