@@ -90,3 +90,15 @@ def test_a_trained_sae_leaves_a_partly_predictable_error():
     result = saelab.evaluate(sae, data.x, metrics=("dark_matter",), seed=0)["dark_matter"]
     assert 0 < result["error_variance_predicted"] < 1
     assert 0 < result["nonlinear_error_fraction"] < 1
+
+
+def test_dead_latents_give_finite_figures_and_a_nan_row_is_refused_by_number(x):
+    sae = saelab.create("topk", d_in=D, n_latents=32, k=2, seed=0)
+    with torch.no_grad():
+        sae.b_enc[:16] = -1e6  # half the latents never fire
+    result = saelab.evaluate(sae, x, metrics=("dark_matter",), seed=0)["dark_matter"]
+    assert all(v == v for v in result.values())  # no NaN
+    bad = x[:500].clone()
+    bad[321, 0] = float("inf")
+    with pytest.raises(saelab.errors.DataError, match="row 321"):
+        saelab.evaluate(sae, bad, metrics=("dark_matter",))

@@ -170,3 +170,22 @@ def test_eval_command_compares_with_other_without_loading_the_model(model_dir, t
     capsys.readouterr()
     assert main(args) != 0
     assert "--other" in capsys.readouterr().err
+
+
+def test_zero_atoms_and_dead_latents_leave_the_figures_finite(setup):
+    sae, x = setup
+    other = permuted(sae, torch.arange(N_LATENTS))
+    with torch.no_grad():
+        other.W_dec[:32] = 0  # atoms never found (an ITDA or PCA beyond its rank)
+        other.b_enc[32:64] = -1e6  # latents that never fire
+    figures = similarity(sae, x, other)
+    assert all(math.isfinite(v) for k, v in figures.items() if k != "itda_jaccard")
+    assert figures["matched_above_0_9"] == pytest.approx(1 - 32 / N_LATENTS)
+
+
+def test_a_batch_with_nan_is_refused_naming_its_row(setup):
+    sae, x = setup
+    bad = x[:300].clone()
+    bad[123, 5] = float("nan")
+    with pytest.raises(saelab.errors.DataError, match="row 123"):
+        saelab.evaluate(sae, bad, metrics=("similarity",), other=sae)
