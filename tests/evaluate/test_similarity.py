@@ -127,10 +127,17 @@ def test_dictionaries_of_different_widths_are_refused_before_any_work(setup):
     assert str(D) in str(err.value) and str(D // 2) in str(err.value) and not watched.read
 
 
-def test_other_can_be_a_saved_folder(setup, tmp_path):
+def test_other_can_be_a_saved_folder_and_the_report_says_what_it_was(setup, tmp_path):
     sae, x = setup
-    sae.save(tmp_path / "sae")
-    assert similarity(sae, x[:200], str(tmp_path / "sae"))["mmcs"] == pytest.approx(1)
+    saved = permuted(sae, torch.arange(N_LATENTS))
+    saved.provenance["hookpoint"] = "model.layers.3"
+    saved.save(tmp_path / "sae")
+    report = saelab.evaluate(sae, x[:200], metrics=("similarity",), other=str(tmp_path / "sae"))
+    assert report["similarity"]["mmcs"] == pytest.approx(1)
+    other = report["meta"]["other"]
+    assert (other["architecture"], other["n_latents"]) == ("topk", N_LATENTS)
+    assert other["provenance"]["hookpoint"] == "model.layers.3"
+    assert saelab.evaluate(sae, x[:200], metrics=("sparsity",))["meta"]["other"] is None
 
 
 @pytest.mark.skipif("itda" not in saelab.architectures(), reason="ITDA is not registered")

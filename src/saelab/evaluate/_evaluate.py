@@ -158,6 +158,15 @@ def _version() -> str:
         return "unknown"
 
 
+def _describe(other) -> dict | None:
+    """What the second dictionary is (None without one)."""
+    if other is None:
+        return None
+    return {"architecture": getattr(other, "architecture", type(other).__name__),
+            "n_latents": getattr(other, "n_latents", None),
+            "provenance": dict(getattr(other, "provenance", {}))}
+
+
 def _meta(context: Context, data: Data, names: list[str], seconds: dict) -> dict:
     """What was evaluated, on what, with which versions, and how long each family took."""
     d, model, tokens = context.dictionary, context.model, context.tokens
@@ -169,6 +178,7 @@ def _meta(context: Context, data: Data, names: list[str], seconds: dict) -> dict
             "provenance": dict(getattr(d, "provenance", {})), "data": data.describe,
             "model": (model_name or type(model).__name__) if model is not None else None,
             "tokens": list(tokens.shape) if tokens is not None else None,
+            "other": _describe(context.other),
             "families": names, "batch_size": context.batch_size, "seed": context.seed,
             "versions": {"saelab": _version(), "torch": torch.__version__},
             "seconds": seconds}
