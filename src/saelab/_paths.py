@@ -45,6 +45,23 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def recover_swap(final: str | os.PathLike) -> bool:
+    """Finish what a kill in the middle of `atomic_path`'s folder swap left behind, for a folder
+    no other process is writing (a locked run folder). Between the swap's two renames `final` is
+    missing and its previous version sits at `.NAME.old-PID`: that version is intact, and is put
+    back (True). A leftover `.NAME.old-PID` beside an existing `final` (killed after the second
+    rename) and the temporary `.NAME.*.tmp` folders are removed."""
+    final = Path(final)
+    olds = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    recovered = False
+    if olds and not final.exists():
+        os.replace(olds.pop(), final)
+        recovered = True
+    for leftover in [*olds, *final.parent.glob(f".{final.name}.*.tmp")]:
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    return recovered
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:

@@ -132,3 +132,35 @@ def test_streaming_batches_come_from_the_model(tiny_lm, tokens):
     total = sum(b[0].shape[0] for b in batches)
     assert total > 0.8 * (tokens != 2).sum()
 
+
+def flip_last_byte(file) -> None:
+    """Alter one byte of a shard's data (the last byte of the file), leaving its header intact."""
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+def test_a_shard_whose_data_bytes_were_altered_is_refused_when_read(tiny_lm, tokens, tmp_path):
+    store = make_store(tiny_lm, tokens, tmp_path / "s")
+    flip_last_byte(store.path / store.manifest["shards"][-1]["file"])
+    opened = ActivationStore(store.path)  # opening reads no data: same size, header intact
+    with pytest.raises(FormatError, match="does not match the checksum"):
+        list(opened.iter_rows("model.layers.1"))
+    with pytest.raises(FormatError, match="does not match the checksum"):
+        ActivationStore(store.path).verify()
+    rows = sum(len(x) for x, _ in ActivationStore(store.path, verify=False).iter_rows(
+        "model.layers.1"))  # the explicit opt-out reads it
+    assert rows == store.n_rows
+
+
+def test_a_manifest_that_overstates_a_shards_rows_is_refused_naming_both_counts(
+        tiny_lm, tokens, tmp_path):
+    store = make_store(tiny_lm, tokens, tmp_path / "s")
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    real = manifest["shards"][0]["rows"]
+    manifest["shards"][0]["rows"] = real + 5
+    (store.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FormatError, match=f"holds {real + 5} rows, the shard holds {real}"):
+        list(ActivationStore(store.path).iter_rows("model.layers.1"))
+    with pytest.raises(FormatError, match=f"holds {real + 5} rows, the shard holds {real}"):
+        next(iter(ActivationStore(store.path).shuffled(32, "model.layers.1")))

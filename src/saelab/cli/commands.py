@@ -56,6 +56,13 @@ class ConvertConfig:
 
 
 @dataclass
+class CheckConfig:
+    """Verify an activation store: every shard against its recorded checksum and row count."""
+
+    store: str = required("Activation store folder (from `saelab capture`).", positional=True)
+
+
+@dataclass
 class PushConfig:
     """Upload a run's dictionary to the Hugging Face Hub with a repo card."""
 
@@ -186,6 +193,20 @@ def cmd_convert(cfg: ConvertConfig) -> int:
     return 0
 
 
+def cmd_check(cfg: CheckConfig) -> int:
+    import time
+
+    from saelab.store import ActivationStore
+
+    start = time.perf_counter()
+    store = ActivationStore(cfg.store)
+    shards = store.verify()
+    state = "complete" if store.complete else "INCOMPLETE (its capture has not finished)"
+    print(f"{cfg.store}: {shards} shards, {store.n_rows} rows, every sha256 and row count "
+          f"matches the manifest ({time.perf_counter() - start:.1f} s); {state}")
+    return 0 if store.complete else 1
+
+
 def cmd_push(cfg: PushConfig) -> int:
     from saelab.io.hub import push
 
@@ -223,6 +244,8 @@ _COMMANDS: dict[str, tuple[Callable[[], type], str, Callable]] = {
     "convert": (lambda: ConvertConfig, "Convert a dictionary between saelab's, SAELens' and "
                                        "sparsify's formats (reads dictionary_learning too).",
                 cmd_convert),
+    "check": (lambda: CheckConfig, "Verify an activation store's shards against the checksums "
+                                   "and row counts of its manifest.", cmd_check),
     "push": (lambda: PushConfig, "Upload a run's dictionary to the Hugging Face Hub with a repo "
                                  "card (needs huggingface_hub and a token).", cmd_push),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import struct
@@ -29,6 +30,15 @@ def acts_name(key: str) -> str:
     return f"acts/{key}"
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def is_store(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
@@ -47,10 +57,19 @@ def read_manifest(path: Path) -> dict:
 
 class ActivationStore:
     """A folder of activation shards. Memory stays bounded: one shard (or one shuffle buffer)
-    is in memory at a time."""
+    is in memory at a time.
 
-    def __init__(self, path: str | Path):
+    With `verify` (the default) each shard's bytes are checked against the sha256 the capture
+    recorded in the manifest the first time this object reads it, so an altered or corrupted
+    shard is refused before any of its rows reach training, evaluation or a dashboard (the cost,
+    one extra read of the file from the page cache and the hash, is measured in
+    bench/store_verify.py). `verify()` checks every shard at once (`saelab check STORE`)."""
+
+    def __init__(self, path: str | Path, verify: bool = True):
         self.path = Path(path)
+        self.verify_reads = verify
+        self.verified: set[int] = set()
+        """Indices of the shards whose checksum this object has verified."""
         self.manifest = read_manifest(self.path)
         for shard in self.manifest["shards"]:
             file = self.path / shard["file"]
@@ -123,10 +142,51 @@ class ActivationStore:
         s = self.manifest["stats"][self.hookpoint(key)]
         return torch.tensor(s["sum"], dtype=torch.float64).div(max(1, s["count"])).float()
 
+    # --- integrity ----------------------------------------------------------------------
+    def verify_shard(self, i: int) -> None:
+        """Refuse shard i (FormatError) if its bytes differ from the sha256 recorded at capture."""
+        shard = self.manifest["shards"][i]
+        expected = shard.get("sha256")
+        if expected is None or i in self.verified:
+            return
+        file = self.path / shard["file"]
+        try:
+            actual = file_sha256(file)
+        except OSError as e:
+            raise FormatError(f"shard {file} is unreadable: {e}") from None
+        if actual != expected:
+            raise FormatError(f"store {self.path}: shard {shard['file']} does not match the "
+                              f"checksum its capture recorded (sha256 {actual[:12]}..., "
+                              f"expected {expected[:12]}...): its bytes were altered or "
+                              f"corrupted. Capture the store again (saelab capture ... "
+                              f"--overwrite); to read it anyway, open it with "
+                              f"ActivationStore(path, verify=False)")
+        self.verified.add(i)
+
+    def verify(self) -> int:
+        """Check every shard against its recorded sha256 and its row count against the manifest
+        (FormatError at the first that differs); returns the number of shards checked."""
+        for i in range(len(self.manifest["shards"])):
+            self.verify_shard(i)
+            self.read_shard(i, ["ctx"])  # the row ids: small, and their count is checked
+        return len(self.manifest["shards"])
+
+    def check_rows(self, i: int, tensors: list[Tensor]) -> None:
+        """Refuse shard i when its tensors do not hold the rows the manifest says."""
+        shard = self.manifest["shards"][i]
+        for t in tensors:
+            if t.shape[0] != shard["rows"]:
+                raise FormatError(f"store {self.path}: the manifest says shard {shard['file']} "
+                                  f"holds {shard['rows']} rows, the shard holds {t.shape[0]}: "
+                                  f"the manifest was edited or belongs to another capture; "
+                                  f"capture the store again (saelab capture ... --overwrite)")
+
     # --- reading ------------------------------------------------------------------------
     def read_shard(self, i: int, names: list[str]) -> list[Tensor]:
         """Tensors `names` of shard i (activations as float32)."""
         file = self.path / self.manifest["shards"][i]["file"]
+        if self.verify_reads:
+            self.verify_shard(i)
         try:
             with safe_open(str(file), framework="pt") as f:
                 out = [f.get_tensor(n) for n in names]
@@ -134,6 +194,7 @@ class ActivationStore:
             raise FormatError(f"shard {file} is unreadable (corrupt?): {e}") from None
         except KeyError as e:
             raise FormatError(f"shard {file} lacks tensor {e}") from None
+        self.check_rows(i, out)
         return [t.float() if t.is_floating_point() else t for t in out]
 
     def read_shard_into(self, i: int, names: list[str], dest: tuple[Tensor, ...]) -> bool:
@@ -141,6 +202,8 @@ class ActivationStore:
         intermediate copy). Returns False, writing nothing, when a tensor's stored dtype or
         shape differs from its destination (the caller then converts through `read_shard`)."""
         file = self.path / self.manifest["shards"][i]["file"]
+        if self.verify_reads:
+            self.verify_shard(i)
         try:
             with open(file, "rb") as f:
                 (n,) = struct.unpack("<Q", f.read(8))

@@ -23,21 +23,14 @@ from saelab.capture import BATCH_CONTEXTS, Capture
 from saelab.capture.exclude import NORM_FACTOR, Exclusion
 from saelab.errors import DataError, OutputExistsError
 from saelab.store.reader import (CONTEXTS, FORMAT, MANIFEST, ActivationStore, acts_name,
-                                 is_store, read_manifest)
+                                 file_sha256, is_store, read_manifest)
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _sha256(data: bytes | Path) -> str:
-    h = hashlib.sha256()
-    if isinstance(data, Path):
-        with open(data, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-    else:
-        h.update(data)
-    return h.hexdigest()
+    return file_sha256(data) if isinstance(data, Path) else hashlib.sha256(data).hexdigest()
 
 
 def _prepare_folder(out: Path, fingerprint: dict, overwrite: bool) -> dict | None:

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor
 
+from saelab._paths import recover_swap
 from saelab.config import to_dict
 from saelab.dictionaries import Dictionary
 from saelab.errors import DataError
@@ -49,6 +50,10 @@ def open_folder(run: Run) -> bool:
 def _open_folder(run: Run) -> bool:
     if run.out is None:
         return False
+    for folder in (run.checkpoint_dir, run.out / "sae"):
+        if recover_swap(folder):
+            log.warning("%s: a kill in the middle of replacing it left the previous version "
+                        "aside; that version is intact and restored", folder)
     info = ckpt.read_info(run.checkpoint_dir)
     if info is not None and info.get("identity") == json.loads(json.dumps(run.identity)):
         run.since_fired = ckpt.load_checkpoint(run.checkpoint_dir, run.dictionary, run.optimizer,
