@@ -5,13 +5,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
+
+from saelab.errors import OutputExistsError
 
 
 def cache_dir() -> Path:
@@ -45,6 +49,42 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+LOCK_FILE = ".lock"
+"""Held (flock) by the process writing a run folder or a store; never removed, so that a process
+waiting on it keeps the same inode."""
+
+
+@contextlib.contextmanager
+def folder_lock(out: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on folder `out` for the block (created if missing): a second
+    process asking for it is refused with an OutputExistsError naming the holder's process id.
+    The lock is the operating system's (flock on `out/.lock`), so a killed process leaves no
+    stale lock behind. `what` names the kind of writer in the message ("saelab run")."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise OutputExistsError(f"{out} is in use by another {what} (process {holder}); "
+                                    f"wait for it to end, or choose another folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def recover_swap(final: str | os.PathLike) -> bool:
     """Finish what a kill in the middle of `atomic_path`'s folder swap left behind, for a folder
     no other process is writing (a locked run folder). Between the swap's two renames `final` is
@@ -74,7 +114,13 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     clean = {name: t.detach().contiguous().clone() if _shares_storage(t, tensors) else
              t.detach().contiguous() for name, t in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(clean, str(tmp), metadata=metadata)
+        try:
+            save_file(clean, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # an I/O error reaches us as text: give it back its errno
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from e
 
 
 def _shares_storage(t: torch.Tensor, tensors: dict[str, torch.Tensor]) -> bool:

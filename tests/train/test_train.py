@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -208,6 +209,9 @@ def test_nan_in_a_store_names_the_step_and_hookpoint(tiny_lm, tokens, tmp_path):
     tensors = load_file(str(shard))
     tensors["acts/model.layers.1"][:] = float("nan")  # every row: any batch hits it
     save_file(tensors, str(shard))
+    manifest = json.loads((store.path / "manifest.json").read_text())  # as if captured so
+    manifest["shards"][0]["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+    (store.path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match=r"step 0.*model\.layers\.1"):
         saelab.fit(saelab.create("topk", d_in=32, n_latents=32, k=2), store.path,
                    cfg(batch_size=64))

@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal, NamedTuple
 
 from saelab.cli.parsing import parse_config, train_command
 from saelab.config import build, option, required
-from saelab.errors import SaelabError
+from saelab.errors import SaelabError, explain_os_error
 
 
 class Command(NamedTuple):
@@ -156,9 +156,26 @@ def cmd_eval(cfg) -> int:
     from saelab.evaluate import format_report
     from saelab.pipeline import evaluate_step
 
+    if cfg.compare:
+        return cmd_compare(cfg)
     report, out = evaluate_step(cfg)
     print(format_report(report))
     print(f"report: {out / 'report.json'}")
+    return 0
+
+
+def cmd_compare(cfg) -> int:
+    """`saelab eval --compare REPORT ...`: the reports side by side, printed and as HTML."""
+    from saelab.evaluate import compare, format_comparison, write_comparison
+
+    if cfg.sae is not None or cfg.store is not None:
+        raise SaelabError("saelab eval --compare compares reports: name them after --compare, "
+                          "without SAE and STORE")
+    comparison = compare(cfg.compare)
+    first = Path(cfg.compare[0])
+    folder = Path(cfg.out) if cfg.out else first.parent if first.suffix == ".json" else first
+    print(format_comparison(comparison))
+    print(f"comparison: {write_comparison(folder / 'compare.html', comparison)}")
     return 0
 
 
@@ -295,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"saelab: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permission, port in use: the system's, said plainly
+        if args.debug:
+            raise
+        print(f"saelab: error: {explain_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("saelab: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

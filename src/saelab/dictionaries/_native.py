@@ -10,6 +10,8 @@ Both files are written atomically: a crash never leaves a half-written folder in
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from saelab._paths import atomic_path, write_json, write_safetensors
 from saelab.config import build, to_dict
 from saelab.dictionaries._registry import get
 from saelab.errors import FormatError
+
+log = logging.getLogger(__name__)
 
 CFG = "cfg.json"
 WEIGHTS = "weights.safetensors"
@@ -79,17 +83,40 @@ def load_weights(file: Path) -> dict[str, torch.Tensor]:
                           f"another format): {e}") from None
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(saved: torch.dtype, source: Path) -> torch.dtype:
+    """The dtype a loaded dictionary computes in: its saved one, except that 16-bit floats are
+    upcast (exactly) to float32. Activations arrive as float32 from stores and models, and a
+    float16 matmul on the CPU is slow and inexact; call `.to(torch.bfloat16)` after loading to
+    compute in 16 bits on purpose."""
+    if saved in HALF:
+        log.info("%s: weights saved as %s are loaded as float32", source, saved)
+        return torch.float32
+    return saved
+
+
 def load(path: str | Path):
     """Load a dictionary saved by `save` (architecture looked up in the registry)."""
     path = Path(path)
     cfg = read_config(path)
     provenance = cfg.pop("provenance", {})
     cls = get(cfg.pop("architecture"))
+    missing = [f.name for f in fields(cls.Config) if f.name not in cfg]
+    if missing:  # a default would be a guess: k, say, cannot be read off the weights
+        raise FormatError(f"{path / CFG} lacks {', '.join(map(repr, missing))}: a "
+                          f"{cls.architecture}'s "
+                          f"weights cannot tell {'it' if len(missing) == 1 else 'them'}, and a "
+                          f"default could differ from what it was trained with. Add the value"
+                          f"{'' if len(missing) == 1 else 's'} it was trained with to {CFG}")
     dictionary = cls(build(cls.Config, cfg, what=f"{path / CFG}"))
     dictionary.provenance = dict(provenance)
     tensors = load_weights(path / WEIGHTS)
     if "W_dec" in tensors and tensors["W_dec"].is_floating_point():
-        dictionary.to(tensors["W_dec"].dtype)  # keep the saved precision (float64, bfloat16, ...)
+        dtype = compute_dtype(tensors["W_dec"].dtype, path / WEIGHTS)
+        dictionary.to(dtype)  # keep the saved precision (float64 stays float64)
+        tensors = {k: v.to(dtype) if v.dtype in HALF else v for k, v in tensors.items()}
     load_state(dictionary, tensors, path / WEIGHTS)
     if (path / EXACT).is_file():
         dictionary.exact_tensors.update(load_weights(path / EXACT))

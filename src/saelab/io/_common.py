@@ -14,7 +14,7 @@ from torch import Tensor
 from saelab._paths import atomic_path, write_json, write_safetensors
 from saelab.config import build, to_dict
 from saelab.dictionaries import get
-from saelab.dictionaries._native import check_state, load_weights
+from saelab.dictionaries._native import HALF, check_state, compute_dtype, load_weights
 from saelab.errors import FormatError
 
 log = logging.getLogger("saelab.io")
@@ -81,10 +81,13 @@ def blank(architecture: str, fields: dict[str, Any], source: Path):
 
 
 def fill(dictionary, tensors: dict[str, Tensor], provenance: dict[str, Any], source: Path):
-    """`dictionary` whose state is `tensors` exactly (same dtype, bit for bit), in eval mode."""
+    """`dictionary` whose state is `tensors` exactly (same dtype, bit for bit; 16-bit floats
+    upcast exactly to float32, see `compute_dtype`), in eval mode."""
     state = dictionary.state_dict()
     check_state(state, tensors, source)
-    dictionary.to(tensors["W_dec"].dtype)
+    dtype = compute_dtype(tensors["W_dec"].dtype, source)
+    tensors = {k: v.to(dtype) if v.dtype in HALF else v for k, v in tensors.items()}
+    dictionary.to(dtype)
     for name, t in tensors.items():
         state[name] = t.clone() if t.is_floating_point() else t.to(state[name].dtype)
     dictionary.load_state_dict(state, assign=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saelab._paths import write_json, write_safetensors
+from saelab._paths import LOCK_FILE, folder_lock, write_json, write_safetensors
 from saelab.capture import BATCH_CONTEXTS, Capture
 from saelab.capture.exclude import NORM_FACTOR, Exclusion
 from saelab.errors import DataError, OutputExistsError
@@ -33,8 +34,25 @@ def _sha256(data: bytes | Path) -> str:
     return file_sha256(data) if isinstance(data, Path) else hashlib.sha256(data).hexdigest()
 
 
+SHARD_FILE = re.compile(r"\d{5}\.safetensors")
+"""Name of a shard file (NNNNN.safetensors)."""
+
+
+def store_entries(out: Path) -> list[Path]:
+    """What a capture writes in its folder: the manifest, the contexts, the shards, and the
+    temporaries an interrupted atomic write leaves (`.NAME.*.tmp`, `.NAME.old-PID`). The lock
+    file is not among them: it stays while a capture may wait on it."""
+    if not out.is_dir():
+        return []
+    return [p for p in out.iterdir() if p.name in (MANIFEST, CONTEXTS)
+            or SHARD_FILE.fullmatch(p.name)
+            or (p.name.startswith(".") and (p.name.endswith(".tmp") or ".old-" in p.name))]
+
+
 def _prepare_folder(out: Path, fingerprint: dict, overwrite: bool) -> dict | None:
-    """The manifest to resume from, None for a fresh start; refuses to clobber other data."""
+    """The manifest to resume from, None for a fresh start. A store captured with other
+    settings is refused unless `overwrite`; files of other programs are refused unless
+    `overwrite`, and kept even then: overwrite removes only what a capture writes."""
     if is_store(out):
         manifest = read_manifest(out)
         if manifest.get("config") == fingerprint and not overwrite:
@@ -43,11 +61,16 @@ def _prepare_folder(out: Path, fingerprint: dict, overwrite: bool) -> dict | Non
             raise OutputExistsError(f"{out} already holds an activation store captured with "
                                     f"other settings; pass overwrite (--overwrite) to replace "
                                     f"it, or choose another folder")
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{out} exists and is not an activation store; choose an empty "
-                                f"folder or pass overwrite (--overwrite)")
-    if out.exists():
-        shutil.rmtree(out)
+    else:
+        ours = set(store_entries(out))
+        foreign = sorted(p.name for p in out.iterdir() if p not in ours and p.name != LOCK_FILE)
+        if foreign and not overwrite:
+            raise OutputExistsError(f"{out} holds files that are not an activation store "
+                                    f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}"
+                                    f"); choose an empty folder, or pass overwrite "
+                                    f"(--overwrite) to capture beside them (they are kept)")
+    for p in store_entries(out):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
     return None
 
 
@@ -104,7 +127,7 @@ def capture_to_store(model: nn.Module, tokens: Tensor, hookpoints: list[str], ou
     out = Path(out)
     if dtype not in DTYPES:
         raise DataError(f"unknown store dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    with _capturer(model, hookpoints, gradients) as cap:
+    with folder_lock(out, "saelab capture"), _capturer(model, hookpoints, gradients) as cap:
         keys = cap.keys if gradients else [hp.key for hp in cap.hookpoints]
         fingerprint = {"model": model_name, "hookpoints": keys, "context_len": tokens.shape[1],
                        "n_contexts": tokens.shape[0], "dtype": dtype,

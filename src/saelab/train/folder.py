@@ -12,20 +12,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-from saelab._paths import write_json
+from saelab._paths import LOCK_FILE, folder_lock, write_json
 from saelab.errors import ConfigError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 """The identity of the run that owns the folder."""
-LOCK_FILE = ".lock"
-"""Held (flock) by the run writing the folder; never removed, so a waiting run keeps its inode."""
 RUN_ENTRIES = ("checkpoint", "metrics.jsonl", "sae", "tensorboard", "wandb", RUN_FILE)
 """Everything saelab writes in a run folder (besides `.NAME.*` temporaries of atomic writes)."""
 
@@ -81,32 +77,9 @@ def _temporary(p: Path) -> bool:
     return p.name.startswith(".") and (p.name.endswith(".tmp") or ".old-" in p.name)
 
 
-@contextlib.contextmanager
-def locked(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on run folder `out` for the block: a second run into the same
-    folder is refused, naming the process that holds it. The lock is the operating system's
-    (flock on `out/.lock`), so a killed run leaves no stale lock. Check first that `out` is no
-    input of the run: the lock file is written in it."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / LOCK_FILE
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise OutputExistsError(f"{out} is in use by another saelab run (process {holder}); "
-                                    f"wait for it to end, or choose another folder") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def locked(out: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold an exclusive lock on run folder `out` for the block (see `saelab._paths.folder_lock`):
+    a second run into the same folder is refused, naming the process that holds it; a killed run
+    leaves no stale lock. Check first that `out` is no input of the run: the lock file is
+    written in it."""
+    return folder_lock(out, "saelab run")
