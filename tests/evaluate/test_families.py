@@ -16,6 +16,7 @@ import torch
 
 import saelab
 from saelab.capture import capture
+from saelab.data.labelled import LabelledTexts
 from saelab.errors import ConfigError
 from saelab.evaluate import NEEDS, Family, families, family, register
 from tests.conftest import tiny_llama
@@ -47,9 +48,13 @@ def setup():
     x = capture(lm, [HOOKPOINT], tokens)[HOOKPOINT].flatten(0, 1)  # [96, 32]
     sae = saelab.create("topk", d_in=32, n_latents=64, k=4, seed=1)
     other = saelab.create("topk", d_in=32, n_latents=64, k=4, seed=2)
-    # labels: no family needs them yet; the first one that does fixes their form here
-    provided = {"data": x, "model": lm, "tokens": tokens, "labels": (["a", "b"], [0, 1]),
-                "other": other}
+    # labels: texts of two classes, tokenized already (the tiny Llama has no tokenizer)
+    g = torch.Generator().manual_seed(1)
+    ids = [torch.randint(2, 100, (int(n),), generator=g).tolist()
+           for n in torch.randint(4, 17, (40,), generator=g)]
+    labels = LabelledTexts([f"text {i}" for i in range(40)], ["ab"[i % 2] for i in range(40)],
+                           tokens=ids)
+    provided = {"data": x, "model": lm, "tokens": tokens, "labels": labels, "other": other}
     return sae, provided
 
 
