@@ -237,6 +237,10 @@ def test_a_fit_variant_with_an_out_folder_saves_its_result_and_keeps_foreign_fil
     fitted = saelab.fit(make(throwaway), x, saelab.TrainConfig(out=str(out), batch_size=128, progress=False))
     loaded = saelab.load(out / "sae")
     assert torch.equal(loaded.W_dec, fitted.W_dec)
+    # how it was fitted and on what is recorded, as for a gradient run
+    assert loaded.provenance["vectors_read"] == 512
+    assert loaded.provenance["train"]["batch_size"] == 128
+    assert loaded.provenance["data_kind"] == fitted.provenance["data_kind"]
     (out / "notes.txt").write_text("mine")
     with pytest.raises(saelab.errors.OutputExistsError, match="notes.txt"):
         saelab.fit(make(throwaway), x, saelab.TrainConfig(out=str(out), batch_size=128, progress=False))

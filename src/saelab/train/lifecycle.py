@@ -110,22 +110,28 @@ def sync_start(run: Run) -> None:
     run.scale, run.target_scale = run.group.broadcast_object((run.scale, run.target_scale))
 
 
+def record_provenance(dictionary: Dictionary, describe: dict, facts: dict) -> None:
+    """Record in `dictionary.provenance` how it was trained (`facts`) and on what data
+    (`describe`, a feed's description: each entry as data_NAME, and the model and hookpoint
+    under their own names unless already known)."""
+    dictionary.provenance.update({**facts, **{f"data_{k}": v for k, v in describe.items()}})
+    for name in ("model", "hookpoint"):
+        if name in describe:
+            dictionary.provenance.setdefault(name, describe[name])
+
+
 def finish(run: Run) -> Dictionary:
     """Fold the input scale into the weights, record provenance, save `out/sae`."""
     sae = run.dictionary
     sae.eval()
     if run.cfg.normalize and (run.scale, run.target_scale) != (1.0, 1.0):
         sae.fold_scales(run.scale, run.target_scale)
-    describe = run.feed.describe
-    sae.provenance.update({"train": to_dict(run.cfg), "steps": run.step,
-                           "vectors_seen": run.step * run.cfg.batch_size,
-                           "input_scale": run.scale, "target_scale": run.target_scale,
-                           **{f"data_{k}": v for k, v in describe.items()}})
+    record_provenance(sae, run.feed.describe, {
+        "train": to_dict(run.cfg), "steps": run.step,
+        "vectors_seen": run.step * run.cfg.batch_size, "input_scale": run.scale,
+        "target_scale": run.target_scale})
     if run.group.active:
         sae.provenance["ranks"] = run.group.world
-    for name in ("model", "hookpoint"):
-        if name in describe:
-            sae.provenance.setdefault(name, describe[name])
     if run.out:
         sae.save(run.out / "sae")
     run.group.barrier()  # the saved folder exists when any rank returns

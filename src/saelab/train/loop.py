@@ -31,7 +31,7 @@ from saelab.store.sources import Batch
 from saelab.train.config import TrainConfig
 from saelab.train.folder import check_not_an_input, locked, prepare
 from saelab.train.group import Group
-from saelab.train.lifecycle import finish, initialise, open_folder, sync_start
+from saelab.train.lifecycle import finish, initialise, open_folder, record_provenance, sync_start
 from saelab.train.logs import Logs, check_log_to
 from saelab.train.members import Member, members_of, shaped_like
 from saelab.train.run import Run
@@ -81,7 +81,16 @@ def fit_by_itself(dictionary: Dictionary, data, cfg: TrainConfig) -> Dictionary:
             prepare(out, {"fit": {"architecture": dictionary.architecture,
                                   **to_dict(dictionary.cfg)}, "data": feed.describe},
                     cfg.overwrite)
-        dictionary.fit(rows_of(feed, b) for b in batches)
+        seen = [0]
+
+        def counted(batch):
+            rows = rows_of(feed, batch)
+            seen[0] += rows.x.shape[0]
+            return rows
+
+        dictionary.fit(counted(b) for b in batches)
+        record_provenance(dictionary, feed.describe, {
+            "train": to_dict(cfg), "vectors_read": seen[0]})
         if out is not None:
             dictionary.save(out / "sae")
     return dictionary
