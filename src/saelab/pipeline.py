@@ -21,7 +21,7 @@ from saelab._paths import write_json
 from saelab.capture import BATCH_CONTEXTS
 from saelab.capture.exclude import NORM_FACTOR
 from saelab.config import check, option, required, to_dict
-from saelab.errors import DataError, OutputExistsError
+from saelab.errors import ConfigError, DataError, OutputExistsError
 from saelab.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,10 @@ class EvalOptions:
 class EvalConfig(EvalOptions):
     """Evaluate a dictionary on an activation store."""
 
-    sae: str = required("Dictionary folder.", positional=True)
-    store: str = required("Activation store (held-out data).", positional=True)
+    sae: str | None = option(None, "Dictionary folder (required unless --compare).",
+                             positional=True)
+    store: str | None = option(None, "Activation store (held-out data; required unless "
+                                     "--compare).", positional=True)
     hookpoint: str | None = option(None, "Store hookpoint (default: the dictionary's).")
     target_hookpoint: str | None = option(None, "Transcoders: the hookpoint they predict, "
                                                 "compared with and spliced (default: the one "
@@ -159,11 +161,18 @@ class EvalConfig(EvalOptions):
                                                  "not finished.")
     other: str | None = option(None, "A second dictionary (folder or hf:// address) for the "
                                      "families that compare two (similarity).")
-    labels: str | None = option(None, "Labelled texts for the families that probe concepts "
-                                      "(sparse_probing, tpp): a .jsonl or .csv file with "
-                                      "\"text\" and \"label\", or 'wikipedia-topics' (the "
-                                      "default when such a family is asked for).")
     out: str | None = option(None, "Report folder (default: beside the dictionary, eval/).")
+    compare: list[str] | None = option(None, "Instead of evaluating: print the figures of these "
+                                             "reports (report.json files or their folders) side "
+                                             "by side, and write them as OUT/compare.html "
+                                             "(default: beside the first report).")
+
+    @staticmethod
+    def help_details() -> str:
+        """What `saelab eval --help` adds to its description: every registered metric family."""
+        from saelab.evaluate import families_help
+
+        return families_help()
 
 
 def _wants_model(metrics: list[str] | None) -> bool:
@@ -174,19 +183,6 @@ def _wants_model(metrics: list[str] | None) -> bool:
     return metrics is None or any("model" in family(name).needs for name in metrics)
 
 
-def _labels(cfg: EvalConfig):
-    """The labelled texts (saelab.data.labelled.LabelledTexts) when a requested family needs
-    them: --labels, else the packaged Wikipedia topics; None when no family needs them. Read
-    before the model is loaded, so that a bad file is refused first."""
-    from saelab.evaluate import family
-
-    if cfg.metrics is None or not any("labels" in family(n).needs for n in cfg.metrics):
-        return None
-    from saelab.data.labelled import WIKIPEDIA_TOPICS, load_labelled
-
-    return load_labelled(cfg.labels or WIKIPEDIA_TOPICS)
-
-
 def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
     """Evaluate `cfg.sae` on `cfg.store` (refused, before any work, when the store lacks the
     dictionary's hookpoint, unless allowed); returns the report and its folder."""
@@ -195,6 +191,9 @@ def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
     from saelab.evaluate import check_hookpoint
     from saelab.store import ActivationStore
 
+    if cfg.sae is None or cfg.store is None:
+        raise ConfigError("saelab eval needs a dictionary and a store: saelab eval SAE STORE "
+                          "(or saelab eval --compare REPORT REPORT ... to compare reports)")
     sae = saelab.load(cfg.sae)
     store = ActivationStore(cfg.store)
     hookpoint = check_hookpoint(sae, store.hookpoints, cfg.hookpoint,
@@ -203,21 +202,14 @@ def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
     target = cfg.target_hookpoint or sae.provenance.get("data_target_hookpoint")
     if "target" in sae.needs and target:  # a transcoder: compared with and spliced at its target
         kwargs["target_hookpoint"] = store.hookpoint(target)
-    labels = _labels(cfg)
-    if (cfg.splice_tokens > 0 or labels is not None) and _wants_model(cfg.metrics):
+    if cfg.splice_tokens > 0 and _wants_model(cfg.metrics):
         from saelab.models import load
 
         lm = load(store.model)
         if lm.kind == "causal_lm":
-            kwargs.update(model=lm.model,
+            n = max(1, cfg.splice_tokens // store.manifest["context_len"])
+            kwargs.update(model=lm.model, tokens=store.contexts()["tokens"][:n],
                           exclusion=Exclusion.from_json(store.manifest.get("exclusion")))
-            if cfg.splice_tokens > 0:
-                n = max(1, cfg.splice_tokens // store.manifest["context_len"])
-                kwargs["tokens"] = store.contexts()["tokens"][:n]
-            if labels is not None and lm.tokenizer is not None:
-                labels = labels.tokenize(lm.tokenizer)
-    if labels is not None:
-        kwargs["labels"] = labels
     out = Path(cfg.out or Path(cfg.sae).parent / "eval")
     report = saelab.evaluate(sae, store, metrics=cfg.metrics, hookpoint=hookpoint,
                              allow_hookpoint_mismatch=cfg.allow_hookpoint_mismatch,

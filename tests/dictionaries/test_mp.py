@@ -200,12 +200,12 @@ def test_config_and_inference_arguments_are_validated():
 @pytest.mark.parametrize("selection", ["positive", "absolute"])
 def test_gram_matrix_updates_choose_the_same_atoms_as_recomputed_scores(selection):
     """The fast path (scores updated through the atoms' Gram matrix) is the same pursuit."""
-    from saelab.dictionaries.mp import _choose_atoms
+    from saelab.ops.matching_pursuit import matching_pursuit
 
     torch.manual_seed(0)
     W = torch.randn(256, 32)  # rows of unequal norms: codes are <W_i, r> / |W_i|^2
     xc = torch.randn(300, 32)
-    direct = _choose_atoms(xc, W, 12, selection == "absolute", 0.0, gram=False)
-    gram = _choose_atoms(xc, W, 12, selection == "absolute", 0.0, gram=True)
-    assert torch.equal(direct[0], gram[0])
-    assert torch.allclose(direct[1], gram[1], atol=1e-5)
+    direct = matching_pursuit(xc, W, 12, selection == "absolute", 0.0, gram=False)
+    gram = matching_pursuit(xc, W, 12, selection == "absolute", 0.0, gram=True)
+    assert torch.equal(direct.indices, gram.indices)
+    assert torch.allclose(direct.values, gram.values, atol=1e-5)

@@ -3,6 +3,8 @@
 `parse_config` builds, per call, a dataclass for tyro from a command's config dataclass (for
 `train`: the command's own fields, the chosen architecture's fields and TrainConfig's), with a
 config file's values, checked strictly, as the defaults that the command line then overrides.
+A config class may define `help_details()` (a static method): text `--help` shows after the
+command's one-line description, generated when asked (`saelab eval` lists its metric families).
 """
 
 from __future__ import annotations
@@ -163,6 +165,9 @@ def parse_config(name: str, cls: type, description: str,
     what = f"config file {path}" + (f" (train, architecture {arch!r})" if arch else "")
     defaults = _checked(sources, file, what)
     parser_cls = _cli_dataclass(f"saelab_{name}", sources, defaults, True)
+    details = getattr(cls, "help_details", None)  # e.g. the metric families, from their registry
+    if details is not None:
+        description = f"{description}\n\n{details()}"
     parsed = _plain(tyro.cli(parser_cls, args=argv, prog=f"saelab {name}",
                              description=description))
     if name != "train":

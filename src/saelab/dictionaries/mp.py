@@ -51,12 +51,11 @@ from saelab.dictionaries._base import (
     unit_rows,
 )
 from saelab.dictionaries._registry import register
-from saelab.ops import SparseCodes, linear, sparse_decode
+from saelab.ops import SparseCodes, sparse_decode
 from saelab.ops.auxk import add_auxk
+from saelab.ops.matching_pursuit import matching_pursuit
 
 SELECTIONS = ("positive", "absolute")
-_CHUNK_ROWS = 256
-_GRAM_MAX = 1 << 26
 
 
 @dataclass
@@ -88,68 +87,6 @@ class Pursuit(NamedTuple):
     repeat; a value is 0 where a row stopped or its best inner product was <= 0)."""
     residual: Tensor
     """x - b_dec minus the atoms' contributions [B, d]: what is left unexplained."""
-
-
-def _use_gram(rows: int, n_latents: int, steps: int) -> bool:
-    """Update the scores through the Gram matrix of the atoms (n_latents^2 d once, then
-    O(n_latents) per row and step) rather than recompute them (O(n_latents d) per row and step):
-    when the Gram matrix is at most 2^26 entries and cheaper than the products it replaces."""
-    return n_latents * n_latents <= _GRAM_MAX and n_latents < steps * rows
-
-
-def _argmax_rows(scores: Tensor, block: int = 64) -> Tensor:
-    """scores.argmax(dim=1), the same index (first of the maxima), about 3x faster on the CPU:
-    the maximum of each block of 64 (a vectorised amax), the first block holding the row's
-    maximum, then the argmax within that block. PyTorch's CPU argmax is a scalar loop."""
-    rows, n = scores.shape
-    if n % block or n < 2 * block or scores.device.type != "cpu":
-        return scores.argmax(dim=1)
-    blocks = scores.view(rows, n // block, block)  # [rows, n / block, block]
-    first = blocks.amax(dim=2).argmax(dim=1)  # [rows]: block of the first maximum
-    inside = blocks.gather(1, first[:, None, None].expand(rows, 1, block)).squeeze(1)
-    return first * block + inside.argmax(dim=1)
-
-
-@torch.no_grad()
-def _choose_atoms(xc: Tensor, W: Tensor, steps: int, absolute: bool, tol: float,
-                  gram: bool | None = None) -> tuple[Tensor, Tensor]:
-    """Greedy pursuit without autograd: chosen indices [B, steps] and their codes [B, steps].
-
-    Scores are inner products with the unit atoms U = W / |W|. After the step that codes atom j
-    with a = <U_j, r>, the residual loses a U_j and the scores lose a (U U^T)[j], so with the
-    Gram matrix (`gram`, default `_use_gram`) each step costs O(n_latents) per row instead of a
-    product with every atom. The codes themselves are computed from the residual, not from the
-    updated scores. The rows are independent, so all the steps run on a block of rows at a
-    time: on the CPU 256 rows, whose [256, n_latents] scores stay in cache; elsewhere blocks of
-    up to 2^26 scores (fewer, larger kernels). Nothing of size [B, n_latents] is held.
-    """
-    inv_norm = W.norm(dim=1).clamp_min(1e-12).reciprocal()  # [n_latents]
-    U = W * inv_norm[:, None]  # [n_latents, d] unit atoms
-    gram = _use_gram(xc.shape[0], W.shape[0], steps) if gram is None else gram
-    H = linear(U, U) if gram else None  # [n_latents, n_latents]
-    indices = torch.empty(xc.shape[0], steps, dtype=torch.long, device=xc.device)
-    values = xc.new_empty(xc.shape[0], steps)
-    block = _CHUNK_ROWS if xc.device.type == "cpu" else max(_CHUNK_ROWS, (1 << 26) // W.shape[0])
-    for start in range(0, xc.shape[0], block):
-        rows = slice(start, start + block)
-        r = xc[rows].clone()  # [c, d] residual of these rows
-        floor = tol * r.norm(dim=1) if tol > 0 else None
-        scores = linear(r, U)  # [c, n_latents]
-        for t in range(steps):
-            if t > 0 and H is None:
-                scores = linear(r, U)
-            j = _argmax_rows(scores.abs() if absolute else scores)  # [c]
-            atom = F.embedding(j, U)  # [c, d]
-            a = torch.linalg.vecdot(atom, r)  # [c]
-            if not absolute:
-                a.clamp_(min=0)
-            if floor is not None:
-                a.masked_fill_(r.norm(dim=1) <= floor, 0)
-            r.addcmul_(a[:, None], atom, value=-1)
-            if H is not None:
-                scores.addcmul_(a[:, None], F.embedding(j, H), value=-1)
-            indices[rows, t], values[rows, t] = j, a * inv_norm[j]  # code of W_j = a / |W_j|
-    return indices, values
 
 
 def _replay(xc: Tensor, W: Tensor, indices: Tensor, kept: Tensor) -> tuple[Tensor, Tensor]:
@@ -209,8 +146,8 @@ class MP(Dictionary):
               f"must be a positive integer number of pursuit steps, got {k!r}")
         check(0 <= tol < 1, "tol", f"must be in [0, 1), got {tol}")
         xc = x - self.b_dec
-        indices, values = _choose_atoms(xc.detach(), self.W_dec.detach(), k,
-                                        self.cfg.selection == "absolute", tol)
+        values, indices = matching_pursuit(xc.detach(), self.W_dec.detach(), k,
+                                           self.cfg.selection == "absolute", tol)
         if torch.is_grad_enabled() and (xc.requires_grad or self.W_dec.requires_grad):
             values, residual = _replay(xc, self.W_dec, indices, values != 0)
         else:

@@ -16,7 +16,7 @@ from saelab.errors import ConfigError, DataError
 from saelab.evaluate._base import NEEDS, Context, Family
 from saelab.evaluate._data import Data, prepare
 from saelab.evaluate._registry import family
-from saelab.evaluate._report import META, write_report
+from saelab.evaluate._report import META, REPORT_SCHEMA, write_report, write_summary
 
 DEFAULT_FAMILIES = ("reconstruction", "sparsity", "splice")
 """The families run when `metrics` is not given, each where what it needs was given."""
@@ -74,9 +74,9 @@ def evaluate(dictionary, data: Any = None, *, metrics: Sequence[str] | None = No
     report = {f.name: results[f.name] for f in instances}
     report[META] = _meta(context, data_, [f.name for f in instances], seconds)
     if out is not None:
-        write_report(out, report)
-        for f in instances:
-            f.plot(Path(out))
+        write_report(out, report)  # the figures first: a failing plot leaves them on disk
+        plots = {f.name: f.plot(Path(out)) for f in instances}
+        write_summary(Path(out) / "summary.html", report, plots)
     return report
 
 
@@ -172,7 +172,7 @@ def _meta(context: Context, data: Data, names: list[str], seconds: dict) -> dict
     d, model, tokens = context.dictionary, context.model, context.tokens
     model_name = getattr(getattr(model, "config", None), "name_or_path", None) \
         if model is not None else None
-    return {"architecture": d.architecture, "n_latents": d.n_latents,
+    return {"schema": REPORT_SCHEMA, "architecture": d.architecture, "n_latents": d.n_latents,
             "d_in": getattr(d, "d_in", None), "d_out": getattr(d, "d_out", None),
             "hookpoint": data.hookpoint, "target_hookpoint": data.target_hookpoint,
             "provenance": dict(getattr(d, "provenance", {})), "data": data.describe,

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import pkgutil
+import re
 import sys
+import textwrap
 from typing import Callable, TypeVar
 
 from saelab.errors import ConfigError
@@ -18,8 +21,8 @@ F = TypeVar("F", bound=type[Family])
 
 def register(name: str) -> Callable[[F], F]:
     """Class decorator: register a Family subclass under `name`. Its declaration is checked
-    here, so a family with an unknown need or a headline figure it does not return fails at
-    import, not in the middle of an evaluation."""
+    here, so a family with an unknown need, or a headline or conditional figure it does not
+    return, fails at import, not in the middle of an evaluation."""
 
     def wrap(cls: F) -> F:
         if name in _FAMILIES and _FAMILIES[name] is not cls:
@@ -31,6 +34,10 @@ def register(name: str) -> Callable[[F], F]:
         if not cls.figures or not set(cls.headline) <= set(cls.figures):
             raise ValueError(f"metric family {name!r} must declare its figures, and its "
                              f"headline must be among them")
+        stray = [f for f in cls.conditional if f not in cls.figures]
+        if stray:
+            raise ValueError(f"metric family {name!r} declares conditional figures {stray} "
+                             f"that are not among its figures {list(cls.figures)}")
         cls.name = name
         _FAMILIES[name] = cls
         return cls
@@ -62,3 +69,24 @@ def family(name: str) -> type[Family]:
         raise ConfigError(f"unknown metric family {name!r}.{hint} "
                           f"Known families: {', '.join(sorted(_FAMILIES))}")
     return _FAMILIES[name]
+
+
+def describe(name: str) -> str:
+    """What family `name` measures, in one sentence: the first of its class docstring (of its
+    module's when the class has none)."""
+    cls = family(name)
+    doc = cls.__dict__.get("__doc__") or getattr(inspect.getmodule(cls), "__doc__", None) or ""
+    paragraph = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+    return re.split(r"(?<=[.?!])\s+(?=[A-Z])", paragraph, maxsplit=1)[0]
+
+
+def families_help(width: int = 88) -> str:
+    """Every registered family with what it measures (`describe`), wrapped to `width`
+    columns: the list `saelab eval --help` shows."""
+    names = families()
+    pad = max(map(len, names), default=0) + 4
+    lines = ["metric families (--metrics NAME ...):"]
+    for name in names:
+        lines += textwrap.wrap(describe(name), width, initial_indent=f"  {name:<{pad - 2}}",
+                               subsequent_indent=" " * pad)
+    return "\n".join(lines)

@@ -19,8 +19,8 @@ O(n_atoms) per row instead of a product with every atom. The codes themselves ar
 the residual, not from the updated scores. Rows are independent, so all steps run on a block of
 rows at a time (256 on the CPU, whose scores stay in cache); nothing of size [B, n_atoms] is held.
 
-This is the pursuit of `saelab.dictionaries.mp` made public so that other dictionaries (ITDA)
-share one implementation.
+The pursuit of the MP-SAE (`saelab.dictionaries.mp`) and of ITDA: one implementation
+for both.
 """
 
 from __future__ import annotations
