@@ -161,6 +161,10 @@ class EvalConfig(EvalOptions):
                                                  "not finished.")
     other: str | None = option(None, "A second dictionary (folder or hf:// address) for the "
                                      "families that compare two (similarity).")
+    labels: str | None = option(None, "Labelled texts for the families that probe concepts "
+                                      "(sparse_probing, tpp): a .jsonl or .csv file with "
+                                      "\"text\" and \"label\", or 'wikipedia-topics' (the "
+                                      "default when such a family is asked for).")
     out: str | None = option(None, "Report folder (default: beside the dictionary, eval/).")
     compare: list[str] | None = option(None, "Instead of evaluating: print the figures of these "
                                              "reports (report.json files or their folders) side "
@@ -183,6 +187,19 @@ def _wants_model(metrics: list[str] | None) -> bool:
     return metrics is None or any("model" in family(name).needs for name in metrics)
 
 
+def _labels(cfg: EvalConfig):
+    """The labelled texts (saelab.data.labelled.LabelledTexts) when a requested family needs
+    them: --labels, else the packaged Wikipedia topics; None when no family needs them. Read
+    before the model is loaded, so that a bad file is refused first."""
+    from saelab.evaluate import family
+
+    if cfg.metrics is None or not any("labels" in family(n).needs for n in cfg.metrics):
+        return None
+    from saelab.data.labelled import WIKIPEDIA_TOPICS, load_labelled
+
+    return load_labelled(cfg.labels or WIKIPEDIA_TOPICS)
+
+
 def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
     """Evaluate `cfg.sae` on `cfg.store` (refused, before any work, when the store lacks the
     dictionary's hookpoint, unless allowed); returns the report and its folder."""
@@ -202,14 +219,21 @@ def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
     target = cfg.target_hookpoint or sae.provenance.get("data_target_hookpoint")
     if "target" in sae.needs and target:  # a transcoder: compared with and spliced at its target
         kwargs["target_hookpoint"] = store.hookpoint(target)
-    if cfg.splice_tokens > 0 and _wants_model(cfg.metrics):
+    labels = _labels(cfg)
+    if (cfg.splice_tokens > 0 or labels is not None) and _wants_model(cfg.metrics):
         from saelab.models import load
 
         lm = load(store.model)
         if lm.kind == "causal_lm":
-            n = max(1, cfg.splice_tokens // store.manifest["context_len"])
-            kwargs.update(model=lm.model, tokens=store.contexts()["tokens"][:n],
+            kwargs.update(model=lm.model,
                           exclusion=Exclusion.from_json(store.manifest.get("exclusion")))
+            if cfg.splice_tokens > 0:
+                n = max(1, cfg.splice_tokens // store.manifest["context_len"])
+                kwargs["tokens"] = store.contexts()["tokens"][:n]
+            if labels is not None and lm.tokenizer is not None:
+                labels = labels.tokenize(lm.tokenizer)
+    if labels is not None:
+        kwargs["labels"] = labels
     out = Path(cfg.out or Path(cfg.sae).parent / "eval")
     report = saelab.evaluate(sae, store, metrics=cfg.metrics, hookpoint=hookpoint,
                              allow_hookpoint_mismatch=cfg.allow_hookpoint_mismatch,

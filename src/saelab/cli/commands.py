@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal, NamedTuple
 
 from saelab.cli.parsing import parse_config, train_command
 from saelab.config import build, option, required
-from saelab.errors import SaelabError
+from saelab.errors import SaelabError, explain_os_error
 
 
 class Command(NamedTuple):
@@ -312,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"saelab: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permission, port in use: the system's, said plainly
+        if args.debug:
+            raise
+        print(f"saelab: error: {explain_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("saelab: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
