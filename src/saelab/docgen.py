@@ -53,12 +53,28 @@ def docstring(obj: Any) -> str:
         return ""
     lines = inspect.cleandoc(doc).split("\n")
     out: list[str] = []
+    code_block = False
     for line in lines:  # Markdown needs a blank line before a list that follows a paragraph
         after_paragraph = out and out[-1].strip() and not out[-1].startswith(("- ", " "))
         if line.startswith("- ") and after_paragraph:
             out.append("")
-        out.append(line)
-    return escape("\n".join(out))
+        # an indented block after a blank line (not a list item's continuation) is code: as is
+        if line.startswith("    ") and (code_block or (out and not out[-1].strip()
+                                                      and not _in_list(out))):
+            code_block = True
+            out.append(line)
+            continue
+        code_block = False
+        out.append(escape(line))
+    return "\n".join(out)
+
+
+def _in_list(out: list[str]) -> bool:
+    """Whether the last paragraph of `out` is a list (its indented lines continue an item)."""
+    for line in reversed(out[:-1]):
+        if line.strip():
+            return line.startswith(("- ", "  "))
+    return False
 
 
 def table(columns: list[str], rows: list[list[Any]]) -> str:
@@ -162,9 +178,12 @@ def dictionary_page(name: str) -> str:
     formats = dictionary_formats(cls)
     if formats:
         parts += ["## Other libraries' formats", "", formats, ""]
-    parts += ["## Config fields", "",
-              f'`saelab.create("{name}", d_in=..., n_latents=..., **fields)`, or '
-              f"`saelab train STORE --architecture {name} --FIELD VALUE`.", ""]
+    how = (f"a blank one is `saelab.create(\"{name}\", d_in=..., n_latents=..., **fields)`; "
+           f"it is read from a model's weights, not trained (see the class above)"
+           if getattr(cls, "trained_by", "gradient") == "model" else
+           f'`saelab.create("{name}", d_in=..., n_latents=..., **fields)`, or '
+           f"`saelab train STORE --architecture {name} --FIELD VALUE`")
+    parts += ["## Config fields", "", how[0].upper() + how[1:] + ".", ""]
     if own:
         parts += [fields_table(cls.Config, own), ""]
     parts += ["Fields every dictionary has:", "", fields_table(cls.Config, base), ""]
