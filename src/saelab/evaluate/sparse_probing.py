@@ -118,7 +118,13 @@ class SparseProbing(Family):
     probe is trained by gradient with early stopping on the test accuracy (which picks the best
     test score), here it is a scikit-learn logistic regression on standardised activations
     scored once; the probe on all latents is standardised likewise. The k-sparse probes are
-    SAEBench's (same ranking, same unscaled L2 logistic regression).
+    SAEBench's (same ranking, same unscaled L2 logistic regression): with sae-bench 0.6.0
+    installed (`pip install --no-deps sae-bench==0.6.0 tabulate`), the tests run SAEBench's
+    `prepare_probe_data`, `get_top_k_mean_diff_mask` and `train_sklearn_probe` on the same
+    tensors and get the same latents and the same accuracies (to 1e-6). Its
+    `train_probe_on_activations` itself cannot be called on tensors here: jaxtyping 0.3 binds
+    the dimension name it gives the per-class activations to the balanced set of twice the size
+    in the nested call, and refuses it.
     """
 
     needs = frozenset({"model", "labels"})

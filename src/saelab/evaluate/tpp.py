@@ -178,6 +178,11 @@ class TargetedProbePerturbation(Family):
     trains an L1-penalised linear probe by gradient (20 epochs, batch 16); the ablation is
     applied to the pooled codes and activations (equal to SAEBench's per-token ablation for any
     decoder affine in its codes); the probes are scored on held-out balanced sets drawn once.
+    Parity: with sae-bench 0.6.0 installed, the tests run SAEBench's
+    `get_effects_per_class_precomputed_acts`, `select_top_n_features`,
+    `ablated_precomputed_activations` and `create_tpp_plotting_dict` on the same tensors (token
+    activations of two classes, a saelab TopK SAE) and agree to 1e-5; its probe training is not
+    compared (the probes differ by design, above).
     """
 
     needs = frozenset({"model", "labels"})
