@@ -33,8 +33,12 @@ $(VENV)/.saelab: pyproject.toml $(VENV)/.assets
 	$(PIP) install -e ".[all]"
 	touch $@
 
+# sae-bench with --no-deps: the parity tests call SAEBench's own absorption and probing functions;
+# its declared pins (numpy<2 among them) would downgrade what saelab runs on, and what those
+# functions import comes with the dev extra (sae-lens, tabulate).
 $(VENV)/.dev: pyproject.toml $(VENV)/.saelab
 	$(PIP) install -e ".[all,dev]"
+	$(PIP) install --no-deps sae-bench==0.6.0
 	touch $@
 
 setup: $(VENV)/.saelab
