@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import statistics
@@ -30,7 +31,8 @@ def read_pass(path: Path, verify: bool, batch: int) -> float:
     """Seconds to read every row of the store in shuffled training batches."""
     store = ActivationStore(path, verify=verify)
     start = time.perf_counter()
-    for _ in store.shuffled(batch, seed=0):
+    batches = store.shuffled(batch, seed=0)  # epochs repeat without end: one is read
+    for _ in itertools.islice(batches, batches.batches_per_epoch(0)):
         pass
     return time.perf_counter() - start
 
