@@ -305,6 +305,14 @@ def test_reused_prefix_gives_the_activations_of_the_full_prompts(caplog):
     assert torch.allclose(full[3], expected["model.layers.1"][0, -1], atol=1e-5)
 
 
+def test_a_context_without_words_is_passed_over():
+    lm = tiny_llama(vocab=80, hidden=32, layers=2)
+    prefixes = [[5, 6, 7], [8, 9]]
+    acts = word_activations(lm, "model.layers.0", prefixes, torch.zeros(4, dtype=torch.long),
+                            torch.tensor([10, 11, 12, 13]))
+    assert acts.shape == (4, 32) and torch.isfinite(acts).all()
+
+
 @pytest.fixture(scope="module")
 def tiny():
     tok = tiny_tokenizer({c: 40 for c in "abcdef"} | {"g": 4})

@@ -329,7 +329,9 @@ def word_activations(model: nn.Module, hookpoint: str, prefixes: Sequence[Sequen
 
         for c in range(len(prompts)):
             idx = (context_of == c).nonzero()[:, 0]
-            if caches[c] is not None and len(idx):
+            if not len(idx):  # (an empty tensor splits into one empty chunk)
+                continue
+            if caches[c] is not None:
                 caches[c] = _checked(cached, full, c, word_ids[idx[:1]].to(device), caches[c])
             for chunk in idx.split(batch_words):
                 ids = word_ids[chunk].to(device)
