@@ -33,7 +33,10 @@ are written back as they were.
 `apply_b_dec_to_input=False` (e.g. Gemma Scope) is folded into the encoder bias on read
 (saelab centres the input of an SAE by b_dec): same function, not the same bits.
 Writing records saelab's own architecture, config and scalar buffers under `metadata.saelab`, so
-reading the folder back gives the saelab dictionary it came from.
+reading the folder back gives the saelab dictionary it came from. `metadata.model_name` and
+`hook_name` are written as the Hub id and TransformerLens' hook name where known
+(`saelab.io.saelens_hooks`); reading takes saelab's names back from `metadata.saelab_model` and
+`saelab_hookpoint` where they are.
 """
 
 from __future__ import annotations
@@ -198,12 +201,16 @@ def _finetuning_scale(tensors: dict[str, Tensor], source: Path) -> dict[str, Ten
 
 
 def _provenance(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """saelab provenance of SAELens metadata; saelab's own model and hookpoint names where a
+    saelab writer recorded them (`saelab_model`, `saelab_hookpoint`), SAELens' otherwise."""
+    model = [("saelab_model", "model"), ("model_name", "model_hub_id")] \
+        if meta.get("saelab_model") is not None else [("model_name", "model")]
     out = {"converted_from": "saelens", "source": str(path)}
-    for theirs, ours in (("model_name", "model"), ("hook_name", "hookpoint"),
+    for theirs, ours in (*model, ("saelab_hookpoint", "hookpoint"), ("hook_name", "hookpoint"),
                          ("dataset_path", "dataset"), ("neuronpedia_id", "neuronpedia_id"),
                          ("sae_lens_version", "saelens_version")):
         if meta.get(theirs) is not None:
-            out[ours] = meta[theirs]
+            out.setdefault(ours, meta[theirs])
     return out
 
 

@@ -6,6 +6,11 @@ every variant shares: W_enc transposed to [d_in, d_sae], cfg.json with the sizes
 `apply_b_dec_to_input`, `normalize_activations` and metadata. saelab's own architecture, config
 and scalar buffers go under `metadata.saelab`, so that reading the folder back gives the saelab
 dictionary it came from.
+
+`metadata.model_name` is the model's Hugging Face Hub id and `metadata.hook_name` TransformerLens'
+hook name where TransformerLens knows the model, so that SAEBench and SAELens' users load the
+right model and hook; saelab's own names stay in `metadata.saelab_model` and
+`metadata.saelab_hookpoint` (see `saelab.io.saelens_hooks`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from saelab.errors import ConfigError, FormatError
 from saelab.io._common import SAELAB_KEY, saelab_record, write_folder
 from saelab.io.mapping import mapping_to, refuse_unfixed, renamed_out
 from saelab.io.saelens import CFG, LAYOUT_VERSION, SPARSITY, TRANSPOSED, WEIGHTS
+from saelab.io.saelens_hooks import saelens_metadata
 
 
 def to_saelens(dictionary) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -44,8 +50,8 @@ def to_saelens(dictionary) -> tuple[dict[str, Any], dict[str, Tensor]]:
     fields = {theirs: getattr(dictionary.cfg, ours) for theirs, ours in mapping.fields.items()}
     prov = original.provenance
     meta = {"sae_lens_version": LAYOUT_VERSION, "sae_lens_training_version": None,
-            "model_name": prov.get("model"), "hook_name": prov.get("hookpoint"),
-            "dataset_path": prov.get("dataset"), SAELAB_KEY: saelab_record(original)}
+            **saelens_metadata(prov), "dataset_path": prov.get("dataset"),
+            SAELAB_KEY: saelab_record(original)}
     cfg = {"architecture": mapping.architecture, "d_in": dictionary.d_in,
            "d_sae": dictionary.n_latents, "dtype": str(tensors["W_dec"].dtype).replace("torch.", ""),
            "device": "cpu", "apply_b_dec_to_input": mapping.centre is not None,

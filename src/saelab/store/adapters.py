@@ -95,8 +95,8 @@ def store_feed(store: ActivationStore, want: Want, columns: list[str]) -> Feed:
         raise DataError(f"store {store.path} has d={store.d(key)} at {key!r}, but the dictionary "
                         f"has d_in={want.d_in}; create the dictionary with d_in={store.d(key)}")
     describe = {"kind": "store", "path": str(store.path), "model": store.model,
-                "hookpoint": key, "rows": store.n_rows,
-                "exclusion": store.manifest.get("exclusion")}
+                "model_hub_id": store.manifest.get("model_hub_id"), "hookpoint": key,
+                "rows": store.n_rows, "exclusion": store.manifest.get("exclusion")}
     feed = Feed(_column(columns, key), None, {}, store.mean_squared_norm(key), describe)
     if want.target:
         feed = feed._replace(target=_column(columns, store.hookpoint(want.target)))

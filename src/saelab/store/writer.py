@@ -23,6 +23,7 @@ from saelab._paths import LOCK_FILE, folder_lock, write_json, write_safetensors
 from saelab.capture import BATCH_CONTEXTS, Capture
 from saelab.capture.exclude import NORM_FACTOR, Exclusion
 from saelab.errors import DataError, OutputExistsError
+from saelab.models import hub_id
 from saelab.store.reader import (CONTEXTS, FORMAT, MANIFEST, ActivationStore, acts_name,
                                  file_sha256, is_store, read_manifest)
 
@@ -168,6 +169,7 @@ def _new_store(out: Path, tokens: Tensor, doc_ids: Tensor | None, fingerprint: d
     write_safetensors(out / CONTEXTS, ctx)
     exclusion = Exclusion(fingerprint["special_ids"], fingerprint["norm_factor"])
     manifest = {"format": FORMAT, "version": 1, "model": fingerprint["model"],
+                "model_hub_id": hub_id(fingerprint["model"]),  # for SAELens' model_name
                 "hookpoints": fingerprint["hookpoints"], "d": {}, "dtype": fingerprint["dtype"],
                 "context_len": fingerprint["context_len"],
                 "n_contexts": fingerprint["n_contexts"], "contexts_done": 0, "complete": False,

@@ -112,11 +112,11 @@ def sync_start(run: Run) -> None:
 
 def record_provenance(dictionary: Dictionary, describe: dict, facts: dict) -> None:
     """Record in `dictionary.provenance` how it was trained (`facts`) and on what data
-    (`describe`, a feed's description: each entry as data_NAME, and the model and hookpoint
-    under their own names unless already known)."""
+    (`describe`, a feed's description: each entry as data_NAME, and the model, its Hub id and the
+    hookpoint under their own names unless already known)."""
     dictionary.provenance.update({**facts, **{f"data_{k}": v for k, v in describe.items()}})
-    for name in ("model", "hookpoint"):
-        if name in describe:
+    for name in ("model", "model_hub_id", "hookpoint"):
+        if describe.get(name) is not None:
             dictionary.provenance.setdefault(name, describe[name])
 
 
