@@ -29,6 +29,22 @@ ARGUMENT = {"activations": "data", "model": "model", "tokens": "tokens", "labels
 """The `evaluate` argument that provides each need."""
 
 
+def word_tokenizer(size: int):
+    """A word-level tokenizer of `size` tokens: the first-letter prompt's pieces, the answers
+    " A" ... " Z", and made-up words starting with a or b."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<unk>", "\n", " has", " the", " first", " letter", ":"]
+                                        + [f" {c}" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"])}
+    while len(vocab) < size:
+        n = len(vocab)
+        vocab[" " + "ab"[n % 2] + "".join("abcdefghij"[int(d)] for d in str(n))] = n
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r" ?[A-Za-z]+|\n|:"), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
 class Watched:
     """An iterable of activation batches that records whether anyone read it."""
 
@@ -44,6 +60,7 @@ class Watched:
 def setup():
     """A tiny 2-layer Llama, its layer-0 activations, an SAE on them and a second one."""
     lm = tiny_llama(vocab=100, hidden=32, layers=2)
+    lm.tokenizer = word_tokenizer(100)  # absorption reads the model's vocabulary
     tokens = torch.randint(2, 100, (6, 16), generator=torch.Generator().manual_seed(0))
     x = capture(lm, [HOOKPOINT], tokens)[HOOKPOINT].flatten(0, 1)  # [96, 32]
     sae = saelab.create("topk", d_in=32, n_latents=64, k=4, seed=1)
