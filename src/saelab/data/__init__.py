@@ -9,6 +9,8 @@ datasets) and tokenisation into fixed-length contexts with token-to-document met
 from saelab.data._pack import (SEPARATOR, BoundaryTokens, TokenizedCorpus, boundary_tokens,
                                pack)
 from saelab.data._sources import WIKIPEDIA, Document, read_documents, wikipedia_summaries
+from saelab.data.labelled import LabelledTexts, load_labelled, read_labelled, wikipedia_topics
 
-__all__ = ["SEPARATOR", "WIKIPEDIA", "BoundaryTokens", "Document", "TokenizedCorpus",
-           "boundary_tokens", "pack", "read_documents", "wikipedia_summaries"]
+__all__ = ["SEPARATOR", "WIKIPEDIA", "BoundaryTokens", "Document", "LabelledTexts",
+           "TokenizedCorpus", "boundary_tokens", "load_labelled", "pack", "read_documents",
+           "read_labelled", "wikipedia_summaries", "wikipedia_topics"]
