@@ -210,6 +210,8 @@ def test_push_uploads_the_dictionary_a_saelens_copy_and_a_card(tmp_path):
     assert 'saelab.load("hf://me/my-saes/sae")' in card
     assert 'SAE.from_pretrained("me/my-saes", "sae/saelens")' in card
     assert "model.layers.10" in card
+    tags = card.split("---")[1]  # the card's YAML header: the model is tagged by its Hub id
+    assert "- HuggingFaceTB/SmolLM2-135M-Instruct" in tags and "smollm2-135m" not in tags
     back = saelab.load(tmp_path / "staged" / "sae" / "saelens")
     torch.testing.assert_close(back(_x()).x_hat, sae(_x()).x_hat, atol=0, rtol=0)
 

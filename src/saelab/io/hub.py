@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from saelab.models import hub_id
 from saelab.errors import FormatError, MissingDependencyError, SaelabError
 from saelab.io import saelens_write
 from saelab.io.detect import load_folder, save
@@ -122,7 +123,9 @@ def _card(dictionary, repo_id: str, path: str, saelens_path: str | None) -> str:
                    "is included; saelab's `convert` command lists what it can write.")
     target = f" predicting {dictionary.d_out}-dimensional outputs" if "target" in dictionary.needs \
         else ""
-    tags = "".join(f"- {t}\n" for t in [prov.get("model")] if t)
+    # the Hub's model tag is the model's Hub id (saelab's alias, e.g. smollm2-135m, is no repo)
+    tags = "".join(f"- {t}\n" for t in [prov.get("model_hub_id") or hub_id(prov.get("model"))]
+                   if t)
     return CARD.format(title=repo_id.split("/")[-1], architecture=dictionary.architecture,
                        n_latents=dictionary.n_latents, d_in=dictionary.d_in, target=target,
                        table="\n".join(f"| {k} | {v} |" for k, v in rows), repo_id=repo_id,
