@@ -7,7 +7,7 @@ import torch
 
 import saelab
 from saelab.errors import ConfigError
-from saelab.ops.allocation import zipf_capacities
+from saelab.ops.allocation import feature_capacity, zipf_capacities
 
 
 def popular_sae(capacity: str):
@@ -47,9 +47,26 @@ def test_feature_choice_gives_inputs_different_numbers_of_latents():
     assert l0.max() > l0.min()
 
 
+@pytest.mark.parametrize("capacity", ["uniform", "zipf"])
+@pytest.mark.parametrize("k,batch,n_latents", [(5, 512, 1024), (4, 200, 64), (3, 97, 128),
+                                               (1, 100, 512), (32, 1024, 4608)])
+def test_feature_choice_capacities_sum_to_exactly_k_times_batch(capacity, k, batch, n_latents):
+    # 5 x 512 / 1024 = 2.5 tokens per latent: one rounded m would spend 2 x 1024 = 80% of it
+    sae = saelab.create("feature_choice", d_in=8, n_latents=n_latents, k=k, capacity=capacity)
+    caps = sae.capacities(batch)
+    assert int(caps.sum()) == k * batch
+    assert caps.min() >= 0 and caps.max() <= batch
+
+
+def test_uniform_capacities_differ_by_at_most_one_and_share_the_remainder_over_batches():
+    caps = torch.stack([feature_capacity(5, 512, 1024, offset) for offset in (0, 512)])
+    assert set(caps.unique().tolist()) == {2, 3}
+    assert (caps.sum(0) == 5).all()  # two batches: every latent got the extra token once
+
+
 def test_zipf_capacities_spend_the_budget_in_zipf_shape():
     caps = zipf_capacities(4, 256, 512)
-    assert abs(int(caps.sum()) - 4 * 256) <= 2
+    assert int(caps.sum()) == 4 * 256
     assert (caps[:-1] >= caps[1:]).all() and caps.min() >= 1
     assert caps[0] == pytest.approx(2 * caps[1], abs=1)  # rank 1 vs rank 2: 1 : 1/2
 

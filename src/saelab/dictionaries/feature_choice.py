@@ -1,5 +1,6 @@
 """Feature Choice SAE (Ayonrinde 2024, "Adaptive Sparse Allocation with Mutual Choice & Feature
-Choice Sparse Autoencoders").
+Choice Sparse Autoencoders", arXiv 2411.02124). There is no public code: this file follows the
+paper's text.
 
 Sparsity as an allocation of (input, latent) matches over a batch: where a TopK SAE lets each
 input pick its k latents, Feature Choice lets each latent pick its m inputs, the m largest
@@ -10,17 +11,21 @@ n_latents x m. Relative to TopK: the constraint moves from rows (k per input) to
 latent), and under-used latents are trained by aux_zipf_loss instead of AuxK.
 
 Where this file had to choose:
-- Capacity: the latents share the same budget as TopK, sum_i m_i = k x B for a batch of B, so
-  `k` is the mean L0 at full use and runs are compared at matched average L0. `capacity`
-  "uniform" gives every latent the same m = k B / n_latents (`feature_capacity`: rounded, at
-  least 1); "zipf" (default) gives latent i a share proportional to (i + 1)^-zipf_exponent
-  (`zipf_capacities`: rounded, each in [1, B], total as close to k B as rounding allows), so
-  the dictionary can hold features as frequent as real ones, whose usage is Zipf-like. Uniform
-  capacity cannot: on planted data with Zipf frequencies (256 directions, k 4, 512 latents,
-  batch 256) each latent may take 2 inputs of 256 while the most frequent direction is in 65%
-  of them, and held-out FVU was 0.62 against TopK's 0.28. The ranks are fixed by index (latent
-  0 has the largest capacity), which makes the allocation deterministic. A latent with fewer
-  positive pre-activations than its capacity picks only those.
+- Capacity: the latents share the same budget as TopK, sum_i m_i = k x B exactly for a batch
+  of B (the paper's total sparsity budget; at most n_latents x B), so `k` is the mean L0 at
+  full use and runs are compared at matched average L0. `capacity` "uniform" (default, the
+  paper's single m) gives every latent floor(k B / n_latents) and one more to as many latents as
+  the remainder, a window that moves on by the remainder every training batch
+  (`feature_capacity`), so no latent is favoured; rounding k B / n to one m instead (an earlier
+  saelab did) spends 80% of the budget at k B / n = 2.5. "zipf" (saelab's, after the paper's
+  observation that feature usage is Zipf-like) gives latent i a share proportional to
+  (i + 1)^-zipf_exponent, each in [1, B], rounded by largest remainder so that the total is
+  exactly k B (`zipf_capacities`), so the dictionary can hold features as frequent as real
+  ones: on planted data with Zipf frequencies (256 directions, k 4, 512 latents, batch 256)
+  uniform capacity lets each latent take 2 inputs of 256 while the most frequent direction is
+  in 65% of them (held-out FVU 0.62 against TopK's 0.28, measured with the earlier rounded
+  split). The Zipf ranks are fixed by index (latent 0 has the largest capacity). A latent with
+  fewer positive pre-activations than its capacity picks only those.
 - Inference: a threshold per latent learned during training, the running average of the
   smallest activation each latent kept per batch (warm start, then decay `threshold_decay`),
   stored as a buffer in input units; in eval mode a latent fires where its pre-activation
@@ -63,9 +68,9 @@ from saelab.ops.zipf import register_usage_buffers
 class FeatureChoiceConfig(DictionaryConfig):
     k: int = option(32, "Mean active latents per input at full use: the latents' capacities "
                         "add up to k x batch.")
-    capacity: Literal["zipf", "uniform"] = option(
-        "zipf", "How the budget is split over latents: zipf (latent i gets a share ~ (i + "
-                "1)^-zipf_exponent) or uniform.")
+    capacity: Literal["uniform", "zipf"] = option(
+        "uniform", "How the budget is split over latents: uniform (the paper's one m per latent) "
+                   "or zipf (saelab's: latent i gets a share ~ (i + 1)^-zipf_exponent).")
     threshold_decay: float = option(0.9, "Decay of the running average of each latent's smallest "
                                          "kept activation (its inference threshold).")
     aux: Literal["zipf", "auxk", "none"] = option(
@@ -104,8 +109,10 @@ class FeatureChoice(Dictionary):
         """m_i [n_latents] (int64): the most inputs latent i may pick in a batch of `batch`."""
         cfg = self.cfg
         if cfg.capacity == "uniform":
-            m = feature_capacity(cfg.k, batch, self.n_latents)
-            return torch.full((self.n_latents,), m, dtype=torch.long)
+            # the remainder's window moves on every training batch (threshold_batches counts them)
+            budget = min(cfg.k * batch, self.n_latents * batch)
+            offset = int(self.threshold_batches) * (budget % self.n_latents)
+            return feature_capacity(cfg.k, batch, self.n_latents, offset % self.n_latents)
         return zipf_capacities(cfg.k, batch, self.n_latents, cfg.zipf_exponent)
 
     def choose(self, pre: Tensor) -> Tensor:

@@ -50,28 +50,54 @@ def batch_pool(pre: Tensor, total: int) -> Tensor:
     return keep.nonzero().squeeze(1)
 
 
-def feature_capacity(k: float, batch: int, n_latents: int) -> int:
-    """Tokens per latent m such that n_latents x m is the budget k x batch (rounded, at least
-    1, at most batch)."""
-    return max(1, min(batch, round(k * batch / n_latents)))
+def feature_capacity(k: float, batch: int, n_latents: int, offset: int = 0) -> Tensor:
+    """Tokens per latent m_i [n_latents] (int64) for a uniform split that spends exactly the
+    budget k x batch (at most n_latents x batch): every latent gets floor(k B / n) and the
+    remainder r goes one each to r consecutive latents starting at `offset` (mod n), so that a
+    caller who advances the offset every batch shares the remainder out evenly. Rounding k B / n
+    to one common m instead would spend n x round(k B / n): 80% of the budget at k B / n = 2.5."""
+    budget = min(int(round(k * batch)), n_latents * batch)
+    base, extra = divmod(budget, n_latents)
+    caps = torch.full((n_latents,), base, dtype=torch.long)
+    caps[(torch.arange(extra) + offset) % n_latents] += 1
+    return caps
+
+
+def largest_remainder(shares: Tensor, total: int) -> Tensor:
+    """Integers [n] (int64) that add up to exactly `total` and differ from the non-negative real
+    `shares` [n] (which add up to about `total`) by less than one each: the floors, plus one for
+    the entries with the largest fractional parts (ties by index) until the total is reached
+    (or minus one for the smallest, when rounding pushed the floors past it)."""
+    floors = shares.floor()
+    frac = shares - floors
+    caps = floors.long()
+    missing = total - int(caps.sum())
+    if missing > 0:
+        caps[torch.sort(-frac, stable=True).indices[:missing]] += 1
+    elif missing < 0:
+        caps[torch.sort(frac, stable=True).indices[:-missing]] -= 1
+    return caps
 
 
 def zipf_capacities(k: float, batch: int, n_latents: int, exponent: float = 1.0) -> Tensor:
     """Tokens per latent m_i [n_latents] (int64) in Zipf shape by latent index, m_i ~ s (i + 1)
-    ^ -exponent rounded, each in [1, batch], with the scale s chosen (bisection) so that the
-    total is as close as it can get to the budget k x batch."""
+    ^ -exponent, each in [1, batch] (in [0, batch] when the budget is below one per latent), that
+    add up to exactly the budget k x batch (at most n_latents x batch): the scale s is found by
+    bisection so that the clipped real shares add up to the budget, then the shares are rounded
+    by largest remainder."""
     weights = torch.arange(1, n_latents + 1, dtype=torch.float64) ** -exponent
-    budget = k * batch
+    budget = min(int(round(k * batch)), n_latents * batch)
+    low = 1.0 if budget >= n_latents else 0.0
 
-    def caps(scale: float) -> Tensor:
-        return (weights * scale).round().clamp(1, batch).long()
+    def shares(scale: float) -> Tensor:
+        return (weights * scale).clamp(low, batch)
 
-    lo, hi = 0.0, float(budget) / float(weights[-1])  # caps(hi) is all `batch` (or the budget)
-    for _ in range(60):
+    lo, hi = 0.0, float(batch) / float(weights[-1])  # shares(hi) is all `batch`
+    for _ in range(100):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if int(caps(mid).sum()) < budget else (lo, mid)
-    best = min((lo, hi), key=lambda s: abs(int(caps(s).sum()) - budget))
-    return caps(best)
+        lo, hi = (mid, hi) if float(shares(mid).sum()) < budget else (lo, mid)
+    caps = largest_remainder(shares(hi), budget)
+    return caps.clamp(int(low), batch)  # largest_remainder moves entries by at most one
 
 
 def feature_choice_chosen(pre: Tensor, m: int | Tensor) -> Tensor:
