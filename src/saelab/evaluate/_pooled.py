@@ -33,7 +33,7 @@ from saelab.capture import Capture, resolve
 from saelab.capture.exclude import Exclusion
 from saelab.data.labelled import LabelledTexts, load_labelled
 from saelab.errors import ConfigError, DataError
-from saelab.evaluate._base import Context
+from saelab.evaluate._base import Context, Family
 
 log = logging.getLogger(__name__)
 
@@ -183,3 +183,25 @@ def _pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
         ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, :len(r)] = True
     return ids, mask
+
+
+class ConceptFamily(Family):
+    """Base of the families that probe concepts on labelled texts pooled per text (fms,
+    separability, sparse_probing, tpp): they need the model and the labels, refuse a dictionary
+    without latents and labels that do not fit before any work, and read their inputs with
+    `inputs()`."""
+
+    needs = frozenset({"model", "labels"})
+
+    @classmethod
+    def check(cls, context: Context) -> None:
+        if context.dictionary.n_latents < 1:
+            raise ConfigError(f"{cls.name}: the dictionary has no latents")
+        labelled_for(context, cls.name)
+
+    def inputs(self) -> tuple[LabelledTexts, Pooled, Tensor, int]:
+        """The labelled texts, their pooled activations and codes (shared by the families of
+        one evaluation), the class index of each text [N], and the seed (0 when none)."""
+        labels, pooled = pooled_for(self.context, self.name)
+        seed = 0 if self.context.seed is None else self.context.seed
+        return labels, pooled, labels.targets(), seed

@@ -34,9 +34,7 @@ import torch
 from sklearn.tree import DecisionTreeClassifier
 from torch import Tensor
 
-from saelab.errors import ConfigError
-from saelab.evaluate._base import Context, Family
-from saelab.evaluate._pooled import labelled_for, pooled_for
+from saelab.evaluate._pooled import ConceptFamily
 from saelab.evaluate._probe import one_vs_rest
 from saelab.evaluate._registry import register
 
@@ -172,7 +170,7 @@ def _names(prefix: str) -> tuple[str, ...]:
 
 
 @register("fms")
-class FeatureMonosemanticity(Family):
+class FeatureMonosemanticity(ConceptFamily):
     """Feature Monosemanticity Score (Härle et al. 2025, "Measuring and Guiding
     Monosemanticity"), for the dictionary's latents and, side by side, for the model's neurons at
     the same hookpoint (the raw activation's dimensions), on labelled texts: each class is a
@@ -220,21 +218,11 @@ class FeatureMonosemanticity(Family):
     it, among latents and neurons alike.
     """
 
-    needs = frozenset({"model", "labels"})
     figures = _names("") + _names("neuron_") + ("n_classes", "n_texts")
     headline = ("fms_at_1", "neuron_fms_at_1", "fms_at_5", "neuron_fms_at_5")
 
-    @classmethod
-    def check(cls, context: Context) -> None:
-        if context.dictionary.n_latents < 1:
-            raise ConfigError("fms: the dictionary has no latents")
-        labelled_for(context, cls.name)
-
     def run(self) -> dict[str, float]:
-        c = self.context
-        labels, pooled = pooled_for(c, self.name)
-        seed = 0 if c.seed is None else c.seed
-        targets = labels.targets()
+        labels, pooled, targets, seed = self.inputs()
         latents = fms_scores(pooled.codes, targets, CUTS, seed)
         neurons = fms_scores(pooled.raw, targets, CUTS, seed)
         out = {**fms_figures(latents), **fms_figures(neurons, "neuron_"),

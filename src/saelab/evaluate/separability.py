@@ -26,9 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from saelab.errors import ConfigError
-from saelab.evaluate._base import Context, Family
-from saelab.evaluate._pooled import labelled_for, pooled_for
+from saelab.evaluate._pooled import ConceptFamily
 from saelab.evaluate._registry import register
 
 BINS = 16
@@ -107,7 +105,7 @@ def shuffled(targets: Tensor, seed: int) -> Tensor:
 
 
 @register("separability")
-class ConceptSeparability(Family):
+class ConceptSeparability(ConceptFamily):
     """Concept separability (Fereidouni et al. 2025, "Evaluating Sparse Autoencoders for
     Monosemantic Representation") of the dictionary's latents and, side by side, of the model's
     neurons at the same hookpoint (the raw activation's dimensions), on labelled texts: for each
@@ -144,24 +142,14 @@ class ConceptSeparability(Family):
     neuron.
     """
 
-    needs = frozenset({"model", "labels"})
     figures = ("separability_mean", "separability_max", "separability_mean_shuffled",
                "neuron_separability_mean", "neuron_separability_max",
                "neuron_separability_mean_shuffled", "n_classes", "n_texts")
     headline = ("separability_mean", "neuron_separability_mean", "separability_max",
                 "neuron_separability_max")
 
-    @classmethod
-    def check(cls, context: Context) -> None:
-        if context.dictionary.n_latents < 1:
-            raise ConfigError("separability: the dictionary has no latents")
-        labelled_for(context, cls.name)
-
     def run(self) -> dict[str, float]:
-        c = self.context
-        labels, pooled = pooled_for(c, self.name)
-        seed = 0 if c.seed is None else c.seed
-        targets = labels.targets()
+        labels, pooled, targets, seed = self.inputs()
         control = shuffled(targets, seed)
         out: dict[str, float] = {"n_classes": len(labels.classes), "n_texts": len(labels)}
         for prefix, acts in (("", pooled.codes), ("neuron_", pooled.raw)):

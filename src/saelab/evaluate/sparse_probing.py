@@ -24,9 +24,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from saelab.errors import ConfigError
-from saelab.evaluate._base import Context, Family
-from saelab.evaluate._pooled import labelled_for, pooled_for
+from saelab.evaluate._pooled import ConceptFamily
 from saelab.evaluate._probe import accuracy, fit_probe, one_vs_rest, stratified_split
 from saelab.evaluate._registry import register
 
@@ -87,7 +85,7 @@ def sparse_probes(codes: Tensor, raw: Tensor, targets: Tensor, train: Tensor,
 
 
 @register("sparse_probing")
-class SparseProbing(Family):
+class SparseProbing(ConceptFamily):
     """k-sparse probes on the dictionary's latents against a probe on the raw activations
     (SAEBench's sparse probing; Gurnee et al. 2023), on labelled texts: the model runs on each
     text, activations and codes are averaged over its tokens (see below), and for each class
@@ -127,22 +125,12 @@ class SparseProbing(Family):
     in the nested call, and refuses it.
     """
 
-    needs = frozenset({"model", "labels"})
     figures = ("sae_accuracy_k1", "sae_accuracy_k2", "sae_accuracy_k5", "sae_accuracy_k20",
                "sae_accuracy", "raw_accuracy", "n_classes", "n_texts")
     headline = ("sae_accuracy_k1", "sae_accuracy_k5", "sae_accuracy_k20", "raw_accuracy")
 
-    @classmethod
-    def check(cls, context: Context) -> None:
-        if context.dictionary.n_latents < 1:
-            raise ConfigError("sparse_probing: the dictionary has no latents")
-        labelled_for(context, cls.name)
-
     def run(self) -> dict[str, float]:
-        c = self.context
-        labels, pooled = pooled_for(c, self.name)
-        seed = 0 if c.seed is None else c.seed
-        targets = labels.targets()
+        labels, pooled, targets, seed = self.inputs()
         train = stratified_split(targets, generator=torch.Generator().manual_seed(seed))
         result = sparse_probes(pooled.codes, pooled.raw, targets, train, KS, seed)
         out = {f"sae_accuracy_k{k}": float(result.sparse[:, j].mean())

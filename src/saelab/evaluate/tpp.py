@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from saelab.errors import ConfigError
-from saelab.evaluate._base import Context, Family
-from saelab.evaluate._pooled import labelled_for, pooled_for
+from saelab.evaluate._base import Context
+from saelab.evaluate._pooled import ConceptFamily
 from saelab.evaluate._probe import (ProbeSet, accuracy, fit_probe, one_vs_rest, raw_weight,
                                     stratified_split)
 from saelab.evaluate._registry import register
@@ -146,7 +146,7 @@ def targeted_probe_perturbation(raw: Tensor, codes: Tensor, targets: Tensor, tra
 
 
 @register("tpp")
-class TargetedProbePerturbation(Family):
+class TargetedProbePerturbation(ConceptFamily):
     """Targeted probe perturbation (SAEBench's TPP): for each class of labelled texts, zero-ablate
     the n latents with the largest effect on that class's probe (a logistic regression on the
     raw activations, one-vs-rest) and measure the drop in accuracy of that probe against the
@@ -185,7 +185,6 @@ class TargetedProbePerturbation(Family):
     compared (the probes differ by design, above).
     """
 
-    needs = frozenset({"model", "labels"})
     figures = tuple(f"tpp_threshold_{n}_{part}" for n in THRESHOLDS
                     for part in ("total_metric", "intended_diff_only", "unintended_diff_only")) \
         + ("clean_probe_accuracy", "n_classes", "n_texts")
@@ -204,13 +203,11 @@ class TargetedProbePerturbation(Family):
             raise ConfigError(f"tpp: ablating latents of a {d.architecture} changes another "
                               f"activation than the one it reads; TPP needs a dictionary that "
                               f"reconstructs its input (an SAE)")
-        labelled_for(context, cls.name)
+        super().check(context)
 
     def run(self) -> dict[str, float]:
         c = self.context
-        labels, pooled = pooled_for(c, self.name)
-        seed = 0 if c.seed is None else c.seed
-        targets = labels.targets()
+        labels, pooled, targets, seed = self.inputs()
         train = stratified_split(targets, generator=torch.Generator().manual_seed(seed))
         result = targeted_probe_perturbation(pooled.raw, pooled.codes, targets, train,
                                              decoder_directions(c.dictionary), THRESHOLDS, seed)
