@@ -38,10 +38,34 @@ def topk_twin(sae):
 def test_gradient_moves_the_selection_to_a_smaller_but_loss_relevant_latent():
     sae = identity_gsae()
     x = torch.tensor([[2.0, 1.0, 0.0, 0.0]])
-    grad = torch.tensor([[0.0, 1.0, 0.0, 0.0]])  # only atom 1 changes the loss
-    # TopK keeps the largest code; the score 1 * (1 + 1 * 4) = 5 beats 2 * (1 + 0) = 2
+    grad = torch.tensor([[0.0, 3.0, 0.0, 0.0]])  # only atom 1 changes the loss
+    # TopK keeps the largest code; the score 1 + 1 * 1 * 3 = 4 beats 2 + 2 * 0 = 2
     assert torch.equal(sae.encode(x), torch.tensor([[2.0, 0.0, 0.0, 0.0]]))
     assert torch.equal(sae.encode(x, grad), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
+
+
+def test_selection_score_is_the_papers_formula():
+    # Olmo et al. 2024: TopK over z + beta * z o |W_dec^T grad| (no normalisation of the term)
+    torch.manual_seed(0)
+    sae = saelab.create("gsae_gradient", d_in=16, n_latents=64, k=4, beta=0.7)
+    x, grad = torch.randn(32, 16), 5 * torch.randn(32, 16)
+    z = sae.pre_activations(x).detach()
+    expected = z + 0.7 * z * (grad @ sae.W_dec.detach().T).abs()
+    torch.testing.assert_close(sae.selection_scores(z, grad), expected)
+    top = expected.topk(4, dim=-1).indices
+    assert torch.equal((sae.encode(x, grad) != 0), torch.zeros(32, 64).scatter(1, top, 1) > 0)
+
+
+def test_row_mean_option_divides_the_gradient_term_by_its_mean_over_latents():
+    torch.manual_seed(0)
+    sae = saelab.create("gsae_gradient", d_in=16, n_latents=64, k=4, beta=0.7,
+                        gradient_scale="row_mean")
+    z, grad = torch.randn(32, 64), torch.randn(32, 16)
+    a = (grad @ sae.W_dec.detach().T).abs()
+    torch.testing.assert_close(sae.selection_scores(z, grad),
+                               z * (1 + 0.7 * a / a.mean(-1, keepdim=True)))
+    # so it does not depend on the gradient's scale, where the paper's score does
+    torch.testing.assert_close(sae.selection_scores(z, 10 * grad), sae.selection_scores(z, grad))
 
 
 def test_selection_differs_from_topk_on_random_rows_with_random_gradients():

@@ -2,24 +2,28 @@
 a Difference: Leveraging Gradients for Improved Dictionary Learning", arXiv 2411.10397).
 
 What changes relative to TopK: only which k latents are kept. TopK keeps the k largest
-pre-activations z; g-SAE ranks the latents by z plus a gradient-weighted term,
+pre-activations z; g-SAE ranks the latents by the paper's score (its TopK argument
+z + beta z o |W_dec^T grad_x L(x)|),
 
-    score_i = z_i + beta * z_i * a_i,    a_i = |W_dec_i . g| / mean_j |W_dec_j . g|,
+    score_i = z_i + beta * z_i * a_i,    a_i = |W_dec_i . g|,
 
 where g = d(loss)/d(x) is the gradient of the language model's next-token loss with respect to
 the activation x being encoded, so that W_dec_i . g is how much a small step along atom i would
 change the loss. The k latents with the highest score are kept, with their ordinary codes
 ReLU(z_i) (the score only selects; it never scales a code). A latent with a small activation but
 a large effect on the loss can then win a place that plain TopK gives to a larger, inert one.
-Reconstruction loss, AuxK and the sparse backward are TopK's.
+Reconstruction loss, AuxK and the sparse backward are TopK's. There is no public code; this file
+follows the paper's formula.
 
-saelab's choices where the paper leaves room:
-- the per-row normalisation of a (its mean over the latents is 1): beta then means the same on
-  every token and layer, and the score does not depend on the gradient's scale (the loss's
-  reduction, the loop's input normalisation, the layer's gain); a row whose gradient is zero
-  (e.g. the last position of a context, which predicts nothing) is plain TopK;
-- beta defaults to 1: an atom twice as loss-relevant as the average gets a score 1.5x that of an
-  average one with the same activation; beta = 0 is TopK exactly;
+Where the paper leaves room:
+- `gradient_scale` "none" (default) is the paper's a_i as it stands; then beta carries the
+  gradient's units (the loss's reduction, the input normalisation, the layer's gain), so it has
+  to be swept per setting. "row_mean" (saelab's option) divides a by its mean over the latents
+  in each row, so that beta means the same on every token and layer (beta 1: an atom twice as
+  loss-relevant as the average gets a score 1.5x that of an average one with the same
+  activation); it changes the effective beta token by token. A row whose gradient is zero (e.g.
+  the last position of a context, which predicts nothing) is plain TopK either way;
+- beta defaults to 1; beta = 0 is TopK exactly;
 - at inference, where no gradient is at hand (`encode(x)`, `dictionary(x)`, splicing), the
   selection is TopK's; `encode(x, grad)` gives the gradient-aware selection;
 - the dictionary must reconstruct its input (d_out == d_in): g is a gradient in the input space
@@ -35,6 +39,7 @@ activations when beta > 0; `loss` without gradients selects like TopK.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -54,13 +59,18 @@ GRADS = "grads"
 @dataclass
 class GSAEGradientConfig(TopKConfig):
     beta: float = option(1.0, "Weight of the gradient term in the TopK selection score "
-                              "z * (1 + beta * |W_dec g| / mean |W_dec g|); 0 is plain TopK.")
+                              "z + beta * z * |W_dec g|; 0 is plain TopK.")
+    gradient_scale: Literal["none", "row_mean"] = option(
+        "none", "none: |W_dec g| as it stands (the paper's score); row_mean (saelab's): divided "
+                "by its mean over the latents in each row.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(isinstance(self.beta, (int, float)) and not isinstance(self.beta, bool)
               and self.beta >= 0 and self.beta != float("inf"), "beta",
               f"must be a finite number >= 0, got {self.beta!r}")
+        check(self.gradient_scale in ("none", "row_mean"), "gradient_scale",
+              f"must be 'none' or 'row_mean', got {self.gradient_scale!r}")
         check(self.d_out == self.d_in, "d_out",
               f"must equal d_in={self.d_in}: g-SAE reads the loss gradient of its input "
               f"through its decoder atoms (it is not a transcoder), got {self.d_out}")
@@ -81,17 +91,19 @@ class GSAEGradient(TopK):
 
     @torch.no_grad()
     def gradient_weights(self, grad: Tensor) -> Tensor:
-        """a [B, n_latents]: |W_dec_i . g| per latent, divided by its mean over the latents
-        (zero rows stay zero)."""
+        """a [B, n_latents]: |W_dec_i . g| per latent; with gradient_scale "row_mean", divided by
+        its mean over the latents (zero rows stay zero)."""
         a = linear(grad.to(self.W_dec.dtype), self.W_dec).abs()  # [B, n_latents]
+        if self.cfg.gradient_scale == "none":
+            return a
         return a / a.mean(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
 
     @torch.no_grad()
     def selection_scores(self, pre: Tensor, grad: Tensor | None) -> Tensor:
-        """The ranking score [B, n_latents]: z (1 + beta a), or z itself without a gradient."""
+        """The ranking score [B, n_latents]: z + beta z a, or z itself without a gradient."""
         if grad is None or self.cfg.beta == 0:
             return pre
-        return pre * (1 + self.cfg.beta * self.gradient_weights(grad))
+        return pre + self.cfg.beta * pre * self.gradient_weights(grad)
 
     def select(self, x: Tensor, grad: Tensor | None = None) -> SparseCodes:
         """Sparse codes [B, k]: ReLU(z) at the k latents of highest score (differentiable in
