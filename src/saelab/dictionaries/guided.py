@@ -5,28 +5,40 @@ supervised term conditions latent j on concept j, so that the concept ends up in
 instead of being spread over (or hidden in) unnamed ones. Detection then reads latent j directly,
 from the code that `encode` returns.
 
-What changes relative to TopK (saelab's reading of the paper, which reserves a few latent
-indices for the concepts and puts a binary cross-entropy on them):
-- the guided latents are ReLU(pre-activation) and stay outside the TopK competition (TopK with k
-  runs over the other n_latents - n_guided latents), so a guided latent is never crowded out of
-  the code when its concept is present: the L0 is k plus the number of concepts detected;
-- the loss gains `guide_coeff * BCE(sigmoid(pre_j), label_j)`: each guided latent's encoder
-  pre-activation, taken as a logit, against its concept label in [0, 1], averaged over the
-  guided latents. The paper squashes the latents with a sigmoid; taking the pre-activation as
-  the logit is the same loss on the same encoder row and keeps the latent's scale free for
-  reconstruction. A guided latent's code is then positive exactly when its concept is
-  predicted present, and its decoder row is the concept's direction (for steering);
-- class balance (`guide_balance`, on by default; saelab's choice): within each batch the rows
-  where concept j is present and the rows where it is absent weigh half each in concept j's
-  BCE, i.e. a positive weight of (absent rows / present rows) taken from the batch's own label
-  frequencies. A plain BCE on a concept present in 10% of rows puts the logit's zero where the
-  posterior is one half, so the ReLU code stays 0 on most rows that carry the concept (measured:
-  code AUC 0.51 on planted data while the logit's AUC was 0.92). Balanced, the zero sits where
-  the likelihood ratio is one and the code fires on most present rows. The paper's released
-  training code also up-weights the gradient of the present rows by a fixed factor; taking the
-  factor from the label frequency removes that hyperparameter. Set it off for a plain BCE;
-- AuxK revives dead unguided latents only.
-With n_guided = 0 it is TopK.
+What changes relative to TopK, as the authors' release builds it (reference: github.com/
+ml-research/measuring-and-guiding-monosemanticity, `train/determined_trails.py` (loss_topk_c,
+cond_loss_fn, grad_scaling), `llama3_SAE/modeling_llama3_SAE.py` (Autoencoder, TopK) and the
+`activation: topk-sigmoid` configs in `llama3_SAE/SAE_config/`); these are the defaults here:
+- `placement` "topk": the guided latents are ordinary members of the one TopK over all
+  n_latents latents; a guided latent is in the code only when its pre-activation is among the
+  row's k largest, so L0 is exactly k;
+- `postact` "sigmoid": each kept pre-activation is squashed by a sigmoid (the release's
+  topk-sigmoid activation), so a kept code lies in (0, 1) and, for a guided latent, reads as the
+  predicted probability of its concept; the decoder rows are then free (the release does not
+  renormalise them), since the magnitude has to live in the decoder;
+- the supervised term `guide_coeff * BCE(sigmoid(pre_j), label_j)` on every row for every
+  guided latent (whether or not it was kept), summed over the guided latents and averaged over
+  the rows, next to the reconstruction term (the release's normalised MSE per row, which is
+  saelab's MSE on inputs the trainer scales to unit mean squared norm). The release's
+  `cond_loss_scaling` multiplies the gradient of the present rows' BCE by a factor, but the
+  G-SAE runs use 1 (`train/train_SAE_24k_k2048.yaml`: 0 is the vanilla SAE without the term,
+  1 the G-SAE), i.e. a plain BCE: no up-weighting of positives; `guide_balance` False.
+
+saelab's variants, kept as options:
+- `placement` "outside": the guided latents stay outside the TopK (TopK with k over the other
+  n_latents - n_guided latents) and are ReLU(pre-activation), so a guided latent is never
+  crowded out when its concept is present; L0 is k plus the number of concepts detected;
+- `postact` "relu": the kept codes are ReLU(pre-activation) with unit-norm decoder rows (saelab's
+  TopK recipe); with placement "outside" this is saelab's earlier default;
+- `guide_balance` True (saelab's): within each batch the rows where concept j is present and
+  those where it is absent weigh half each in concept j's BCE (a positive weight of absent /
+  present rows from the batch's own label frequencies). With a ReLU code, a plain BCE on a
+  concept present in 10% of rows puts the logit's zero where the posterior is one half, so the
+  code stays 0 on most rows that carry the concept (measured: code AUC 0.51 on planted data
+  while the logit's AUC was 0.92); balanced, the zero sits where the likelihood ratio is one.
+- AuxK (saelab's TopK recipe; the release has none; `auxk_coeff=0` removes it) revives dead
+  unguided latents only.
+With n_guided = 0 it is TopK (with the sigmoid when postact is "sigmoid").
 
 Labels reach the loss as `StepState.extra["labels"]`, a float tensor [B, n_guided]; the trainer
 fills it from `saelab.fit(sae, Labelled(x, labels))` (saelab.train.data.Labelled). Without labels
@@ -40,6 +52,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +63,7 @@ from saelab.dictionaries._base import Loss, StepState, fvu, squared_error
 from saelab.dictionaries._registry import register
 from saelab.dictionaries.topk import TopK, TopKConfig
 from saelab.errors import DataError
-from saelab.ops import sparse_decode, to_dense, topk_encode, topk_relu
+from saelab.ops import sparse_decode, topk_encode
 from saelab.ops.auxk import add_auxk
 
 
@@ -60,18 +73,29 @@ class GuidedConfig(TopKConfig):
                               "set it to the number of label columns. 0 is plain TopK.")
     guide_coeff: float = option(1.0, "Weight of the supervised (BCE) term on the guided latents "
                                      "(0 disables it).")
-    guide_balance: bool = option(True, "Class-balanced supervised term: rows where a concept is "
-                                       "present and rows where it is absent weigh half each in "
-                                       "a batch (off: plain BCE).")
+    placement: Literal["topk", "outside"] = option(
+        "topk", "topk: the guided latents compete in the one TopK (the authors'); outside "
+                "(saelab's): they are ReLU codes outside it, TopK runs over the others.")
+    postact: Literal["sigmoid", "relu"] = option(
+        "sigmoid", "Activation of the kept codes: sigmoid (the authors' topk-sigmoid, free "
+                   "decoder rows) or relu (saelab's TopK recipe, unit-norm decoder rows).")
+    guide_balance: bool = option(False, "Class-balanced supervised term (saelab's): rows where a "
+                                        "concept is present and rows where it is absent weigh "
+                                        "half each in a batch (off: the authors' plain BCE).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         n = self.n_guided
         check(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= self.n_latents,
               "n_guided", f"must be an integer in [0, n_latents={self.n_latents}], got {n!r}")
-        check(self.k <= self.n_latents - n, "k",
-              f"must be at most n_latents - n_guided = {self.n_latents - n} (TopK runs over the "
-              f"unguided latents), got {self.k}")
+        check(self.placement in ("topk", "outside"), "placement",
+              f"must be 'topk' or 'outside', got {self.placement!r}")
+        check(self.postact in ("sigmoid", "relu"), "postact",
+              f"must be 'sigmoid' or 'relu', got {self.postact!r}")
+        if self.placement == "outside":
+            check(self.k <= self.n_latents - n, "k",
+                  f"must be at most n_latents - n_guided = {self.n_latents - n} (with placement "
+                  f"'outside' TopK runs over the unguided latents), got {self.k}")
         check(isinstance(self.guide_coeff, (int, float)) and not isinstance(self.guide_coeff, bool)
               and self.guide_coeff >= 0, "guide_coeff",
               f"must be a number >= 0, got {self.guide_coeff!r}")
@@ -82,8 +106,7 @@ class GuidedConfig(TopKConfig):
 @register("guided")
 class Guided(TopK):
     """TopK SAE plus n_guided concept latents (weights as TopK). Latents 0..n_guided-1 are the
-    guided ones, ReLU(pre-activation), outside the TopK competition; the other latents are TopK
-    with k."""
+    guided ones: members of the TopK (placement "topk") or ReLU codes outside it ("outside")."""
 
     Config = GuidedConfig
     formats = {}  # no counterpart in SAELens or sparsify (TopK's mapping is not inherited)
@@ -94,6 +117,11 @@ class Guided(TopK):
         return frozenset({"labels"} if self.cfg.n_guided > 0 and self.cfg.guide_coeff > 0
                          else ())
 
+    @property
+    def unit_norm_decoder(self) -> bool:  # type: ignore[override]
+        """Free decoder rows with the sigmoid (the release), unit norm with the ReLU."""
+        return self.cfg.postact == "relu"
+
     def guided_logits(self, x: Tensor) -> Tensor:
         """Pre-activations of the guided latents [B, n_guided]: concept logits."""
         g = self.cfg.n_guided
@@ -103,27 +131,54 @@ class Guided(TopK):
         """Predicted probability of each concept [B, n_guided] (sigmoid of the logits)."""
         return torch.sigmoid(self.guided_logits(x))
 
+    def activate(self, values: Tensor) -> Tensor:
+        """The kept codes from their pre-activations: sigmoid or ReLU (`postact`)."""
+        return torch.sigmoid(values) if self.cfg.postact == "sigmoid" else values.relu()
+
     def encode(self, x: Tensor) -> Tensor:
         g = self.cfg.n_guided
         pre = self.pre_activations(x)
-        free = to_dense(topk_relu(pre[:, g:], self.cfg.k), self.n_latents - g)
+        if self.cfg.placement == "topk":
+            top = pre.topk(self.cfg.k, dim=-1, sorted=False)
+            return pre.new_zeros(pre.shape).scatter_(1, top.indices, self.activate(top.values))
+        top = pre[:, g:].topk(self.cfg.k, dim=-1, sorted=False)
+        free = pre.new_zeros(pre.shape[0], self.n_latents - g)
+        free.scatter_(1, top.indices, self.activate(top.values))
         return torch.cat([pre[:, :g].relu(), free], dim=1)
+
+    def reconstruct(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(x_hat [B, d_out], kept codes [B, k], their latent indices [B, k], guided logits
+        [B, n_guided]) with autograd, for the loss."""
+        g, cfg = self.cfg.n_guided, self.cfg
+        if cfg.placement == "topk":
+            pre = F.linear(xc, self.W_enc, self.b_enc)  # [B, n_latents], dense autograd
+            top = pre.topk(cfg.k, dim=-1, sorted=False)
+            values = self.activate(top.values)
+            x_hat = sparse_decode(values, top.indices, self.W_dec) + self.b_dec
+            return x_hat, values, top.indices, pre[:, :g]
+        if cfg.postact == "relu":  # sparse backward over the unguided latents
+            codes = topk_encode(xc, self.W_enc[g:], self.b_enc[g:], cfg.k)
+            values, indices = codes.values, codes.indices + g
+        else:
+            top = F.linear(xc, self.W_enc[g:], self.b_enc[g:]).topk(cfg.k, dim=-1, sorted=False)
+            values, indices = self.activate(top.values), top.indices + g
+        x_hat = sparse_decode(values, indices, self.W_dec) + self.b_dec
+        logits = F.linear(xc, self.W_enc[:g], self.b_enc[:g])  # [B, g]
+        if g:
+            x_hat = x_hat + logits.relu() @ self.W_dec[:g]
+        return x_hat, values, indices, logits
 
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         g, cfg = self.cfg.n_guided, self.cfg
         target = x if target is None else target
         xc = self.centered(x)
-        codes = topk_encode(xc, self.W_enc[g:], self.b_enc[g:], cfg.k)
-        x_hat = sparse_decode(codes.values, codes.indices, self.W_dec[g:]) + self.b_dec
-        logits = F.linear(xc, self.W_enc[:g], self.b_enc[:g])  # [B, g]
-        if g:
-            x_hat = x_hat + logits.relu() @ self.W_dec[:g]
+        x_hat, values, indices, logits = self.reconstruct(xc)
         mse = squared_error(x_hat, target).mean()
         terms = {"mse": mse}
         dead = state.dead_mask
         if dead is not None and g:
             dead = dead.clone()
-            dead[:g] = False  # a guided latent fires with its concept: AuxK leaves it alone
+            dead[:g] = False  # a guided latent is trained by its concept: AuxK leaves it alone
         total = add_auxk(terms, mse, cfg, dead, xc, target, x_hat, self.W_enc, self.b_enc,
                          self.W_dec)
         labels = state.extra.get("labels")
@@ -136,26 +191,29 @@ class Guided(TopK):
             terms["guide"] = guide_loss(logits.float(), labels, cfg.guide_balance)
             total = total + cfg.guide_coeff * terms["guide"]
             metrics.update(guide_metrics(logits.detach(), labels))
-        fired = codes.values > 0
-        active = torch.bincount(codes.indices.reshape(-1) + g, weights=fired.reshape(-1).float(),
+        fired = values.detach() > 0  # [B, k]
+        active = torch.bincount(indices.reshape(-1), weights=fired.reshape(-1).float(),
                                 minlength=self.n_latents) > 0
-        guided_fired = (logits > 0).detach()
-        active[:g] |= guided_fired.any(0)
-        metrics.update(fvu=fvu(x_hat.detach(), target).item(),
-                       l0=(fired.sum(-1) + guided_fired.sum(-1)).float().mean().item())
+        l0 = fired.sum(-1)
+        if cfg.placement == "outside":
+            guided_fired = (logits > 0).detach()
+            active[:g] |= guided_fired.any(0)
+            l0 = l0 + guided_fired.sum(-1)
+        metrics.update(fvu=fvu(x_hat.detach(), target).item(), l0=l0.float().mean().item())
         return Loss(total, terms, metrics, active)
 
 
-def guide_loss(logits: Tensor, labels: Tensor, balance: bool = True) -> Tensor:
+def guide_loss(logits: Tensor, labels: Tensor, balance: bool = False) -> Tensor:
     """The supervised term: BCE of each guided logit [B, G] against its label [B, G] in [0, 1],
-    averaged over the guided latents. With `balance`, each concept's present and absent rows
-    weigh half each (sums over the batch divided by the batch's label mass of each side; a side
-    with no rows in the batch contributes 0); without, the plain mean over rows."""
+    summed over the guided latents (as the release's cond_loss). Without `balance` (the
+    authors'), the plain mean over rows; with it (saelab's), each concept's present and absent
+    rows weigh half each (sums over the batch divided by the batch's label mass of each side; a
+    side with no rows in the batch contributes 0)."""
     if not balance:
-        return F.binary_cross_entropy_with_logits(logits, labels)
+        return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0).sum()
     present = (labels * F.logsigmoid(logits)).sum(0) / labels.sum(0).clamp_min(1e-6)  # [G]
     absent = ((1 - labels) * F.logsigmoid(-logits)).sum(0) / (1 - labels).sum(0).clamp_min(1e-6)
-    return -0.5 * (present + absent).mean()
+    return -0.5 * (present + absent).sum()
 
 
 def guide_metrics(logits: Tensor, labels: Tensor) -> dict[str, float]:
