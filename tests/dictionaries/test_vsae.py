@@ -1,4 +1,5 @@
-"""vSAE: Gaussian posterior sampling on the TopK selection, with a KL term to N(0, 1)."""
+"""vSAE: the paper's fixed-variance form (KL on every latent's mean, warm-up, deterministic
+forward, free decoder) and saelab's sampled form (learned variance, KL on the selected latents)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,76 @@ from saelab.errors import ConfigError
 
 def make(**fields):
     torch.manual_seed(0)
-    return saelab.create("vsae", d_in=16, n_latents=64, k=4, init_log_var=-2.0, **fields)
+    return saelab.create("vsae", d_in=16, n_latents=64, k=4, init_log_var=-2.0,
+                         posterior="sampled", **fields)
+
+
+def make_fixed(**fields):
+    torch.manual_seed(0)
+    return saelab.create("vsae", d_in=16, n_latents=64, k=4, **fields)
 
 
 def x_batch(n=64):
     return torch.randn(n, 16, generator=torch.Generator().manual_seed(1))
+
+
+def test_default_is_the_papers_form():
+    cfg = saelab.create("vsae", d_in=8, n_latents=16, k=2).cfg
+    assert (cfg.posterior, cfg.kl_warmup, cfg.kl_coeff, cfg.unit_norm_decoder) == (
+        "fixed", 0.1, 1.0, False)
+
+
+def test_fixed_kl_acts_on_every_latent_not_only_the_selected():
+    sae = make_fixed(kl_warmup=0.0)
+    x = x_batch(8)
+    pre = sae.pre_activations(x)
+    loss = sae.loss(x, StepState(step=0, total_steps=10))
+    # 0.5 * sum of the ReLU'd means over all 64 latents, batch mean
+    assert torch.allclose(loss.terms["kl"], 0.5 * pre.relu().pow(2).sum(-1).mean())
+    loss.terms["kl"].backward()
+    selected = torch.zeros(64, dtype=torch.bool)
+    selected[pre.topk(4, dim=-1).indices.reshape(-1)] = True
+    unselected_positive = ~selected & (pre > 0).any(0)
+    assert unselected_positive.sum() > 10
+    # the KL's gradient reaches latents TopK never selected in this batch
+    grad_rows = sae.W_enc.grad.abs().sum(-1)
+    assert (grad_rows[unselected_positive] > 0).all()
+
+
+def test_fixed_variance_forward_is_deterministic_and_equals_the_topk_decode():
+    sae = make_fixed(kl_warmup=0.0)
+    x = x_batch()
+    a = sae.loss(x, StepState(step=0, total_steps=10))
+    b = sae.loss(x, StepState(step=7, total_steps=10))
+    assert torch.equal(a.total, b.total)  # no noise: every step sees the same forward
+    expected = (sae.decode(sae.encode(x)) - x).pow(2).sum(-1).mean()
+    assert torch.allclose(a.terms["mse"], expected, rtol=1e-5)
+    assert not hasattr(sae, "log_var")  # no variance parameter in the fixed form
+    assert torch.equal(sae.sample(x), sae.encode(x))
+
+
+def test_kl_weight_warms_up_linearly_over_the_first_tenth_of_the_run():
+    sae = make_fixed(kl_coeff=2.0)
+    x = x_batch()
+    weights = []
+    for step in (0, 50, 100, 500):
+        loss = sae.loss(x, StepState(step=step, total_steps=1000))
+        weights.append(loss.metrics["kl_weight"])
+        assert torch.allclose(loss.total, loss.terms["mse"] + weights[-1] * loss.terms["kl"])
+    assert weights == [0.0, 1.0, 2.0, 2.0]
+
+
+def test_fixed_form_keeps_decoder_rows_free_in_training():
+    from saelab.train.step import train_step
+
+    sae = make_fixed()
+    assert not sae.unit_norm_decoder
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for step in range(3):
+        train_step(sae, opt, x_batch(), StepState(step=step, total_steps=3))
+    norms = sae.W_dec.detach().norm(dim=-1)
+    assert (norms - 1).abs().max() > 1e-3
+    assert make_fixed(unit_norm_decoder=True).unit_norm_decoder
 
 
 def test_kl_matches_the_closed_form_and_is_finite():
@@ -66,7 +132,8 @@ def test_samples_vary_under_a_seed_and_repeat_for_the_same_seed():
 
 
 def test_noise_seed_follows_the_creation_seed():
-    a, b, c = (saelab.create("vsae", d_in=8, n_latents=16, k=2, seed=s) for s in (3, 3, 4))
+    a, b, c = (saelab.create("vsae", d_in=8, n_latents=16, k=2, seed=s, posterior="sampled")
+               for s in (3, 3, 4))
     assert int(a.noise_seed) == int(b.noise_seed) != int(c.noise_seed)
 
 
@@ -74,7 +141,8 @@ def test_noise_seed_follows_the_torch_seed_when_creation_is_unseeded():
     seeds = []
     for s in (3, 3, 4):
         torch.manual_seed(s)
-        seeds.append(int(saelab.create("vsae", d_in=8, n_latents=16, k=2, seed=None).noise_seed))
+        seeds.append(int(saelab.create("vsae", d_in=8, n_latents=16, k=2, seed=None,
+                                       posterior="sampled").noise_seed))
     assert seeds[0] == seeds[1] != seeds[2]
 
 
@@ -99,6 +167,7 @@ def test_fixed_variance_gets_no_gradient():
 
 def test_bad_fields_are_config_errors_naming_them():
     for field, value in [("kl_coeff", -1.0), ("k", 0), ("init_log_var", 50.0),
-                         ("learn_variance", "yes")]:
+                         ("learn_variance", "yes"), ("posterior", "learned"),
+                         ("kl_warmup", 1.5), ("unit_norm_decoder", 1)]:
         with pytest.raises(ConfigError, match=field):
             saelab.create("vsae", d_in=8, n_latents=16, **{"k": 2, field: value})
