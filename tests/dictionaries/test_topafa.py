@@ -145,7 +145,32 @@ def test_trained_topafa_still_follows_the_afa_with_a_variable_l0(planted):
     assert closest_prefix_holds(sae, x[4096:])
 
 
-@pytest.mark.parametrize("field,value", [("k_max", 0), ("k_max", 65), ("afa_coeff", -1.0)])
+def test_afa_loss_is_the_authors_formula_by_hand():
+    # Lee et al.'s training/sae.py: l2 = mean over rows and features of the squared error,
+    # afa = afa_coeff * mean over rows of (||f|| - ||x||)^2, with x the input (not x - b_dec);
+    # saelab's MSE sums over features, so the same objective is d_out x (l2 + afa)
+    sae = orthonormal_sae(d=4)
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.tensor([0.5, -0.5, 0.0, 1.0]))
+    sae.cfg.auxk_coeff = 0.0
+    x = torch.tensor([[2.0, 0.0, 1.0, 3.0], [0.0, 1.0, -1.0, 0.5]])
+    out = sae.train().loss(x, saelab.dictionaries.StepState())
+    codes = sae.encode(x).detach()  # the top-AFA selection, ReLU'd pre-activations
+    x_hat = codes @ sae.W_dec.detach() + sae.b_dec.detach()
+    l2 = (x_hat - x).pow(2).mean()
+    afa = (codes.norm(dim=-1) - x.norm(dim=-1)).pow(2).mean()
+    coeff = sae.cfg.afa_coeff
+    torch.testing.assert_close(out.terms["afa"], afa)
+    torch.testing.assert_close(out.total, 4 * (l2 + coeff * afa))
+    # saelab's options: target ||x - b_dec||, and afa_coeff against the summed MSE
+    sae.cfg.afa_target, sae.cfg.afa_weight = "centered", "summed_mse"
+    out = sae.loss(x, saelab.dictionaries.StepState())
+    centered = (codes.norm(dim=-1) - (x - sae.b_dec.detach()).norm(dim=-1)).pow(2).mean()
+    torch.testing.assert_close(out.total, 4 * l2 + coeff * centered)
+
+
+@pytest.mark.parametrize("field,value", [("k_max", 0), ("k_max", 65), ("afa_coeff", -1.0),
+                                         ("afa_target", "x"), ("afa_weight", "mean")])
 def test_topafa_bad_fields_are_named(field, value):
     with pytest.raises(ConfigError, match=field):
         saelab.create("topafa", d_in=16, n_latents=64, **{field: value})
