@@ -9,6 +9,7 @@ import torch
 import saelab
 from saelab.dictionaries import StepState
 from saelab.errors import ConfigError
+from saelab.ops.auxk import auxk_loss
 
 
 def make(k=4):
@@ -56,3 +57,27 @@ def test_mutual_choice_inference_does_not_depend_on_the_batch(planted):
 def test_mutual_choice_bad_fields_are_named(field, value):
     with pytest.raises(ConfigError, match=field):
         saelab.create("mutual_choice", d_in=16, n_latents=64, **{field: value})
+
+
+def test_mutual_choice_with_auxk_revives_dead_latents_as_topk_does():
+    # aux="auxk": the same AuxK term (coefficient 1/32, d_in // 2 latents) a TopK SAE adds
+    torch.manual_seed(0)
+    mc = saelab.create("mutual_choice", d_in=16, n_latents=64, k=4, aux="auxk")
+    topk = saelab.create("topk", d_in=16, n_latents=64, k=4)
+    assert (mc.cfg.aux_coeff, mc.cfg.aux_k) == (topk.cfg.auxk_coeff, topk.cfg.auxk_k)
+    topk.load_state_dict(mc.state_dict(), strict=False)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[40:] = True
+    x = torch.randn(32, 16)
+    out_mc = mc.loss(x, StepState(dead_mask=dead))
+    out_topk = topk.loss(x, StepState(dead_mask=dead))
+    assert out_mc.terms["aux"] > 0
+    torch.testing.assert_close(out_mc.total - out_mc.terms["mse"],
+                               topk.cfg.auxk_coeff * out_mc.terms["aux"])
+    # the AuxK of TopK on the residual Mutual Choice leaves is the same function
+    with torch.no_grad():
+        residual = x - mc(x).x_hat
+        expected = auxk_loss(mc.centered(x), residual, mc.W_enc, mc.b_enc, mc.W_dec, dead,
+                             topk.cfg.auxk_k)
+    torch.testing.assert_close(out_mc.terms["aux"].detach(), expected)
+    assert "auxk" in out_topk.terms

@@ -1,5 +1,6 @@
 """Mutual Choice SAE (Ayonrinde 2024, "Adaptive Sparse Allocation with Mutual Choice & Feature
-Choice Sparse Autoencoders").
+Choice Sparse Autoencoders", arXiv 2411.02124). There is no public code: this file follows the
+paper's text.
 
 The paper frames sparsity as allocating a budget of (input, latent) matches over a batch. A TopK
 SAE gives each input exactly k; Mutual Choice spends the same total, k x B for a batch of B, on
@@ -17,8 +18,10 @@ Where this file had to choose:
   of each batch's smallest kept activation, warm start then decay `threshold_decay`); in eval
   mode a latent fires when its pre-activation exceeds theta, so a row's codes do not depend on
   the rest of its batch. Before any training batch, eval mode still uses the batch selection.
-- The auxiliary loss is a field: "zipf" (default; aux_zipf_loss with a running usage estimate
-  kept as buffers), "auxk" (AuxK on the trainer's dead mask) or "none".
+- The auxiliary loss is a field: "zipf" (default, the paper's aux_zipf_loss in saelab's reading,
+  saelab.ops.zipf, with a running usage estimate kept as buffers), "auxk" (TopK's AuxK on the
+  trainer's dead mask, with TopK's coefficient 1/32 and d_in // 2 latents: the revival to give
+  it when comparing with a TopK SAE that has AuxK) or "none".
 - Encoder on x - b_dec, tied initialisation, unit-norm decoder rows, sparse training (only the
   selected entries get a gradient), as for TopK.
 """
