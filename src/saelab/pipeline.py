@@ -286,7 +286,8 @@ def dashboard_step(cfg: DashboardConfig) -> Path:
                                 unembed=lm.unembed if lm else None, hookpoint=cfg.hookpoint,
                                 allow_hookpoint_mismatch=cfg.allow_hookpoint_mismatch,
                                 allow_incomplete_store=cfg.allow_incomplete_store,
-                                n_features=cfg.n_features, n_top=cfg.n_top)
+                                n_features=cfg.n_features, n_top=cfg.n_top,
+                                dictionary_path=cfg.sae)
 
 
 # --- the demo -------------------------------------------------------------------------------------
@@ -389,7 +390,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     dashboard_from_store(sae, train_store, out / "dashboard", tokenizer=lm.tokenizer,
                          unembed=lm.unembed, n_features=cfg.dashboard.n_features,
                          n_top=cfg.dashboard.n_top, progress=cfg.progress,
-                         extra={k: figures[k] for k in DASHBOARD_FIGURES if k in figures})
+                         dictionary_path=out / "sae", extra={k: figures[k] for k in DASHBOARD_FIGURES if k in figures})
     seconds = {"load_and_capture": round(t_capture - t0, 1), "train": round(t_train - t_capture, 1),
                "evaluate": round(t_eval - t_train, 1), "dashboard": round(time.time() - t_eval, 1),
                "total": round(time.time() - t0, 1)}

@@ -25,7 +25,8 @@ from torch import Tensor
 
 from saelab._paths import atomic_path
 from saelab.errors import ConfigError, DataError, OutputExistsError
-from saelab.interpret.html import TokenText, esc, page, pill, svg_bars
+from saelab.interpret.feature_data import Batches, activation_svg, density_svg, write_feature_data
+from saelab.interpret.html import TokenText, esc, page, pill
 from saelab.interpret.top_examples import TopExamples
 
 log = logging.getLogger(__name__)
@@ -126,30 +127,14 @@ def logit_effects(W_dec: Tensor, unembed: Tensor, features: list[int], k: int = 
 
 
 def activation_histogram(top: TopExamples, feature: int) -> str:
-    """SVG histogram of a feature's positive activations, cropped to its occupied bins."""
-    counts = top.hist_counts[feature]
-    nz = counts.nonzero().flatten()
-    if nz.numel() == 0:
-        return '<p class="muted">never fired</p>'
-    hi = int(nz[-1]) + 1
-    lo = max(0, min(int(nz[0]), hi - 8))  # show at least 8 bins
-    edges = top.hist_edges[lo:hi + 1].tolist()
-    return svg_bars(counts[lo:hi].tolist(), edges, lambda v: f"{v:.3g}", "activation")
+    """SVG histogram (matplotlib's) of a feature's positive activations, cropped to its
+    occupied bins."""
+    return activation_svg(top, feature) or '<p class="muted">never fired</p>'
 
 
-def density_histogram(top: TopExamples, bins_per_decade: int = 4) -> str:
-    """SVG histogram of log10 firing frequency over the live latents."""
-    live = top.fire_counts[top.fire_counts > 0].double()
-    if live.numel() == 0 or top.n_rows == 0:
-        return '<p class="muted">no live latents</p>'
-    logf = (live / top.n_rows).log10()
-    low = float(torch.floor(logf.min()))
-    n = max(1, round(-low * bins_per_decade))
-    edges = torch.linspace(low, 0.0, n + 1, dtype=torch.float64)
-    idx = torch.bucketize(logf, edges[1:-1], right=True)
-    counts = torch.bincount(idx, minlength=n).tolist()
-    return svg_bars(counts, edges.tolist(), lambda v: f"1e{v:.2g}", "firing frequency",
-                    color="#6e7781")
+def density_histogram(top: TopExamples) -> str:
+    """SVG histogram (matplotlib's) of log10 firing frequency over the live latents."""
+    return density_svg(top) or '<p class="muted">no live latents</p>'
 
 
 # --- HTML -------------------------------------------------------------------------------------
@@ -210,6 +195,14 @@ def feature_page(f: int, prev_next: tuple[int | None, int | None], top: TopExamp
 
 def summary_html(dictionary, top: TopExamples, n_shown: int, extra: dict | None) -> str:
     """Header table: dictionary, rows, dead and dense counts, and the `extra` entries."""
+    items = summary_items(dictionary, top, n_shown, extra)
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items)
+    return f"<table>{rows}</table>"
+
+
+def summary_items(dictionary, top: TopExamples, n_shown: int, extra: dict | None
+                  ) -> list[tuple[str, Any]]:
+    """(name, value) rows of the summary: dictionary, rows, dead and dense counts, `extra`."""
     n = top.fire_counts.numel()
     freq = top.fire_counts.double() / max(top.n_rows, 1)
     dead, dense = int((top.fire_counts == 0).sum()), int((freq > DENSE_FREQ).sum())
@@ -224,8 +217,7 @@ def summary_html(dictionary, top: TopExamples, n_shown: int, extra: dict | None)
         if getattr(dictionary, "provenance", {}).get(key):
             items.append((key, dictionary.provenance[key]))
     items += list((extra or {}).items())
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items)
-    return f"<table>{rows}</table>"
+    return items
 
 
 def index_page(title: str, summary: str, density: str, features: list[int], top: TopExamples,
@@ -276,7 +268,8 @@ def write_dashboard(out_dir: str | os.PathLike, dictionary, top: TopExamples, to
                     row_ctx: Tensor, row_pos: Tensor, tokenizer: Any,
                     unembed: Tensor | None = None, features: list[int] | None = None,
                     n_features: int = 200, window: tuple[int, int] = (12, 4),
-                    title: str = "saelab dashboard", extra: dict | None = None) -> Path:
+                    title: str = "saelab dashboard", extra: dict | None = None,
+                    batches: Batches | None = None, sources: dict | None = None) -> Path:
     """Write a static HTML dashboard of `features` (default: `select_features(top,
     n_features)`) to `out_dir`, replacing a previous dashboard there atomically.
 
@@ -285,6 +278,12 @@ def write_dashboard(out_dir: str | os.PathLike, dictionary, top: TopExamples, to
     `unembed` [vocab, d_out] adds each feature's top and bottom 10 logit effects. `tokenizer`
     needs `decode(list[int])` (None shows token ids). `extra` (e.g. headline metrics) is shown
     in the summary table. Returns `out_dir`.
+
+    The data behind `saelab view` goes to `data/` (saelab.interpret.feature_data); `batches`, a
+    callable giving a fresh pass of (acts, row_ids) over the rows `top` was collected on, adds
+    the examples of each activation interval, the activation on every token shown and the
+    co-occurring features. `sources` (dictionary folder, model, hookpoint) lets the viewer run
+    the model on a prompt.
     """
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
@@ -304,7 +303,12 @@ def write_dashboard(out_dir: str | os.PathLike, dictionary, top: TopExamples, to
                                                    chosen, top, previews, promoted),
                                         encoding="utf-8")
         meta = {"title": title, "n_rows": top.n_rows, "n_latents": dictionary.n_latents,
-                "features": chosen, "extra": extra or {}}
+                "features": chosen, "extra": extra or {}, "sources": sources or {},
+                "causal_lm": unembed is not None}
+        write_feature_data(tmp, dictionary, top, chosen, tokens, row_ctx, row_pos, text,
+                           effects, window, {k: v for k, v in meta.items() if k != "features"}
+                           | {"summary": summary_items(dictionary, top, len(chosen), extra)},
+                           batches)
         (tmp / MARKER).write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
     log.info("wrote a dashboard of %d features to %s", len(chosen), out_dir)
     return out_dir

@@ -21,14 +21,17 @@ def dashboard_from_store(dictionary, store: ActivationStore | str | os.PathLike,
                          allow_hookpoint_mismatch: bool = False,
                          allow_incomplete_store: bool = False, n_features: int = 200,
                          n_top: int = 20, extra: dict | None = None, title: str | None = None,
-                         progress: bool = True) -> Path:
+                         progress: bool = True, dictionary_path: str | os.PathLike | None = None
+                         ) -> Path:
     """Top examples of `dictionary` over `store` and its dashboard in the folder `out`.
 
     The store hookpoint read is `check_hookpoint(dictionary, store.hookpoints, hookpoint,
     allow_hookpoint_mismatch)`: the one the dictionary was trained on, and a store that lacks it
     is refused unless the mismatch is allowed, and so is a store whose capture has not finished
     unless `allow_incomplete_store`. `tokenizer` (default: the store model's) renders
-    the tokens; `unembed` [vocab, d_out] adds each feature's logit effect. Returns `out`.
+    the tokens; `unembed` [vocab, d_out] adds each feature's logit effect. Two more passes over
+    the store write the feature browser's data (saelab.interpret.feature_data); with
+    `dictionary_path`, `saelab view` can also run the store's model on a prompt. Returns `out`.
     """
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
     store.require_complete(allow_incomplete_store, "a dashboard")
@@ -42,4 +45,8 @@ def dashboard_from_store(dictionary, store: ActivationStore | str | os.PathLike,
     title = title or f"saelab: {dictionary.architecture} on {store.model} {key}"
     return write_dashboard(Path(out), dictionary, top, store.contexts()["tokens"], rows["ctx"],
                            rows["pos"], tokenizer, unembed=unembed, n_features=n_features,
-                           title=title, extra=extra)
+                           title=title, extra=extra, batches=lambda: store.iter_rows(key),
+                           sources={"model": store.model, "hookpoint": key,
+                                    "store": str(store.path.resolve()),
+                                    "dictionary": (str(Path(dictionary_path).resolve())
+                                                   if dictionary_path else None)})

@@ -1,4 +1,4 @@
-"""HTML pieces of the dashboards: visible token text, escaping, inline SVG bars, the page shell.
+"""HTML pieces of the dashboards: visible token text, escaping, the page shell.
 
 Every piece of text that comes from data goes through `esc` (quotes included) before it is put
 into a page; `visible` makes whitespace and control characters visible first.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Callable, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -91,38 +90,6 @@ def esc(value: Any) -> str:
     if isinstance(value, float):
         value = f"{value:.4g}"
     return html.escape(str(value), quote=True)
-
-
-# --- SVG --------------------------------------------------------------------------------------
-def svg_bars(counts: Sequence[int], edges: Sequence[float], label: Callable[[float], str],
-             x_title: str = "", width: int = 440, height: int = 150,
-             color: str = "#e3823b") -> str:
-    """A bar chart of `counts` over bins `edges` (len(counts) + 1) as inline SVG."""
-    n, top = len(counts), max(max(counts, default=0), 1)
-    pad_l, pad_b, pad_t = 8, 20, 14
-    bw = (width - 2 * pad_l) / max(n, 1)
-    plot_h = height - pad_b - pad_t
-    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            'role="img" font-size="11" font-family="system-ui,sans-serif">')
-    parts = [head]
-    for i, c in enumerate(counts):
-        h = plot_h * c / top
-        tip = esc(f"{label(edges[i])} – {label(edges[i + 1])}: {c}")
-        parts.append(f'<rect x="{pad_l + i * bw:.1f}" y="{pad_t + plot_h - h:.1f}" '
-                     f'width="{max(bw - 1, 0.5):.1f}" height="{h:.1f}" fill="{color}">'
-                     f'<title>{tip}</title></rect>')
-    base = pad_t + plot_h
-    parts.append(f'<line x1="{pad_l}" y1="{base}" x2="{width - pad_l}" y2="{base}" '
-                 'stroke="#8c959f"/>')
-    ticks = sorted({0, n // 2, n}) if n else [0]
-    for t in ticks:
-        anchor = "start" if t == 0 else "end" if t == n else "middle"
-        parts.append(f'<text x="{pad_l + t * bw:.1f}" y="{height - 5}" text-anchor="{anchor}" '
-                     f'fill="#57606a">{esc(label(edges[t]))}</text>')
-    parts.append(f'<text x="{pad_l}" y="10" fill="#57606a">max {top}</text>'
-                 f'<text x="{width - pad_l}" y="10" text-anchor="end" fill="#57606a">'
-                 f"{esc(x_title)}</text></svg>")
-    return "".join(parts)
 
 
 def page(title: str, body: str) -> str:

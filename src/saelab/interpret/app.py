@@ -1,0 +1,267 @@
+"""The feature browser: a Starlette web app over a dashboard folder's precomputed data.
+
+Pages (Jinja2 templates in `templates/`, autoescaped: every piece of data text is escaped):
+
+- `/`: the features, searchable (`q`: index, top tokens, promoted tokens, explanation) and
+  sortable (`sort`: feature, density, max_act, score; `desc`);
+- `/feature/N`: contexts grouped by activation interval, every token shaded by the feature's
+  activation (hover shows it), the activation histogram, density, logit lens, nearest features by
+  decoder cosine, co-occurring features, the explanation and its scores;
+- `/prompt?text=...[&feature=N]`: the model runs on the server; the features that fire on each
+  token, linked to their pages, and with `feature` every token shaded by that feature;
+- any other path: a file of the folder (the static export), only when its real path (symbolic
+  links resolved) lies inside the folder; never a listing.
+
+Why Starlette: the smallest well-kept ASGI toolkit with routing, Jinja2 templates and a test
+client, run by uvicorn; FastAPI (built on it) would add pydantic for no gain here. Responses
+carry a Content-Security-Policy without any script source: the pages need no JavaScript.
+
+Explanations come from an `explanations.jsonl` (`saelab explain`) in the dashboard folder or the
+run folder above it: one JSON object per line with `feature`, `explanation` and `scores`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from saelab.errors import MissingDependencyError, SaelabError
+from saelab.interpret.html import TokenText
+
+log = logging.getLogger(__name__)
+
+DATA = Path("data")
+"""Sub-folder of a dashboard with the browser's data (saelab.interpret.feature_data)."""
+TEMPLATES = Path(__file__).with_name("templates")
+MAX_PROMPT_TOKENS = 256
+"""Tokens of a prompt the model runs on (the rest is cut off, and the page says so)."""
+FEATURES_PER_TOKEN = 6
+"""Features listed under each prompt token (the most active ones)."""
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+"""Content-Security-Policy of every page: no script runs, whatever a page holds."""
+SORTS = ("feature", "density", "max_act", "score")
+
+
+def require_server() -> None:
+    """A MissingDependencyError naming the extra when starlette or uvicorn is missing."""
+    import importlib.util
+
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependencyError(f"the feature browser needs {' and '.join(missing)}: "
+                                     "pip install 'saelab[viewer]'")
+
+
+def read_explanations(folder: Path) -> dict[int, dict]:
+    """{feature: record} from explanations.jsonl in `folder` or its parent (later lines win;
+    lines that are not JSON objects with an int `feature` are skipped)."""
+    out: dict[int, dict] = {}
+    for path in (folder.parent / "explanations.jsonl", folder / "explanations.jsonl"):
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("feature"), int):
+                out[rec["feature"]] = rec
+    return out
+
+
+def mean_score(rec: dict | None) -> float | None:
+    """The mean of an explanation's numeric scores (None without any)."""
+    scores = [v for v in ((rec or {}).get("scores") or {}).values()
+              if isinstance(v, (int, float))]
+    return sum(scores) / len(scores) if scores else None
+
+
+class Dashboard:
+    """A dashboard folder's browser data, read once."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder).resolve()
+        index = self.folder / DATA / "features.json"
+        if not index.is_file():
+            raise SaelabError(f"{folder} holds no browser data ({DATA / 'features.json'}); "
+                              "rebuild it with `saelab dashboard`")
+        self.meta = json.loads(index.read_text(encoding="utf-8"))
+        self.features = {r["feature"]: r for r in self.meta["features"]}
+        self.explanations = read_explanations(self.folder)
+        for f, r in self.features.items():
+            r["explanation"] = (self.explanations.get(f) or {}).get("explanation")
+            r["score"] = mean_score(self.explanations.get(f))
+        self.prompter = Prompter(self.meta.get("sources") or {})
+
+    def listing(self, q: str, sort: str, desc: bool) -> list[dict]:
+        """The feature records matching `q` (case-insensitive), sorted."""
+        q = q.strip().lower()
+        rows = [r for r in self.features.values() if not q or q == str(r["feature"])
+                or any(q in str(t).lower() for t in r["top_tokens"] + r["promoted"])
+                or q in (r["explanation"] or "").lower()]
+        key = sort if sort in SORTS else "density"
+        missing = float("-inf") if desc else float("inf")
+        return sorted(rows, key=lambda r: (missing if r.get(key) is None else r[key]),
+                      reverse=desc)
+
+    def feature(self, f: int) -> dict | None:
+        """The page record of feature `f` (None if the dashboard does not show it)."""
+        if f not in self.features:
+            return None
+        path = self.folder / DATA / "features" / f"{f:05d}.json"
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        svg = path.with_suffix(".svg")
+        rec["histogram"] = svg.read_text(encoding="utf-8") if svg.is_file() else ""
+        rec["explained"] = self.explanations.get(f)
+        return rec
+
+    def density_svg(self) -> str:
+        path = self.folder / DATA / "density.svg"
+        return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+class Prompter:
+    """The dictionary and its model, loaded on the first prompt, run under a lock."""
+
+    def __init__(self, sources: dict):
+        self.sources = sources
+        self.loaded: tuple | None = None
+        self.lock = threading.Lock()
+
+    def why_not(self) -> str | None:
+        """Why prompts cannot run here (None when they can)."""
+        if not self.sources.get("dictionary") or not self.sources.get("model"):
+            return ("this dashboard does not name its dictionary and model; rebuild it with "
+                    "`saelab dashboard SAE STORE` to run prompts")
+        if not Path(self.sources["dictionary"]).exists():
+            return f"the dictionary {self.sources['dictionary']} is gone"
+        return None
+
+    def _load(self) -> tuple:
+        import saelab
+        from saelab.capture import resolve
+        from saelab.models import load
+
+        lm = load(self.sources["model"])
+        sae = saelab.load(self.sources["dictionary"])
+        (hp,) = resolve(lm.model, [self.sources["hookpoint"]])
+        return lm, sae, hp, TokenText(lm.tokenizer)
+
+    def run(self, text: str) -> tuple[list[str], Any, bool]:
+        """(token texts, codes [T, n_latents], whether the prompt was cut) of `text`."""
+        import torch
+
+        from saelab.capture import capture
+
+        with self.lock:
+            if self.loaded is None:
+                self.loaded = self._load()
+            lm, sae, hp, tok_text = self.loaded
+            ids = lm.tokenizer(text, return_tensors="pt")["input_ids"]
+            cut = ids.shape[1] > MAX_PROMPT_TOKENS
+            ids = ids[:, :MAX_PROMPT_TOKENS]
+            with torch.no_grad():
+                acts = capture(lm.model, [hp], ids)[hp.key][0]  # [T, d]
+                param = next(iter(sae.parameters()))
+                codes = sae.encode(acts.to(param.device, param.dtype)).float().cpu()
+        return [tok_text(int(t)) for t in ids[0]], codes, cut
+
+
+def prompt_rows(tokens: list[str], codes, shown: set[int], feature: int | None) -> list[dict]:
+    """One row per prompt token: its text, the most active features, and the chosen feature's
+    activation on it."""
+    rows = []
+    peak = float(codes[:, feature].max()) if feature is not None else 0.0
+    for t, (text, row) in enumerate(zip(tokens, codes)):
+        vals, idx = row.topk(min(FEATURES_PER_TOKEN, row.numel()))
+        fires = [(int(i), float(v), int(i) in shown) for v, i in zip(vals, idx) if v > 0]
+        act = float(row[feature]) if feature is not None else None
+        rows.append({"index": t, "text": text, "features": fires, "act": act, "peak": peak})
+    return rows
+
+
+def shade(act: float | None, peak: float) -> str:
+    """Background colour of a token whose activation is `act` (of the shown maximum `peak`)."""
+    if act is None:
+        return "transparent"
+    alpha = 0.0 if peak <= 0 or act <= 0 else min(1.0, 0.08 + 0.92 * act / peak)
+    return f"rgba(255,140,40,{alpha:.2f})"
+
+
+def create_app(folder: str | Path):
+    """The Starlette app of dashboard `folder` (its `data/` written by `saelab dashboard`)."""
+    require_server()
+    from starlette.applications import Starlette
+    from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse
+    from starlette.routing import Route
+    from starlette.templating import Jinja2Templates
+
+    board = Dashboard(folder)
+    templates = Jinja2Templates(directory=str(TEMPLATES))  # autoescape on for .html
+    templates.env.filters["shade"] = shade
+    templates.env.globals.update(meta=board.meta, zip=zip)
+
+    def render(request, name: str, status: int = 200, **context):
+        response = templates.TemplateResponse(request, name, context, status_code=status)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    def index(request):
+        q = request.query_params.get("q", "")
+        sort = request.query_params.get("sort", "density")
+        desc = request.query_params.get("desc", "1") != "0"
+        rows = board.listing(q, sort, desc)
+        return render(request, "list.html", rows=rows, q=q, sort=sort, desc=desc,
+                      density=board.density_svg(), total=len(board.features))
+
+    def feature(request):
+        f = request.path_params["n"]
+        rec = board.feature(f)
+        if rec is None:
+            return render(request, "missing.html", 404, feature=f)
+        order = list(board.features)
+        i = order.index(f)
+        nav = (order[i - 1] if i > 0 else None, order[i + 1] if i + 1 < len(order) else None)
+        return render(request, "feature.html", rec=rec, nav=nav, shown=board.features)
+
+    def prompt(request):
+        text = request.query_params.get("text", "")
+        chosen = request.query_params.get("feature")
+        chosen = int(chosen) if chosen and chosen.isdigit() else None
+        prompter = board.prompter
+        error, rows, cut = prompter.why_not(), [], False
+        if text and error is None:
+            try:
+                tokens, codes, cut = prompter.run(text)
+                if chosen is not None and not 0 <= chosen < codes.shape[1]:
+                    chosen = None
+                rows = prompt_rows(tokens, codes, set(board.features), chosen)
+            except SaelabError as e:
+                error = str(e)
+        return render(request, "prompt.html", text=text, rows=rows, error=error, cut=cut,
+                      chosen=chosen)
+
+    def static(request):
+        path = safe_file(board.folder, request.path_params["path"])
+        if path is None:
+            return PlainTextResponse("not found", status_code=404)
+        return FileResponse(path, headers={"Content-Security-Policy": CSP})
+
+    routes = [Route("/", index), Route("/feature/{n:int}", feature), Route("/prompt", prompt),
+              Route("/browse", lambda r: RedirectResponse("/")),
+              Route("/{path:path}", static)]
+    return Starlette(routes=routes)
+
+
+def safe_file(root: Path, relative: str) -> Path | None:
+    """The file `relative` of folder `root` when its real path (links resolved) lies inside
+    `root` and is a regular file; None otherwise (never a folder)."""
+    real = (root / relative).resolve()
+    if not real.is_relative_to(root) or not real.is_file():
+        return None
+    return real
