@@ -232,6 +232,23 @@ def cmd_push(cfg: PushConfig) -> int:
     return 0
 
 
+def cmd_explain(cfg) -> int:
+    import saelab
+    from saelab.interpret.explain import format_summary, run_explain
+
+    records = run_explain(saelab.load(cfg.sae), cfg)
+    out = Path(cfg.out) if cfg.out else Path(cfg.sae).parent / "explain"
+    print(format_summary(records))
+    print(f"explanations: {out / 'explanations.jsonl'}")
+    return 0
+
+
+def _explain_config() -> type:
+    from saelab.interpret.explain import ExplainConfig
+
+    return ExplainConfig
+
+
 def _pipeline(name: str) -> Callable[[], type]:
     def config() -> type:
         import saelab.pipeline
@@ -265,6 +282,8 @@ _COMMANDS: dict[str, tuple[Callable[[], type], str, Callable]] = {
                                    "and row counts of its manifest.", cmd_check),
     "push": (lambda: PushConfig, "Upload a run's dictionary to the Hugging Face Hub with a repo "
                                  "card (needs huggingface_hub and a token).", cmd_push),
+    "explain": (_explain_config, "Explain a dictionary's features with a language model and "
+                                 "score the explanations.", cmd_explain),
 }
 
 
