@@ -21,14 +21,22 @@ Per dictionary, on held-out tokens:
 The differences seen here (2,000 held-out tokens, one seed per run) are of the order of the
 spread between seeds: run several seeds before reading a winner into one table.
 
-    python bench/claims_gsae.py [--quick] [--beta 1.0] [--seed 0]
+The selection score is the paper's z + beta z |W_dec g| by default, in which beta carries the
+gradient's units: `--betas` sweeps it, and each g-SAE row reports the median of a = |W_dec g|
+over held-out tokens and latents (so beta x a_median is the typical relative boost);
+`--row-mean` adds saelab's normalised form (a divided by its per-row mean) at beta 1.
+
+    python bench/claims_gsae.py [--quick] [--betas 1 10 100] [--row-mean] [--seed 0]
+        [--json bench/results/claims_gsae_sweep.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -93,9 +101,13 @@ def spliced_with_gradients(model, tokens: torch.Tensor, hp: str, sae, exclusion:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer tokens (a smoke run)")
-    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--betas", type=float, nargs="+", default=[1.0, 10.0, 100.0, 1000.0])
+    p.add_argument("--row-mean", action="store_true", dest="row_mean",
+                   help="also saelab's per-row-mean normalised score at beta 1")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="merge the rows into this results file")
     args = p.parse_args(argv)
+    loadavg = os.getloadavg()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from saelab._paths import cache_dir
     from saelab.data import read_documents
@@ -118,18 +130,25 @@ def main(argv=None) -> None:
     exclusion = Exclusion(**held.manifest["exclusion"])
     mean = held.mean(hp)
     table = []
-    for name, fields in (("topk", {}), ("gsae_gradient", {"beta": args.beta})):
+    runs = [("topk", {})] + [("gsae_gradient", {"beta": b}) for b in args.betas]
+    if args.row_mean:
+        runs.append(("gsae_gradient", {"beta": 1.0, "gradient_scale": "row_mean"}))
+    for name, fields in runs:
         torch.manual_seed(args.seed)
         t1 = time.time()
         sae = saelab.fit(saelab.create(name, d_in=lm.d_model, n_latents=n_latents, k=k,
                                        **fields), train.path, cfg)
         fvu, dead = fvu_dead(sae, x)
         splice = spliced_loss(lm.model, held_tokens, hp, sae, exclusion, mean)
-        row = {"method": name + (f" beta={args.beta}" if fields else ""), "k": k,
+        label = name + "".join(f" {f}={v:g}" if isinstance(v, float) else f" {f}={v}"
+                               for f, v in fields.items())
+        row = {"method": label, "k": k, "a_median": float("nan"),
                "fvu": fvu, "fvu_grad": float("nan"), "ce_clean": splice["ce_loss_clean"],
                "ce_spliced": splice["ce_loss_spliced"], "ce_spliced_grad": float("nan"),
                "recovered": splice["ce_loss_recovered_vs_mean"], "dead": dead}
         if fields:
+            with torch.no_grad():
+                row["a_median"] = float((g @ sae.W_dec.T).abs().median())
             row["fvu_grad"] = fvu_dead(sae, x, g)[0]
             row["ce_spliced_grad"] = spliced_with_gradients(lm.model, held_tokens, hp, sae,
                                                             exclusion)
@@ -137,19 +156,47 @@ def main(argv=None) -> None:
         table.append(row)
     print(f"\nSmolLM2-135M layer {LAYER}, {train.n_rows} train / {held.n_rows} held-out tokens, "
           f"{n_latents} latents, k={k}, {epochs} epochs; total {time.time() - t0:.0f} s")
-    cols = ["method", "k", "fvu", "fvu_grad", "ce_clean", "ce_spliced", "ce_spliced_grad",
-            "recovered", "dead", "seconds"]
-    print(" | ".join(f"{c:>15}" if c != "method" else f"{c:<20}" for c in cols))
+    cols = ["method", "k", "a_median", "fvu", "fvu_grad", "ce_clean", "ce_spliced",
+            "ce_spliced_grad", "recovered", "dead", "seconds"]
+    print(" | ".join(f"{c:>15}" if c != "method" else f"{c:<32}" for c in cols))
     for r in table:
-        print(" | ".join(f"{r[c]:<20}" if c == "method" else
+        print(" | ".join(f"{r[c]:<32}" if c == "method" else
                          f"{r[c]:>15}" if isinstance(r[c], int) else f"{r[c]:>15.4f}"
                          for c in cols))
-    a, b = table
-    verdict = "lower" if b["ce_spliced"] < a["ce_spliced"] else "not lower"
-    print(f"\nclaim (g-SAE spliced CE below TopK's at equal k, inference selection): {verdict} "
-          f"on this seed ({b['ce_spliced']:.4f} vs {a['ce_spliced']:.4f}, difference "
-          f"{b['ce_spliced'] - a['ce_spliced']:+.4f}); with gradients at inference "
-          f"{b['ce_spliced_grad']:.4f}. One seed decides nothing: compare --seed 0, 1, 2")
+    base = table[0]
+    for r in table[1:]:
+        r["verdict"] = (f"spliced CE {r['ce_spliced']:.4f} vs TopK {base['ce_spliced']:.4f} "
+                        f"({r['ce_spliced'] - base['ce_spliced']:+.4f}); with gradients "
+                        f"{r['ce_spliced_grad']:.4f}")
+        print(f"{r['method']}: {r['verdict']}")
+    base["verdict"] = "baseline"
+    if args.json:
+        write_rows(Path(args.json), table, args.seed, loadavg, {
+            "title": "g-SAE (gsae_gradient, the paper's score) against TopK on SmolLM2-135M, "
+                     "beta swept",
+            "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/claims_gsae.py --betas B ... "
+                       "--row-mean --seed S --json bench/results/claims_gsae_sweep.json",
+            "notes": f"Residual stream after block {LAYER}, {train.n_rows} training / "
+                     f"{held.n_rows} held-out Wikipedia tokens, {n_latents} latents, k = {k}, "
+                     f"{epochs} epochs; spliced next-token CE on held-out text (nats/token). "
+                     f"a_median: median |W_dec g| over held-out tokens and latents."})
+
+
+def write_rows(path, table: list[dict], seed: int, load, meta: dict) -> None:
+    """Merge `table` (rows of one seed) into the results file at `path`."""
+    import datetime
+    import json
+
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    keep = [r for r in old if r["seed"] != seed]
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows = [{"seed": seed, **{c: (None if isinstance(v, float) and v != v else v)
+                              for c, v in r.items()},
+             "date": stamp, "load": f"{load[0]:.1f} (1-min load average at start, 2 cores)"}
+            for r in table]
+    path.write_text(json.dumps({**meta, "machine": f"2-core CPU shared with other jobs, torch "
+                                f"{torch.__version__}, {torch.get_num_threads()} thread(s)",
+                                "rows": keep + rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,18 @@ code on held-out tokens vs the TopK latent whose code had the best AUC on the tr
 `topk_pre` reads the TopK pre-activation instead of the code, latent chosen on train), same k and
 the same number of unguided latents; the guided code's recall and false-positive rate (code > 0);
 FVU and L0 of both on held-out tokens.
+
+Two forms of the guided SAE are trained side by side (FORMS): the authors' release (the default
+of `guided`: guided latents inside the one TopK, sigmoid codes, plain BCE) and saelab's earlier
+form (guided latents as ReLU codes outside the TopK, class-balanced BCE). `--json PATH` merges
+the rows, with the date and the load seen, into a results file.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import sys
 import time
@@ -39,6 +45,11 @@ from saelab.train import Labelled
 log = logging.getLogger(__name__)
 
 D, N_ATOMS, GROUP = 64, 128, 4
+FORMS = {  # label -> fields of `guided`
+    "authors' (in TopK, sigmoid, plain BCE)": {},
+    "saelab's (outside TopK, ReLU, balanced BCE)": {"placement": "outside", "postact": "relu",
+                                                    "guide_balance": True},
+}
 
 
 def _planted(n: int, n_concepts: int, seed: int):
@@ -58,19 +69,22 @@ def guided_detection(args) -> list[dict]:
     x, y = _planted(n, n_concepts, args.seed)
     cut = n * 3 // 4
     cfg = saelab.TrainConfig(steps=steps, batch_size=256, lr=4e-3, progress=False, seed=args.seed)
-    torch.manual_seed(args.seed)
-    guided = saelab.fit(saelab.create("guided", d_in=D, n_latents=n_latents, k=k,
-                                      n_guided=n_concepts), Labelled(x[:cut], y[:cut]), cfg)
+    saes = []
+    for form, fields in FORMS.items():
+        torch.manual_seed(args.seed)
+        saes.append((f"guided {form}", saelab.fit(saelab.create(
+            "guided", d_in=D, n_latents=n_latents, k=k, n_guided=n_concepts, **fields),
+            Labelled(x[:cut], y[:cut]), cfg)))
     torch.manual_seed(args.seed)
     topk = saelab.fit(saelab.create("topk", d_in=D, n_latents=n_latents, k=k), x[:cut], cfg)
     xt, yt = x[cut:], y[cut:]
     rows = []
     with torch.no_grad():
-        for name, sae in (("guided", guided), ("topk", topk)):
+        for name, sae in saes + [("topk", topk)]:
             z = sae.encode(xt)
             fvu = float((sae.decode(z) - xt).pow(2).sum() / (xt - xt.mean(0)).pow(2).sum())
             l0 = float((z != 0).sum(1).float().mean())
-            if name == "guided":
+            if name != "topk":
                 s = sae.concept_scores(xt)
                 score = [detection_auc(s[:, c:c + 1], yt[:, c]).item() for c in range(n_concepts)]
                 code = [detection_auc(z[:, c:c + 1], yt[:, c]).item() for c in range(n_concepts)]
@@ -78,15 +92,17 @@ def guided_detection(args) -> list[dict]:
                 pre = sae.pre_activations(xt)
                 score = [detection_auc(pre, yt[:, c]).max().item() for c in range(n_concepts)]
                 code = [detection_auc(z, yt[:, c]).max().item() for c in range(n_concepts)]
-            rows.append({"data": "planted", "method": f"{name} k={k}", "l0": round(l0, 2),
-                         "fvu": round(fvu, 4), "score_auc": round(sum(score) / n_concepts, 3),
+            rows.append({"data": "planted", "method": f"{name} k={k}", "seed": args.seed,
+                         "l0": round(l0, 2), "fvu": round(fvu, 4),
+                         "score_auc": round(sum(score) / n_concepts, 3),
                          "code_auc": round(sum(code) / n_concepts, 3),
-                         "which": "its own guided latent" if name == "guided"
-                         else "best of all latents, per concept"})
-    g, t = rows
-    holds = g["code_auc"] > t["code_auc"] + 0.05
-    g["verdict"] = ("holds" if holds else "does not hold") + (
-        f": guided code AUC {g['code_auc']} vs best TopK latent's code {t['code_auc']}")
+                         "which": "best of all latents, per concept" if name == "topk"
+                         else "its own guided latent"})
+    t = rows[-1]
+    for g in rows[:-1]:
+        holds = g["code_auc"] > t["code_auc"] + 0.05
+        g["verdict"] = ("holds" if holds else "does not hold") + (
+            f": guided code AUC {g['code_auc']} vs best TopK latent's code {t['code_auc']}")
     t["verdict"] = "baseline"
     if args.real:
         rows += wikipedia_rows(args)
@@ -155,54 +171,66 @@ def wikipedia_rows(args) -> list[dict]:
     cfg = saelab.TrainConfig(epochs=epochs, batch_size=1024, lr=2e-3, seed=args.seed,
                              progress=False, dead_after_tokens=min(2_000_000, len(x)))
     torch.manual_seed(args.seed)
-    guided = saelab.fit(saelab.create("guided", d_in=lm.d_model, n_latents=latents + c, k=k,
-                                      n_guided=c), Labelled(x, y), cfg)
-    torch.manual_seed(args.seed)
     topk = saelab.fit(saelab.create("topk", d_in=lm.d_model, n_latents=latents, k=k), x, cfg)
-    g_fvu, g_l0, g_z = _fvu_l0(guided, h)
     t_fvu, t_l0, t_z = _fvu_l0(topk, h)
     with torch.no_grad():
-        g_code = detection_auc(g_z[:, :c], yh).diagonal()
-        g_logit = detection_auc(guided.guided_logits(h), yh).diagonal()
         chosen = detection_auc(topk.encode(x), y).argmax(1)  # best latent per topic, on train
         pre_chosen = detection_auc(topk.pre_activations(x), y).argmax(1)
         t_pre = detection_auc(topk.pre_activations(h), yh).gather(1, pre_chosen[:, None])[:, 0]
     t_all = detection_auc(t_z, yh)  # [c, latents] on held-out
     t_chosen = t_all.gather(1, chosen[:, None])[:, 0]
     t_oracle = t_all.max(1).values
+    data = f"smollm2 L{layer} wikipedia"
+    rows = []
+    for form, fields in FORMS.items():
+        torch.manual_seed(args.seed)
+        guided = saelab.fit(saelab.create("guided", d_in=lm.d_model, n_latents=latents + c, k=k,
+                                          n_guided=c, **fields), Labelled(x, y), cfg)
+        rows += _wikipedia_form_rows(form, guided, h, yh, topics, t_chosen, data, k, y, args,
+                                     time.time() - t0)
+    mean = {name: round(float(v.mean()), 3) for name, v in
+            (("topk_chosen", t_chosen), ("topk_oracle", t_oracle), ("topk_pre", t_pre))}
+    rows.append({"data": data, "method": f"topk k={k}", "seed": args.seed, "l0": round(t_l0, 2),
+                 "fvu": round(t_fvu, 4), "train_tokens": len(x), "held_tokens": len(h),
+                 "topk_chosen": mean["topk_chosen"], "topk_oracle": mean["topk_oracle"],
+                 "topk_pre": mean["topk_pre"], "seconds": round(time.time() - t0, 1),
+                 "verdict": "baseline"})
+    return rows
+
+
+def _wikipedia_form_rows(form, guided, h, yh, topics, t_chosen, data, k, y, args,
+                         seconds) -> list[dict]:
+    """Per-topic rows and a summary row of one guided form against the chosen TopK latents."""
+    c = len(topics)
+    g_fvu, g_l0, g_z = _fvu_l0(guided, h)
+    with torch.no_grad():
+        g_code = detection_auc(g_z[:, :c], yh).diagonal()
+        g_logit = detection_auc(guided.guided_logits(h), yh).diagonal()
     fired, present = g_z[:, :c] > 0, yh > 0.5
     recall = (fired & present).sum(0) / present.sum(0)
     fpr = (fired & ~present).sum(0) / (~present).sum(0)
-    data = f"smollm2 L{layer} wikipedia"
     rows = []
     for i, topic in enumerate(topics):
         win = float(g_code[i]) > float(t_chosen[i])
-        rows.append({"data": data, "method": f"topic: {topic}",
+        rows.append({"data": data, "method": f"topic: {topic} / {form}", "seed": args.seed,
                      "train_tokens": int(y[:, i].sum()), "held_tokens": int(yh[:, i].sum()),
                      "guided_code": round(float(g_code[i]), 3),
                      "guided_logit": round(float(g_logit[i]), 3),
                      "topk_chosen": round(float(t_chosen[i]), 3),
-                     "topk_oracle": round(float(t_oracle[i]), 3),
-                     "topk_pre": round(float(t_pre[i]), 3),
                      "g_recall": round(float(recall[i]), 3), "g_fpr": round(float(fpr[i]), 3),
                      "verdict": "guided higher" if win else "topk higher or equal"})
     wins = sum(r["verdict"] == "guided higher" for r in rows)
     mean = {name: round(float(v.mean()), 3) for name, v in
             (("guided_code", g_code), ("guided_logit", g_logit), ("topk_chosen", t_chosen),
-             ("topk_oracle", t_oracle), ("topk_pre", t_pre), ("g_recall", recall),
-             ("g_fpr", fpr))}
-    seconds = round(time.time() - t0, 1)
-    rows.append({"data": data, "method": f"guided k={k} +{c} guided", "l0": round(g_l0, 2),
-                 "fvu": round(g_fvu, 4), "train_tokens": len(x), "held_tokens": len(h),
+             ("g_recall", recall), ("g_fpr", fpr))}
+    rows.append({"data": data, "method": f"guided {form} k={k} +{c} guided", "seed": args.seed,
+                 "l0": round(g_l0, 2), "fvu": round(g_fvu, 4), "held_tokens": len(h),
                  "guided_code": mean["guided_code"], "guided_logit": mean["guided_logit"],
-                 "g_recall": mean["g_recall"], "g_fpr": mean["g_fpr"], "seconds": seconds,
+                 "g_recall": mean["g_recall"], "g_fpr": mean["g_fpr"],
+                 "seconds": round(seconds, 1),
                  "verdict": ("holds" if wins == c else "does not hold") +
                  f": guided code AUC above the chosen TopK latent on {wins}/{c} topics, mean "
                  f"{mean['guided_code']} vs {mean['topk_chosen']}"})
-    rows.append({"data": data, "method": f"topk k={k}", "l0": round(t_l0, 2),
-                 "fvu": round(t_fvu, 4), "train_tokens": len(x), "held_tokens": len(h),
-                 "topk_chosen": mean["topk_chosen"], "topk_oracle": mean["topk_oracle"],
-                 "topk_pre": mean["topk_pre"], "seconds": seconds, "verdict": "baseline"})
     return rows
 
 
@@ -215,7 +243,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layer", type=int, default=15)
+    p.add_argument("--json", default=None, help="merge the rows into this results file")
     args = p.parse_args()
+    loadavg = os.getloadavg()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from seed_methods import table
@@ -226,6 +256,35 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{'quick' if args.quick else 'full'}, seed {args.seed}, {time.time() - t:.0f} s")
     print(table(rows))
+    if args.json:
+        _merge(Path(args.json), rows, loadavg, args)
+
+
+def _merge(path: Path, rows: list[dict], loadavg, args) -> None:
+    """Write `rows` into the results file at `path`, replacing rows of the same data and seed."""
+    import datetime
+    import json
+
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    new = {(r["data"], r["seed"]) for r in rows}
+    keep = [r for r in old if (r["data"], r["seed"]) not in new]
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    for r in rows:
+        r["date"] = stamp
+        r["load"] = f"{loadavg[0]:.1f} (1-min load average at start, 2 cores)"
+    size = "quick" if args.quick else "full"
+    path.write_text(json.dumps({
+        "title": "Guided SAE, the authors' form and saelab's, against TopK",
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/claims_guided.py [--wikipedia] "
+                   f"[--quick] --seed S --json {path}",
+        "machine": f"2-core CPU shared with other jobs, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} thread(s); last run {size}",
+        "notes": "Held-out ROC AUC of one latent per concept: the guided latent's own code (and "
+                 "logit) against the TopK latent chosen on the training tokens (planted: the "
+                 "best TopK latent on the held-out rows). Wikipedia --quick: 25 training and 10 "
+                 "held-out articles per topic, 1,152 unguided latents, k 32, 3 epochs; full: "
+                 "100 / 30, 2,304 latents, 4 epochs.",
+        "rows": keep + rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
