@@ -257,12 +257,13 @@ class DashboardOptions:
 
 @dataclass(kw_only=True)
 class DashboardConfig(DashboardOptions):
-    """Build the static HTML dashboard of a dictionary."""
+    """Build a dictionary's dashboard: static pages and the data `saelab view` serves."""
 
     sae: str = required("Dictionary folder.", positional=True)
     store: str = required("Activation store whose contexts are shown.", positional=True)
     out: str = option("dashboard", "Output folder.")
-    model: str | None = option(None, "Model, for the tokens each decoder direction promotes.")
+    model: str | None = option(None, "Model, for the tokens each decoder direction promotes "
+                                     "(the logit lens).")
     hookpoint: str | None = option(None, "Store hookpoint (default: the dictionary's).")
     allow_hookpoint_mismatch: bool = option(False, "Build it even where the store lacks the "
                                                    "dictionary's hookpoint.")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from saelab.interpret.dashboard import write_dashboard
 from saelab.interpret.hookpoint import check_hookpoint
@@ -45,7 +46,8 @@ def dashboard_from_store(dictionary, store: ActivationStore | str | os.PathLike,
     title = title or f"saelab: {dictionary.architecture} on {store.model} {key}"
     return write_dashboard(Path(out), dictionary, top, store.contexts()["tokens"], rows["ctx"],
                            rows["pos"], tokenizer, unembed=unembed, n_features=n_features,
-                           title=title, extra=extra, batches=lambda: store.iter_rows(key),
+                           title=title, extra=extra, batches=lambda: tqdm(store.iter_rows(key), disable=not progress,
+                                                desc="browser data", unit="batch", leave=False),
                            sources={"model": store.model, "hookpoint": key,
                                     "store": str(store.path.resolve()),
                                     "dictionary": (str(Path(dictionary_path).resolve())
