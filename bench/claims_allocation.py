@@ -381,21 +381,11 @@ TOPAFA_META = {
 
 
 def _merge(path, rows: list[dict], load, meta: dict) -> None:
-    """Write `rows` into the results file at `path`, replacing rows of the same seed and
-    method, with the date and the load seen at the start."""
-    import datetime
-    import json
+    """Merge `rows` into the results file at `path` (rows of the same seed and method
+    replaced), with the date and the load seen at the start."""
+    from results_records import merge_records
 
-    old = json.loads(path.read_text())["rows"] if path.exists() else []
-    new_keys = {(n["seed"], n["method"]) for n in rows}
-    keep = [r for r in old if (r["seed"], r["method"]) not in new_keys]
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    for r in rows:
-        r["date"], r["load"] = stamp, f"{load[0]:.1f} (1-min load average at start, 2 cores)"
-    machine = (f"2-core CPU shared with other jobs, torch {torch.__version__}, "
-               f"{torch.get_num_threads()} thread(s)")
-    path.write_text(json.dumps({**meta, "machine": machine, "rows": keep + rows}, indent=1)
-                    + "\n")
+    merge_records(path, rows, ("seed", "method"), meta, load)
 
 
 if __name__ == "__main__":

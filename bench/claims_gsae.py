@@ -184,19 +184,14 @@ def main(argv=None) -> None:
 
 def write_rows(path, table: list[dict], seed: int, load, meta: dict) -> None:
     """Merge `table` (rows of one seed) into the results file at `path`."""
-    import datetime
-    import json
+    import sys
 
-    old = json.loads(path.read_text())["rows"] if path.exists() else []
-    keep = [r for r in old if r["seed"] != seed]
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results_records import merge_records
+
     rows = [{"seed": seed, **{c: (None if isinstance(v, float) and v != v else v)
-                              for c, v in r.items()},
-             "date": stamp, "load": f"{load[0]:.1f} (1-min load average at start, 2 cores)"}
-            for r in table]
-    path.write_text(json.dumps({**meta, "machine": f"2-core CPU shared with other jobs, torch "
-                                f"{torch.__version__}, {torch.get_num_threads()} thread(s)",
-                                "rows": keep + rows}, indent=1) + "\n")
+                              for c, v in r.items()}} for r in table]
+    merge_records(path, rows, ("seed", "method"), meta, load)
 
 
 if __name__ == "__main__":

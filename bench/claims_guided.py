@@ -261,30 +261,19 @@ def main() -> None:
 
 
 def _merge(path: Path, rows: list[dict], loadavg, args) -> None:
-    """Write `rows` into the results file at `path`, replacing rows of the same data and seed."""
-    import datetime
-    import json
+    """Merge `rows` into the results file at `path` (rows of the same data, method and seed
+    replaced), with the date and the load seen at the start."""
+    from results_records import merge_records
 
-    old = json.loads(path.read_text())["rows"] if path.exists() else []
-    new = {(r["data"], r["seed"]) for r in rows}
-    keep = [r for r in old if (r["data"], r["seed"]) not in new]
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    for r in rows:
-        r["date"] = stamp
-        r["load"] = f"{loadavg[0]:.1f} (1-min load average at start, 2 cores)"
-    size = "quick" if args.quick else "full"
-    path.write_text(json.dumps({
+    merge_records(path, rows, ("data", "method", "seed"), {
         "title": "Guided SAE, the authors' form and saelab's, against TopK",
         "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/claims_guided.py [--wikipedia] "
                    f"[--quick] --seed S --json {path}",
-        "machine": f"2-core CPU shared with other jobs, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} thread(s); last run {size}",
         "notes": "Held-out ROC AUC of one latent per concept: the guided latent's own code (and "
                  "logit) against the TopK latent chosen on the training tokens (planted: the "
                  "best TopK latent on the held-out rows). Wikipedia --quick: 25 training and 10 "
                  "held-out articles per topic, 1,152 unguided latents, k 32, 3 epochs; full: "
-                 "100 / 30, 2,304 latents, 4 epochs.",
-        "rows": keep + rows}, indent=1) + "\n")
+                 "100 / 30, 2,304 latents, 4 epochs."}, loadavg)
 
 
 if __name__ == "__main__":
