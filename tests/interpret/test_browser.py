@@ -1,7 +1,8 @@
 """The feature browser in a real browser (headless system Chromium driven by Playwright), on a
 dashboard that `saelab dashboard` built for a tiny Llama: the list loads and filters, a feature
 page shows every context token shaded with its activation, and a typed prompt shows the features
-firing on each token (the model runs on the server). A screenshot is kept in test-artifacts/."""
+firing on each token (the model runs on the server). Screenshots of the prompt and feature
+pages are kept in test-artifacts/."""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def test_list_search_feature_and_prompt_in_chromium(dashboard, tmp_path):
             "els => els.filter(e => getComputedStyle(e).backgroundColor !== 'rgba(0, 0, 0, 0)')"
             ".length")
         assert shaded >= page.locator("table.contexts span.focus").count() > 0
+        page.screenshot(path=str(tmp_path / "feature.png"), full_page=True)
         # a prompt: the model runs on the server, each token lists the features firing on it
         page.click("a[href='/prompt']")
         page.fill("#text", "The capital of France is Paris.")
@@ -79,3 +81,4 @@ def test_list_search_feature_and_prompt_in_chromium(dashboard, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     keep(shot, "browser.png")
+    keep(tmp_path / "feature.png", "browser-feature.png")

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from saelab._paths import atomic_path
 from saelab.errors import ConfigError, DataError, OutputExistsError
-from saelab.interpret.feature_data import Batches, activation_svg, density_svg, write_feature_data
+from saelab.interpret.feature_data import Batches, write_feature_data
 from saelab.interpret.html import TokenText, esc, page, pill
 from saelab.interpret.top_examples import TopExamples
 
@@ -126,17 +126,6 @@ def logit_effects(W_dec: Tensor, unembed: Tensor, features: list[int], k: int = 
     return out
 
 
-def activation_histogram(top: TopExamples, feature: int) -> str:
-    """SVG histogram (matplotlib's) of a feature's positive activations, cropped to its
-    occupied bins."""
-    return activation_svg(top, feature) or '<p class="muted">never fired</p>'
-
-
-def density_histogram(top: TopExamples) -> str:
-    """SVG histogram (matplotlib's) of log10 firing frequency over the live latents."""
-    return density_svg(top) or '<p class="muted">no live latents</p>'
-
-
 # --- HTML -------------------------------------------------------------------------------------
 def context_html(c: Context, text: TokenText, max_act: float) -> str:
     """One context: escaped tokens, the active one highlighted with its activation."""
@@ -166,16 +155,17 @@ def logits_table(effects: tuple[list[tuple[int, float]], ...], text: TokenText) 
 
 def feature_page(f: int, prev_next: tuple[int | None, int | None], top: TopExamples,
                  contexts: list[Context], effects: tuple | None, text: TokenText,
-                 title: str) -> str:
-    """The HTML page of one feature."""
+                 title: str, histogram: str = "") -> str:
+    """The HTML page of one feature (`histogram`: its activation histogram as SVG)."""
     freq = int(top.fire_counts[f]) / max(top.n_rows, 1)
     max_act = float(top.max_act[f])
     prev, nxt = prev_next
     nav = ['<a href="../index.html">index</a>']
     nav += [f'<a href="{p:05d}.html">{label} {p}</a>' for p, label in
             ((prev, "← feature"), (nxt, "feature →")) if p is not None]
+    histogram = histogram or '<p class="muted">never fired</p>'
     hist = (f'<div class="card"><b>Activation histogram</b> <span class="muted">(log-spaced '
-            f'bins)</span><br>{activation_histogram(top, f)}</div>')
+            f'bins)</span><br>{histogram}</div>')
     cards = [hist]
     if effects is not None:
         cards.append(f'<div class="card"><b>Logit effect</b> <span class="muted">'
@@ -294,14 +284,6 @@ def write_dashboard(out_dir: str | os.PathLike, dictionary, top: TopExamples, to
     effects = ({} if unembed is None else
                logit_effects(dictionary.W_dec, unembed, chosen))
     with atomic_path(out_dir) as tmp:
-        (tmp / "features").mkdir(parents=True)
-        previews = _write_feature_pages(tmp, chosen, top, tokens, row_ctx, row_pos, window,
-                                        effects, text, title)
-        promoted = {f: [esc(pill(text(t))) for t, _ in e[0][:3]] for f, e in effects.items()}
-        summary = summary_html(dictionary, top, len(chosen), extra)
-        (tmp / "index.html").write_text(index_page(title, summary, density_histogram(top),
-                                                   chosen, top, previews, promoted),
-                                        encoding="utf-8")
         meta = {"title": title, "n_rows": top.n_rows, "n_latents": dictionary.n_latents,
                 "features": chosen, "extra": extra or {}, "sources": sources or {},
                 "causal_lm": unembed is not None}
@@ -309,6 +291,15 @@ def write_dashboard(out_dir: str | os.PathLike, dictionary, top: TopExamples, to
                            effects, window, {k: v for k, v in meta.items() if k != "features"}
                            | {"summary": summary_items(dictionary, top, len(chosen), extra)},
                            batches)
+        (tmp / "features").mkdir(parents=True)
+        previews = _write_feature_pages(tmp, chosen, top, tokens, row_ctx, row_pos, window,
+                                        effects, text, title)
+        promoted = {f: [esc(pill(text(t))) for t, _ in e[0][:3]] for f, e in effects.items()}
+        summary = summary_html(dictionary, top, len(chosen), extra)
+        density = ((tmp / "data" / "density.svg").read_text(encoding="utf-8")
+                   or '<p class="muted">no live latents</p>')
+        (tmp / "index.html").write_text(index_page(title, summary, density, chosen, top,
+                                                   previews, promoted), encoding="utf-8")
         (tmp / MARKER).write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
     log.info("wrote a dashboard of %d features to %s", len(chosen), out_dir)
     return out_dir
@@ -317,7 +308,8 @@ def write_dashboard(out_dir: str | os.PathLike, dictionary, top: TopExamples, to
 def _write_feature_pages(root: Path, chosen: list[int], top: TopExamples, tokens: Tensor,
                          row_ctx: Tensor, row_pos: Tensor, window: tuple[int, int],
                          effects: dict, text: TokenText, title: str) -> dict[int, str]:
-    """Write features/NNNNN.html for each chosen feature; return each one's escaped top token."""
+    """Write features/NNNNN.html for each chosen feature (its histogram read from the browser
+    data, written first); return each one's escaped top token."""
     previews = {}
     for i, f in enumerate(chosen):
         contexts = gather_contexts(top, f, tokens, row_ctx, row_pos, window)
@@ -326,6 +318,7 @@ def _write_feature_pages(root: Path, chosen: list[int], top: TopExamples, tokens
             previews[f] = esc(pill(text(c.token_ids[c.focus])))
         neighbours = (chosen[i - 1] if i > 0 else None,
                       chosen[i + 1] if i + 1 < len(chosen) else None)
-        html_text = feature_page(f, neighbours, top, contexts, effects.get(f), text, title)
+        svg = (root / "data" / "features" / f"{f:05d}.svg").read_text(encoding="utf-8")
+        html_text = feature_page(f, neighbours, top, contexts, effects.get(f), text, title, svg)
         (root / "features" / f"{f:05d}.html").write_text(html_text, encoding="utf-8")
     return previews
