@@ -62,13 +62,19 @@ class FeatureStats(NamedTuple):
 
 def quantile_edges(top: TopExamples, features: list[int], n_quantiles: int) -> Tensor:
     """Inner edges [F, n_quantiles - 1] splitting each feature's firing rows into equal shares,
-    read off its histogram (so at bin resolution; the top interval starts at a bin edge)."""
+    read off its histogram: inside the bin where the cumulative share is reached, the edge is
+    interpolated as if the values were spread evenly over log(value)."""
     counts = top.hist_counts[features].double()  # [F, n_bins]
     cum = counts.cumsum(1) / counts.sum(1, keepdim=True).clamp_min(1)
-    shares = torch.arange(1, n_quantiles, dtype=torch.float64) / n_quantiles
-    # the bin where the cumulative share first reaches each quantile; its upper edge is the edge
-    idx = torch.searchsorted(cum.contiguous(), shares.expand(len(features), -1).contiguous())
-    return top.hist_edges[(idx + 1).clamp(max=top.hist_edges.numel() - 1)]
+    shares = (torch.arange(1, n_quantiles, dtype=torch.float64) / n_quantiles).expand(
+        len(features), -1).contiguous()
+    idx = torch.searchsorted(cum.contiguous(), shares).clamp(max=counts.shape[1] - 1)
+    before = torch.where(idx > 0, cum.gather(1, (idx - 1).clamp(min=0)), torch.zeros_like(shares))
+    in_bin = cum.gather(1, idx) - before
+    frac = ((shares - before) / in_bin.clamp_min(1e-12)).clamp(0, 1)
+    log_edges = top.hist_edges.log()
+    lo, hi = log_edges[idx], log_edges[idx + 1]
+    return (lo + frac * (hi - lo)).exp()
 
 
 def _merge_samples(keys: Tensor, rows: Tensor, vals: Tensor, group: Tensor, new_keys: Tensor,
