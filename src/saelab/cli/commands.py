@@ -34,10 +34,12 @@ class Command(NamedTuple):
 # --- configs of the commands whose step lives outside this package's own modules ----------------
 @dataclass
 class ViewConfig:
-    """Serve a dashboard folder on 127.0.0.1."""
+    """Serve the feature browser of a dashboard (or a run folder holding one) on 127.0.0.1."""
 
-    folder: str = required("Dashboard folder (from `saelab dashboard`).", positional=True)
+    folder: str = required("Dashboard folder (from `saelab dashboard`), or a run folder with "
+                           "a dashboard/ inside (the demo's).", positional=True)
     port: int = option(8000, "Port (0 picks a free one).")
+    static: bool = option(False, "Serve only the static pages (no server-side app).")
 
 
 @dataclass
@@ -189,7 +191,7 @@ def cmd_dashboard(cfg) -> int:
 def cmd_view(cfg: ViewConfig) -> int:
     from saelab.interpret.viewer import serve
 
-    server = serve(cfg.folder, cfg.port)
+    server = serve(cfg.folder, cfg.port, static=cfg.static)
     print(f"serving {cfg.folder} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")
     try:
         server.serve_forever()
@@ -272,9 +274,10 @@ _COMMANDS: dict[str, tuple[Callable[[], type], str, Callable]] = {
     "train": (train_command, "Train a dictionary on an activation store (data parallel when "
                              "launched with torchrun).", cmd_train),
     "eval": (_pipeline("EvalConfig"), "Evaluate a dictionary on an activation store.", cmd_eval),
-    "dashboard": (_pipeline("DashboardConfig"), "Build the static HTML dashboard of a "
-                                                "dictionary.", cmd_dashboard),
-    "view": (lambda: ViewConfig, "Serve a dashboard folder on 127.0.0.1.", cmd_view),
+    "dashboard": (_pipeline("DashboardConfig"), "Build a dictionary's dashboard: static pages "
+                                                "and the feature browser's data.", cmd_dashboard),
+    "view": (lambda: ViewConfig, "Serve the feature browser of a dashboard on 127.0.0.1.",
+             cmd_view),
     "convert": (lambda: ConvertConfig, "Convert a dictionary between saelab's, SAELens' and "
                                        "sparsify's formats (reads dictionary_learning too).",
                 cmd_convert),
