@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from saelab.errors import MissingDependencyError, SaelabError
-from saelab.interpret.html import TokenText
+from saelab.interpret.html import TokenText, pill
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def create_app(folder: str | Path):
 
     board = Dashboard(folder)
     templates = Jinja2Templates(directory=str(TEMPLATES))  # autoescape on for .html
-    templates.env.filters["shade"] = shade
+    templates.env.filters.update(shade=shade, pill=pill)
     templates.env.globals.update(meta=board.meta, zip=zip)
 
     def render(request, name: str, status: int = 200, **context):
