@@ -123,3 +123,21 @@ def test_the_server_never_answers_outside_the_folder(setup, tmp_path):
     assert client.get("/%2e%2e/secret.txt").status_code == 404
     assert client.get("/data/").status_code == 404  # no listings
     assert client.get("/feature/19").status_code == 404  # not a feature of this dashboard
+
+
+def test_the_browser_listens_on_loopback_only_and_names_a_port_in_use(setup):
+    pytest.importorskip("uvicorn")
+    from saelab.errors import SaelabError
+    from saelab.interpret.viewer import AppServer, serve
+
+    server = serve(setup[0], 0)
+    try:
+        assert isinstance(server, AppServer) and server.server_address[0] == "127.0.0.1"
+        port = server.server_address[1]
+        with pytest.raises(SaelabError, match=f"cannot listen on 127.0.0.1:{port}.*--port"):
+            serve(setup[0], port)
+    finally:
+        server.server_close()
+    static = serve(setup[0], 0, static=True)  # --static: http.server over the pages
+    static.server_close()
+    assert not isinstance(static, AppServer)
