@@ -56,14 +56,14 @@ def test_list_search_feature_and_prompt_in_chromium(dashboard, tmp_path):
         page.wait_for_url(re.compile(rf"/feature/{first['feature']}$"))
         assert page.locator("#histogram svg").count() == 1
         assert page.locator("#logit-lens tr").count() > 1 and page.locator("#nearest tr").count()
-        tokens = page.locator("table.contexts span.tok")
+        tokens = page.locator("table.contexts span.tok, table.contexts span.hl")
         titles = tokens.evaluate_all("els => els.map(e => e.title)")
         assert len(titles) > 20 and all(t.startswith(("activation ", "no activation"))
                                         for t in titles)
         shaded = tokens.evaluate_all(
             "els => els.filter(e => getComputedStyle(e).backgroundColor !== 'rgba(0, 0, 0, 0)')"
             ".length")
-        assert shaded >= page.locator("table.contexts span.focus").count() > 0
+        assert shaded >= page.locator("table.contexts span.hl").count() > 0
         page.screenshot(path=str(tmp_path / "feature.png"), full_page=True)
         # a prompt: the model runs on the server, each token lists the features firing on it
         page.click("a[href='/prompt']")

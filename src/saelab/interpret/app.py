@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from saelab.errors import MissingDependencyError, SaelabError
-from saelab.interpret.html import TokenText, pill
+from saelab.interpret.html import TokenText, templates
 
 log = logging.getLogger(__name__)
 
 DATA = Path("data")
 """Sub-folder of a dashboard with the browser's data (saelab.interpret.feature_data)."""
-TEMPLATES = Path(__file__).with_name("templates")
 MAX_PROMPT_TOKENS = 256
 """Tokens of a prompt the model runs on (the rest is cut off, and the page says so)."""
 FEATURES_PER_TOKEN = 6
@@ -184,14 +183,6 @@ def prompt_rows(tokens: list[str], codes, shown: set[int], feature: int | None) 
     return rows
 
 
-def shade(act: float | None, peak: float) -> str:
-    """Background colour of a token whose activation is `act` (of the shown maximum `peak`)."""
-    if act is None:
-        return "transparent"
-    alpha = 0.0 if peak <= 0 or act <= 0 else min(1.0, 0.08 + 0.92 * act / peak)
-    return f"rgba(255,140,40,{alpha:.2f})"
-
-
 def create_app(folder: str | Path):
     """The Starlette app of dashboard `folder` (its `data/` written by `saelab dashboard`)."""
     require_server()
@@ -201,12 +192,13 @@ def create_app(folder: str | Path):
     from starlette.templating import Jinja2Templates
 
     board = Dashboard(folder)
-    templates = Jinja2Templates(directory=str(TEMPLATES))  # autoescape on for .html
-    templates.env.filters.update(shade=shade, pill=pill)
-    templates.env.globals.update(meta=board.meta, zip=zip)
+    env = templates()  # autoescaping every template
+    env.globals.update(meta=board.meta, static=False, home="/",
+                       feature_url=lambda f: f"/feature/{f}")
+    jinja = Jinja2Templates(env=env)
 
     def render(request, name: str, status: int = 200, **context):
-        response = templates.TemplateResponse(request, name, context, status_code=status)
+        response = jinja.TemplateResponse(request, name, context, status_code=status)
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response

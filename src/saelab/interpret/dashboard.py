@@ -1,10 +1,13 @@
 """Static HTML feature dashboards: one index page and one small page per feature.
 
 The output folder holds `index.html` (summary, feature-density histogram, feature table),
-`features/NNNNN.html` (one page per feature: activation histogram, logit effect, top contexts)
-and `dashboard.json` (what was written). Pages are plain HTML with a little inline CSS and inline
-SVG charts: no JavaScript, no external URL, so they open from file:// without a server.
-Every piece of text that comes from data (tokens, titles, extra values) is HTML-escaped.
+`features/NNNNN.html` (one page per feature, rendered from the feature browser's data with the
+browser's own Jinja2 template: contexts by activation interval with every token shaded,
+activation histogram, logit effect, nearest and co-occurring features), `data/` (that data,
+saelab.interpret.feature_data, which `saelab view` serves) and `dashboard.json` (what was
+written). Pages are plain HTML with a little inline CSS and inline SVG charts: no JavaScript,
+no external URL, so they open from file:// without a server. Every piece of text that comes
+from data (tokens, titles, extra values) is HTML-escaped.
 
 Tokens are rendered (saelab.interpret.html) with `tokenizer.decode([id])`, one id at a time
 (cached), which is right for byte-level BPE; a SentencePiece word-start marker ('▁') found by
@@ -18,7 +21,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,7 +29,7 @@ from torch import Tensor
 from saelab._paths import atomic_path
 from saelab.errors import ConfigError, DataError, OutputExistsError
 from saelab.interpret.feature_data import Batches, write_feature_data
-from saelab.interpret.html import TokenText, esc, page, pill
+from saelab.interpret.html import TokenText, esc, page, pill, templates
 from saelab.interpret.top_examples import TopExamples
 
 log = logging.getLogger(__name__)
@@ -37,23 +40,6 @@ SEED = 0
 """Seed of the random part of the default feature selection."""
 MARKER = "dashboard.json"
 """File that marks a folder as a saelab dashboard (such a folder may be replaced)."""
-
-class Context(NamedTuple):
-    """One top example, ready to render."""
-
-    value: float
-    """The latent's activation on the highlighted token."""
-    row_id: int
-    """Global row id of the example."""
-    ctx: int
-    """Context index (row of `tokens`)."""
-    pos: int
-    """Position of the highlighted token inside the context."""
-    token_ids: list[int]
-    """Token ids of the window around the highlighted token."""
-    focus: int
-    """Index of the highlighted token inside `token_ids`."""
-
 
 # --- which features ---------------------------------------------------------------------------
 def select_features(top: TopExamples, n_features: int = 200, seed: int = SEED) -> list[int]:
@@ -85,24 +71,6 @@ def check_features(features: Sequence[int], n_latents: int) -> list[int]:
 
 
 # --- data gathering ---------------------------------------------------------------------------
-def gather_contexts(top: TopExamples, feature: int, tokens: Tensor, row_ctx: Tensor,
-                    row_pos: Tensor, window: tuple[int, int]) -> list[Context]:
-    """The top examples of `feature` with the token window around each."""
-    before, after = window
-    out = []
-    for value, row in zip(top.values[feature].tolist(), top.row_ids[feature].tolist()):
-        if row < 0:
-            break
-        if row >= row_ctx.numel():
-            raise DataError(f"row id {row} is outside row_ctx (it has {row_ctx.numel()} rows); "
-                            "the top examples do not match this token metadata")
-        ctx, pos = int(row_ctx[row]), int(row_pos[row])
-        start = max(0, pos - before)
-        ids = tokens[ctx, start:pos + after + 1].tolist()
-        out.append(Context(value, row, ctx, pos, ids, pos - start))
-    return out
-
-
 def logit_effects(W_dec: Tensor, unembed: Tensor, features: list[int], k: int = 10,
                   chunk: int = 64) -> dict[int, tuple[list[tuple[int, float]], ...]]:
     """Top and bottom `k` tokens of W_dec[f] @ unembed.T for each feature: the direct effect of
@@ -127,62 +95,6 @@ def logit_effects(W_dec: Tensor, unembed: Tensor, features: list[int], k: int = 
 
 
 # --- HTML -------------------------------------------------------------------------------------
-def context_html(c: Context, text: TokenText, max_act: float) -> str:
-    """One context: escaped tokens, the active one highlighted with its activation."""
-    alpha = 0.25 + 0.75 * min(1.0, c.value / max_act) if max_act > 0 else 1.0
-    spans = []
-    for i, tid in enumerate(c.token_ids):
-        tok = esc(text(tid))
-        if i == c.focus:
-            spans.append(f'<span class="hl" style="background:rgba(255,140,40,{alpha:.2f})" '
-                         f'title="{esc(f"token {tid}, activation {c.value:.4g}")}">{tok}</span>')
-        else:
-            spans.append(f'<span title="token {tid}">{tok}</span>')
-    return "".join(spans)
-
-
-def logits_table(effects: tuple[list[tuple[int, float]], ...], text: TokenText) -> str:
-    """Two columns: tokens the decoder direction promotes and suppresses."""
-    hi, lo = effects
-    rows = ["<tr><th>promoted</th><th></th><th>suppressed</th><th></th></tr>"]
-    for (ti, vi), (tj, vj) in zip(hi, lo):
-        rows.append(f'<tr><td><span class="pill">{esc(pill(text(ti)))}</span></td>'
-                    f'<td class="num pos">{vi:+.3f}</td>'
-                    f'<td><span class="pill">{esc(pill(text(tj)))}</span></td>'
-                    f'<td class="num neg">{vj:+.3f}</td></tr>')
-    return f"<table>{''.join(rows)}</table>"
-
-
-def feature_page(f: int, prev_next: tuple[int | None, int | None], top: TopExamples,
-                 contexts: list[Context], effects: tuple | None, text: TokenText,
-                 title: str, histogram: str = "") -> str:
-    """The HTML page of one feature (`histogram`: its activation histogram as SVG)."""
-    freq = int(top.fire_counts[f]) / max(top.n_rows, 1)
-    max_act = float(top.max_act[f])
-    prev, nxt = prev_next
-    nav = ['<a href="../index.html">index</a>']
-    nav += [f'<a href="{p:05d}.html">{label} {p}</a>' for p, label in
-            ((prev, "← feature"), (nxt, "feature →")) if p is not None]
-    histogram = histogram or '<p class="muted">never fired</p>'
-    hist = (f'<div class="card"><b>Activation histogram</b> <span class="muted">(log-spaced '
-            f'bins)</span><br>{histogram}</div>')
-    cards = [hist]
-    if effects is not None:
-        cards.append(f'<div class="card"><b>Logit effect</b> <span class="muted">'
-                     f'(W_dec · unembed)</span>{logits_table(effects, text)}</div>')
-    rows = [f'<tr><td class="num">{c.value:.3f}</td><td class="ctx">'
-            f'{context_html(c, text, max_act)}</td><td class="muted num">{c.ctx}:{c.pos}</td>'
-            f"</tr>" for c in contexts]
-    ctx_table = (f"<table><tr><th>activation</th><th>context</th><th>doc:pos</th></tr>"
-                 f"{''.join(rows)}</table>" if rows else '<p class="muted">no examples</p>')
-    body = (f'<div class="nav">{" · ".join(nav)}</div><h1>Feature {f}</h1>'
-            f'<p>fires on <b>{freq:.3%}</b> of rows ({int(top.fire_counts[f])} / {top.n_rows}) '
-            f"· max activation <b>{max_act:.4g}</b></p>"
-            f'<div class="cards">{"".join(cards)}</div>'
-            f"<h2>Top activations</h2>{ctx_table}")
-    return page(f"{title} · feature {f}", body)
-
-
 def summary_html(dictionary, top: TopExamples, n_shown: int, extra: dict | None) -> str:
     """Header table: dictionary, rows, dead and dense counts, and the `extra` entries."""
     items = summary_items(dictionary, top, n_shown, extra)
@@ -287,13 +199,14 @@ def write_dashboard(out_dir: str | os.PathLike, dictionary, top: TopExamples, to
         meta = {"title": title, "n_rows": top.n_rows, "n_latents": dictionary.n_latents,
                 "features": chosen, "extra": extra or {}, "sources": sources or {},
                 "causal_lm": unembed is not None}
-        write_feature_data(tmp, dictionary, top, chosen, tokens, row_ctx, row_pos, text,
-                           effects, window, {k: v for k, v in meta.items() if k != "features"}
-                           | {"summary": summary_items(dictionary, top, len(chosen), extra)},
-                           batches)
+        index = write_feature_data(tmp, dictionary, top, chosen, tokens, row_ctx, row_pos, text,
+                                   effects, window,
+                                   {k: v for k, v in meta.items() if k != "features"}
+                                   | {"summary": summary_items(dictionary, top, len(chosen),
+                                                               extra)}, batches)
         (tmp / "features").mkdir(parents=True)
-        previews = _write_feature_pages(tmp, chosen, top, tokens, row_ctx, row_pos, window,
-                                        effects, text, title)
+        _write_feature_pages(tmp, chosen, title, top.n_rows)
+        previews = {r["feature"]: esc(pill(r["top_tokens"][0])) for r in index if r["top_tokens"]}
         promoted = {f: [esc(pill(text(t))) for t, _ in e[0][:3]] for f, e in effects.items()}
         summary = summary_html(dictionary, top, len(chosen), extra)
         density = ((tmp / "data" / "density.svg").read_text(encoding="utf-8")
@@ -305,20 +218,18 @@ def write_dashboard(out_dir: str | os.PathLike, dictionary, top: TopExamples, to
     return out_dir
 
 
-def _write_feature_pages(root: Path, chosen: list[int], top: TopExamples, tokens: Tensor,
-                         row_ctx: Tensor, row_pos: Tensor, window: tuple[int, int],
-                         effects: dict, text: TokenText, title: str) -> dict[int, str]:
-    """Write features/NNNNN.html for each chosen feature (its histogram read from the browser
-    data, written first); return each one's escaped top token."""
-    previews = {}
+def _write_feature_pages(root: Path, chosen: list[int], title: str, n_rows: int) -> None:
+    """Write features/NNNNN.html for each chosen feature from its browser data (written first),
+    with the browser's own template, its links turned into relative file links."""
+    env = templates()
+    env.globals.update(meta={"title": title, "n_rows": n_rows}, static=True,
+                       home="../index.html", feature_url=lambda f: f"{f:05d}.html")
+    template = env.get_template("feature.html")
+    shown = set(chosen)
+    data = root / "data" / "features"
     for i, f in enumerate(chosen):
-        contexts = gather_contexts(top, f, tokens, row_ctx, row_pos, window)
-        if contexts:
-            c = contexts[0]
-            previews[f] = esc(pill(text(c.token_ids[c.focus])))
-        neighbours = (chosen[i - 1] if i > 0 else None,
-                      chosen[i + 1] if i + 1 < len(chosen) else None)
-        svg = (root / "data" / "features" / f"{f:05d}.svg").read_text(encoding="utf-8")
-        html_text = feature_page(f, neighbours, top, contexts, effects.get(f), text, title, svg)
-        (root / "features" / f"{f:05d}.html").write_text(html_text, encoding="utf-8")
-    return previews
+        rec = json.loads((data / f"{f:05d}.json").read_text(encoding="utf-8"))
+        rec.update(histogram=(data / f"{f:05d}.svg").read_text(encoding="utf-8"), explained=None)
+        nav = (chosen[i - 1] if i > 0 else None, chosen[i + 1] if i + 1 < len(chosen) else None)
+        (root / "features" / f"{f:05d}.html").write_text(
+            template.render(rec=rec, nav=nav, shown=shown), encoding="utf-8")

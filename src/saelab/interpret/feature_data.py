@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from saelab.errors import DataError
 from saelab.interpret.top_examples import TopExamples
 
 Batches = Callable[[], Iterable[tuple[Tensor, Tensor]]]
@@ -171,6 +172,9 @@ def windows_of(feature: int, values: list[float], rows: list[int], row_ctx: Tens
     for value, row in zip(values, rows):
         if row < 0:
             continue
+        if row >= row_ctx.numel():
+            raise DataError(f"row id {row} is outside row_ctx (it has {row_ctx.numel()} rows); "
+                            "the examples do not match this token metadata")
         ctx, pos = int(row_ctx[row]), int(row_pos[row])
         out.append(Window(feature, float(value), row, ctx, pos, max(0, pos - before),
                           min(n_tokens, pos + after + 1)))

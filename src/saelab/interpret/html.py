@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import logging
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,29 @@ def esc(value: Any) -> str:
     if isinstance(value, float):
         value = f"{value:.4g}"
     return html.escape(str(value), quote=True)
+
+
+def shade(act: float | None, peak: float) -> str:
+    """Background colour of a token whose activation is `act` (of the shown maximum `peak`)."""
+    if act is None:
+        return "transparent"
+    alpha = 0.0 if peak <= 0 or act <= 0 else min(1.0, 0.08 + 0.92 * act / peak)
+    return f"rgba(255,140,40,{alpha:.2f})"
+
+
+TEMPLATES = Path(__file__).with_name("templates")
+"""The Jinja2 templates of the feature pages (the browser's and the static export's)."""
+
+
+def templates():
+    """The Jinja2 environment of `TEMPLATES`, autoescaping every template (so every piece of data
+    text is escaped), with the filters `shade` and `pill` and the global `zip`."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
+    env.filters.update(shade=shade, pill=pill)
+    env.globals.update(zip=zip)
+    return env
 
 
 def page(title: str, body: str) -> str:
