@@ -48,9 +48,10 @@ def browser():
 @contextlib.contextmanager
 def serving(folder):
     """The base URL of `saelab view`'s server for `folder`, running in a thread."""
+    import saelab
     from saelab.interpret.viewer import AppServer, serve
 
-    server = serve(folder, 0)
+    server = serve(folder, 0, load_dictionary=saelab.load)  # as `saelab view` does
     assert isinstance(server, AppServer), "the feature browser (not the static server) runs"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

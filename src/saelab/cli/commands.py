@@ -190,8 +190,9 @@ def cmd_dashboard(cfg) -> int:
 
 def cmd_view(cfg: ViewConfig) -> int:
     from saelab.interpret.viewer import serve
+    from saelab.io import load
 
-    server = serve(cfg.folder, cfg.port, static=cfg.static)
+    server = serve(cfg.folder, cfg.port, static=cfg.static, load_dictionary=load)
     print(f"serving {cfg.folder} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")
     try:
         server.serve_forever()

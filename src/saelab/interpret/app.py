@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def mean_score(rec: dict | None) -> float | None:
 class Dashboard:
     """A dashboard folder's browser data, read once."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, load_dictionary: Callable[[str], Any] | None = None):
         self.folder = Path(folder).resolve()
         index = self.folder / DATA / "features.json"
         if not index.is_file():
@@ -94,7 +95,7 @@ class Dashboard:
         for f, r in self.features.items():
             r["explanation"] = (self.explanations.get(f) or {}).get("explanation")
             r["score"] = mean_score(self.explanations.get(f))
-        self.prompter = Prompter(self.meta.get("sources") or {})
+        self.prompter = Prompter(self.meta.get("sources") or {}, load_dictionary)
 
     def listing(self, q: str, sort: str, desc: bool) -> list[dict]:
         """The feature records matching `q` (case-insensitive), sorted."""
@@ -124,10 +125,13 @@ class Dashboard:
 
 
 class Prompter:
-    """The dictionary and its model, loaded on the first prompt, run under a lock."""
+    """The dictionary and its model, loaded on the first prompt, run under a lock.
+    `load_dictionary` (saelab.load, which the CLI passes: interpret sits below io) reads the
+    dictionary folder the dashboard names."""
 
-    def __init__(self, sources: dict):
+    def __init__(self, sources: dict, load_dictionary: Callable[[str], Any] | None = None):
         self.sources = sources
+        self.load_dictionary = load_dictionary
         self.loaded: tuple | None = None
         self.lock = threading.Lock()
 
@@ -136,17 +140,18 @@ class Prompter:
         if not self.sources.get("dictionary") or not self.sources.get("model"):
             return ("this dashboard does not name its dictionary and model; rebuild it with "
                     "`saelab dashboard SAE STORE` to run prompts")
+        if self.load_dictionary is None:
+            return "prompts need a dictionary loader: serve the dashboard with `saelab view`"
         if not Path(self.sources["dictionary"]).exists():
             return f"the dictionary {self.sources['dictionary']} is gone"
         return None
 
     def _load(self) -> tuple:
-        import saelab
         from saelab.capture import resolve
         from saelab.models import load
 
         lm = load(self.sources["model"])
-        sae = saelab.load(self.sources["dictionary"])
+        sae = self.load_dictionary(self.sources["dictionary"])
         (hp,) = resolve(lm.model, [self.sources["hookpoint"]])
         return lm, sae, hp, TokenText(lm.tokenizer)
 
@@ -183,15 +188,16 @@ def prompt_rows(tokens: list[str], codes, shown: set[int], feature: int | None) 
     return rows
 
 
-def create_app(folder: str | Path):
-    """The Starlette app of dashboard `folder` (its `data/` written by `saelab dashboard`)."""
+def create_app(folder: str | Path, load_dictionary: Callable[[str], Any] | None = None):
+    """The Starlette app of dashboard `folder` (its `data/` written by `saelab dashboard`);
+    `load_dictionary` (e.g. saelab.load) lets the prompt page load the dictionary."""
     require_server()
     from starlette.applications import Starlette
     from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse
     from starlette.routing import Route
     from starlette.templating import Jinja2Templates
 
-    board = Dashboard(folder)
+    board = Dashboard(folder, load_dictionary)
     env = templates()  # autoescaping every template
     env.globals.update(meta=board.meta, static=False, home="/",
                        feature_url=lambda f: f"/feature/{f}")

@@ -16,7 +16,9 @@ import importlib.util
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from saelab.errors import SaelabError
 
@@ -95,10 +97,11 @@ def bind(port: int) -> socket.socket:
     return sock
 
 
-def serve(folder: str | Path, port: int = 8000, static: bool = False):
+def serve(folder: str | Path, port: int = 8000, static: bool = False,
+          load_dictionary: Callable[[str], Any] | None = None):
     """A server (not yet serving: call `serve_forever`) of dashboard `folder` on 127.0.0.1: the
     feature browser where the folder has its data and starlette and uvicorn are installed (unless
-    `static`), else the static pages."""
+    `static`), else the static pages. `load_dictionary` (saelab.load) enables the prompt page."""
     folder = dashboard_folder(folder)
     if not (folder / "index.html").is_file():
         raise SaelabError(f"{folder} holds no index.html; build one with `saelab dashboard`")
@@ -110,7 +113,7 @@ def serve(folder: str | Path, port: int = 8000, static: bool = False):
     if has_data and has_server and not static:
         from saelab.interpret.app import create_app
 
-        app = create_app(folder)
+        app = create_app(folder, load_dictionary)
         return AppServer(app, bind(port))
     handler = functools.partial(FolderHandler, directory=str(folder.resolve()))
     try:
