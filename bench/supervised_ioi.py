@@ -17,7 +17,8 @@ residual stream (`saelab.dictionaries.supervised`, `saelab.data.ioi`):
      and by its F1-guided exchange; edit accuracy is agreement of the model's top token with the
      one it predicts when the counterfactual activation itself is patched in, and "answer moved"
      the share whose names' logits move as the edit predicts (io: the new name beats both; io_pos:
-     S beats IO), with the counterfactual patch's own share as the ceiling;
+     S beats IO), next to the counterfactual patch's own share (the reference, not a bound: an
+     edit that changes only the attribute can move the answer more often);
    - interpretability: per attribute, the best single-latent F1 per value, averaged over values,
      on `--interp` further held-out prompts over all names (activations only: no splicing).
 
@@ -114,11 +115,11 @@ def one_layer(lm, layer, args, train, x_train, held, clean, cf_pool, probe, x_pr
     cf = ioi.counterfactual(held, attribute, pool=cf_pool, seed=1)
     x_cf = ioi.run(lm, cf, hp).activation
     patched = ioi.run(lm, held, hp, replace=x_cf)
-    ceiling = answer_moved(patched, held, cf, attribute)
+    reference = answer_moved(patched, held, cf, attribute)
     log(f"{hp}: LD clean {ld_clean.mean():.3f}, mean-ablated {ablated.mean():.3f}; the "
-        f"counterfactual patch of {attribute} moves the answer in {ceiling:.3f}")
-    rows = [[hp, "counterfactual patch (ceiling)", "", "", "", attribute, "1.000",
-             f"{ceiling:.3f}", "", "", ""]]
+        f"counterfactual patch of {attribute} moves the answer in {reference:.3f}")
+    rows = [[hp, "counterfactual patch (reference)", "", "", "", attribute, "1.000",
+             f"{reference:.3f}", "", "", ""]]
     old, new = labels[:, a], cf.attributes()[:, a]
     for label, dictionary in dictionaries.items():
         supervised = dictionary.architecture == "supervised"

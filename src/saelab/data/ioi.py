@@ -22,6 +22,11 @@ or S name from a given pool, or the order flipped with the names kept: the refer
 every name at the final position, with the activation at a hookpoint's final position read and,
 if asked, replaced there (splicing a reconstruction, an edit, or a counterfactual activation).
 
+SmolLM2-135M-Instruct solves the task: on 512 held-out prompts IO's logit is above S's in 99.6%
+and IO is the top next token in 95.9% (mean logit difference 5.03; `bench/supervised_ioi.py`,
+2026-12-03). Its final position carries IO's position at blocks 20-22 and the IO name from block
+23 on (the docs' benchmark page "Supervised dictionaries on IOI").
+
 The names and templates are saelab's own (the reference's are GPT-2's), chosen so that every name
 is one token with a leading space in SmolLM2's tokenizer (`single_token_names` checks any other
 tokenizer) and a template's prompts all have the same length, so that the final position of a
