@@ -141,3 +141,28 @@ def test_the_browser_listens_on_loopback_only_and_names_a_port_in_use(setup):
     static = serve(setup[0], 0, static=True)  # --static: http.server over the pages
     static.server_close()
     assert not isinstance(static, AppServer)
+
+
+def test_explanations_beside_the_dashboard_are_listed_searched_and_sorted_by_score(setup):
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from saelab.interpret.app import create_app
+
+    out = setup[0]
+    lines = [{"feature": 1, "explanation": "plural nouns", "scores": {"detection": 0.9,
+                                                                     "embedding": 0.7}},
+             {"feature": 4, "explanation": "closing brackets", "scores": {"detection": 0.2}},
+             "not json"]
+    (out.parent / "explanations.jsonl").write_text(
+        "\n".join(json.dumps(x) if isinstance(x, dict) else x for x in lines) + "\n")
+    try:
+        client = TestClient(create_app(out))
+        page = client.get("/", params={"sort": "score", "desc": "1"}).text
+        shown = [int(s.split('"')[0]) for s in page.split('href="/feature/')[1:]]
+        assert shown[:2] == [1, 4] and "0.80" in page  # mean of the scores
+        found = client.get("/", params={"q": "BRACKETS"}).text
+        assert 'href="/feature/4"' in found and 'href="/feature/1"' not in found
+        assert "plural nouns" in client.get("/feature/1").text
+    finally:
+        (out.parent / "explanations.jsonl").unlink()

@@ -16,8 +16,9 @@ Why Starlette: the smallest well-kept ASGI toolkit with routing, Jinja2 template
 client, run by uvicorn; FastAPI (built on it) would add pydantic for no gain here. Responses
 carry a Content-Security-Policy without any script source: the pages need no JavaScript.
 
-Explanations come from an `explanations.jsonl` (`saelab explain`) in the dashboard folder or the
-run folder above it: one JSON object per line with `feature`, `explanation` and `scores`.
+Explanations come from an `explanations.jsonl` (`saelab explain`) in the dashboard folder, the
+run folder above it or the run's `explain/`: one JSON object per line with `feature`,
+`explanation` and `scores`.
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ def require_server() -> None:
 
 
 def read_explanations(folder: Path) -> dict[int, dict]:
-    """{feature: record} from explanations.jsonl in `folder` or its parent (later lines win;
-    lines that are not JSON objects with an int `feature` are skipped)."""
+    """{feature: record} from explanations.jsonl in `folder`, its parent (the run folder) or the
+    run's `explain/` (where `saelab explain` writes by default); later files and lines win, and
+    lines that are not JSON objects with an int `feature` are skipped."""
     out: dict[int, dict] = {}
-    for path in (folder.parent / "explanations.jsonl", folder / "explanations.jsonl"):
+    for path in (folder.parent / "explain" / "explanations.jsonl",
+                 folder.parent / "explanations.jsonl", folder / "explanations.jsonl"):
         if not path.is_file():
             continue
         for line in path.read_text(encoding="utf-8").splitlines():
