@@ -143,7 +143,8 @@ def test_fuzzing_scores_the_true_explanation_high_and_a_wrong_one_at_chance(plan
 
 def test_unreadable_answers_are_left_unlabelled_not_guessed():
     assert parse_labels("[1, 0, 1]", 3) == [True, False, True]
-    assert parse_labels("Example 1: 1\nExample 2: 0", 2) is None  # digits 1, 1, 2, 0: not 2
+    assert parse_labels("Example 1: 1\nExample 2: 0", 2) == [True, False]
+    assert parse_labels("Example 1: 1\nExample 2: 0", 3) is None  # two answers, not three
     assert parse_labels("I think 1 and 0", 2) == [True, False]
     assert parse_labels("yes", 2) is None
     assert balanced_accuracy([True, None, False, None], [True, True, False, False]) == 1.0
@@ -154,3 +155,5 @@ def test_explanation_is_read_from_the_marked_line_or_the_first_sentence():
         "The word dog in stories."
     assert parse("Mentions of animals. Also other things.") == "Mentions of animals."
     assert parse("   ") == ""
+    rambling = parse("The feature of the feature" + " of the feature" * 40)
+    assert rambling.endswith(" ...") and len(rambling.split()) == 41

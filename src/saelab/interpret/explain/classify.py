@@ -33,7 +33,7 @@ class Classified(NamedTuple):
 
 def parse_labels(reply: str, n: int) -> list[bool] | None:
     """`n` labels from a reply: the first [...] list of 0/1 of length n, else exactly n
-    standalone 0/1 digits; None otherwise."""
+    standalone 0/1 digits once "Example i:" labels are taken out; None otherwise."""
     for match in re.findall(r"\[[^\[\]]*\]", reply):
         try:
             values = json.loads(match.replace("True", "1").replace("False", "0"))
@@ -41,7 +41,8 @@ def parse_labels(reply: str, n: int) -> list[bool] | None:
             continue
         if isinstance(values, list) and len(values) == n and all(v in (0, 1) for v in values):
             return [bool(v) for v in values]
-    digits = re.findall(r"(?<![\w.])[01](?![\w.])", reply)
+    bare = re.sub(r"(?i)(example|text)\s*\d+\s*[:.)]?", " ", reply)  # "Example 2: 1" -> "1"
+    digits = re.findall(r"(?<![\w.])[01](?![\w.])", bare)
     return [d == "1" for d in digits] if len(digits) == n else None
 
 

@@ -79,14 +79,21 @@ def prompt(examples: Sequence[Example]) -> Messages:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
+MAX_WORDS = 40
+"""An explanation longer than this (a model that rambles or repeats itself) is cut, with '...'."""
+
+
 def parse(reply: str) -> str:
-    """The explanation in a reply: what follows `[EXPLANATION]:` (its last occurrence), else the
-    first sentence of the reply; markup and surrounding quotes removed."""
+    """The explanation in a reply: the first sentence of what follows `[EXPLANATION]:` (its last
+    occurrence), else of the whole reply, cut at MAX_WORDS words; markup and surrounding quotes
+    removed."""
     found = re.findall(r"\[EXPLANATION\]\s*:?\s*(.+)", reply, flags=re.IGNORECASE)
     text = found[-1] if found else reply
     text = " ".join(text.replace("<<", "").replace(">>", "").split())
-    if not found:
-        text = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
+    text = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
+    words = text.split()
+    if len(words) > MAX_WORDS:
+        text = " ".join(words[:MAX_WORDS]) + " ..."
     return text.strip(" \"'*`")
 
 

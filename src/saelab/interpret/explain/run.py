@@ -157,7 +157,8 @@ def append_result(path: str | os.PathLike, record: dict) -> None:
 
 
 def _finite(value: float) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
+    """A score as written: None when not finite, else rounded to 4 decimals."""
+    return None if value is None or not math.isfinite(value) else round(float(value), 4)
 
 
 # --- one feature -------------------------------------------------------------------------------
