@@ -6,6 +6,7 @@ drawn for them are what the sampling promises."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -59,7 +60,8 @@ class Planted(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def planted():
+def planted_inputs():
+    """The planted dictionary, its rows as batches, and the text behind them."""
     from saelab.models import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
@@ -74,7 +76,12 @@ def planted():
     rows = tokens.flatten().float()[:, None]
     batches = [(rows[i:i + 64], torch.arange(i, min(i + 64, rows.shape[0])))
                for i in range(0, rows.shape[0], 64)]
-    text = Text(tokens, ctx, pos, tok)
+    return dictionary, batches, Text(tokens, ctx, pos, tok)
+
+
+@pytest.fixture(scope="module")
+def planted(planted_inputs):
+    dictionary, batches, text = planted_inputs
     sampling = Sampling(window=12, n_top=5, n_quantiles=2, n_test_per_quantile=4,
                         n_negatives=10, seed=0)
     (ex,) = examples_for(dictionary, batches, text, [0], sampling)
@@ -157,3 +164,46 @@ def test_explanation_is_read_from_the_marked_line_or_the_first_sentence():
     assert parse("   ") == ""
     rambling = parse("The feature of the feature" + " of the feature" * 40)
     assert rambling.endswith(" ...") and len(rambling.split()) == 41
+
+
+def test_hard_negatives_come_from_where_the_nearest_feature_fires(planted_inputs):
+    dictionary, batches, text = planted_inputs
+    sampling = Sampling(window=12, n_top=5, n_quantiles=2, n_test_per_quantile=4,
+                        n_negatives=6, negatives="hard", n_neighbours=1, seed=0)
+    dictionary = Planted(dictionary.dog, dictionary.the)  # latent 1 (" the") nearest to 0
+    dictionary.W_dec.data = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 0.0, 1.0]])
+    (ex,) = examples_for(dictionary, batches, text, [0], sampling)
+    assert len(ex.negatives) == 6 and all(e.kind == "hard" for e in ex.negatives)
+    assert all(" the" in e.text and " dog" not in e.text for e in ex.negatives)
+
+
+@pytest.mark.slow
+def test_surprisal_prefers_the_true_explanation(planted):
+    from saelab.interpret.explain import LocalClient
+    from saelab.interpret.explain.surprisal import Surprisal
+
+    lm = LocalClient.load("smollm2-135m")
+    scorer = Surprisal(lm.model, lm.tokenizer)
+    right, wrong = scorer.score(TRUE, planted), scorer.score(WRONG, planted)
+    assert right > 0.7 and right > wrong + 0.2, (right, wrong)
+
+
+def test_intervention_steers_the_output_and_scores_the_change(planted):
+    from saelab.interpret.explain.intervention import Intervention
+    from saelab.models import load_tokenizer
+    from tests.conftest import tiny_llama
+
+    tok = load_tokenizer("smollm2-135m")
+    model = tiny_llama(vocab=len(tok), hidden=32, layers=2)
+
+    class OnLayer0(nn.Module):  # a feature whose decoder direction is large along one axis
+        n_latents, d_in = 2, 32
+
+        def decode(self, codes):
+            return codes @ torch.eye(2, 32) * 30.0
+
+    scorer = Intervention(model, tok, "model.layers.0", OnLayer0(), prompts=["The cat"],
+                          n_tokens=6, strength=1.0)
+    value = scorer.score(TRUE, planted._replace(feature=0))
+    assert scorer.clean[0] != scorer.steered(0, planted.max_activation)[0]
+    assert math.isfinite(value)
