@@ -154,6 +154,8 @@ def test_unreadable_answers_are_left_unlabelled_not_guessed():
     assert parse_labels("Example 1: 1\nExample 2: 0", 3) is None  # two answers, not three
     assert parse_labels("I think 1 and 0", 2) == [True, False]
     assert parse_labels("yes", 2) is None
+    assert parse_labels("[1, 0, 1, 0, 0, 1, 0, 1", 3) == [True, False, True]  # runs on
+    assert parse_labels("[1, 0", 3) is None  # stops short
     assert balanced_accuracy([True, None, False, None], [True, True, False, False]) == 1.0
 
 

@@ -140,10 +140,17 @@ class LocalClient:
                                  f"explainer needs one (e.g. smollm2-135m)")
         return cls(lm.model, lm.tokenizer, name)
 
+    prefill = True
+    """A last assistant message is the start of the reply, continued (as `continue_final_message`
+    in transformers' chat templates); HTTP clients send messages as they are."""
+
     def prompt_ids(self, messages: Messages) -> torch.Tensor:
-        """The chat template applied to `messages`, ready for the reply [1, T]."""
+        """The chat template applied to `messages`, ready for the reply [1, T] (continuing a
+        last assistant message)."""
         if getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+            cont = messages[-1]["role"] == "assistant"
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=not cont,
+                                                     continue_final_message=cont,
                                                      return_tensors="pt", return_dict=False)
             ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids
             return ids.reshape(1, -1)
@@ -160,7 +167,8 @@ class LocalClient:
                                   max_new_tokens=max_tokens, do_sample=sample,
                                   temperature=temperature if sample else None, top_p=None,
                                   top_k=None, pad_token_id=pad)
-        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        start = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
+        return start + self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 def make_client(url: str | None = None, model: str | None = None, local: str | None = None,
