@@ -272,6 +272,12 @@ def test_eval_runs_the_model_named_by_model_instead_of_the_stores(model_dir, sto
     assert report["meta"]["model"] is not None and report["splice"]["ce_loss_spliced"] > 0
 
 
+def test_python_dash_m_saelab_exits_with_the_commands_code():
+    res = subprocess.run([sys.executable, "-m", "saelab", "train", "/no/such/store"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "not an activation store" in res.stderr
+
+
 def test_corrupt_dictionary_file_is_a_clear_error(tmp_path):
     sae = saelab.create("topk", d_in=8, n_latents=16, k=2)
     sae.save(tmp_path / "d")
