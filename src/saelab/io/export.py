@@ -14,19 +14,47 @@ token carries it and the other tokens of the window are 0.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
 from saelab._paths import write_json
-from saelab.interpret.dashboard import (
-    TokenText,
-    check_features,
-    gather_contexts,
-    logit_effects,
-    select_features,
-)
+from saelab.errors import DataError
+from saelab.interpret.dashboard import TokenText, check_features, logit_effects, select_features
 from saelab.interpret.top_examples import TopExamples
+
+
+class Example(NamedTuple):
+    """One top example of a feature, with the token window around its peak."""
+
+    value: float
+    """The latent's activation on the peak token."""
+    ctx: int
+    """Context index (row of `tokens`)."""
+    pos: int
+    """Position of the peak token inside the context."""
+    token_ids: list[int]
+    """Token ids of the window around the peak token."""
+    focus: int
+    """Index of the peak token inside `token_ids`."""
+
+
+def top_windows(top: TopExamples, feature: int, tokens: Tensor, row_ctx: Tensor,
+                row_pos: Tensor, window: tuple[int, int]) -> list[Example]:
+    """The top examples of `feature`, each with `window` = (before, after) tokens around it."""
+    before, after = window
+    out = []
+    for value, row in zip(top.values[feature].tolist(), top.row_ids[feature].tolist()):
+        if row < 0:
+            break
+        if row >= row_ctx.numel():
+            raise DataError(f"row id {row} is outside row_ctx (it has {row_ctx.numel()} rows); "
+                            "the top examples do not match this token metadata")
+        ctx, pos = int(row_ctx[row]), int(row_pos[row])
+        start = max(0, pos - before)
+        out.append(Example(value, ctx, pos, tokens[ctx, start:pos + after + 1].tolist(),
+                           pos - start))
+    return out
 
 
 def _histogram(top: TopExamples, f: int) -> tuple[list[int], list[float]]:
@@ -41,7 +69,7 @@ def feature_record(f: int, top: TopExamples, tokens: Tensor, row_ctx: Tensor, ro
                    explanation: str | None, model_id: str, layer: str) -> dict[str, Any]:
     """The Neuronpedia-style object of feature `f`."""
     activations = []
-    for c in gather_contexts(top, f, tokens, row_ctx, row_pos, window):
+    for c in top_windows(top, f, tokens, row_ctx, row_pos, window):
         values = [0.0] * len(c.token_ids)
         values[c.focus] = float(c.value)
         activations.append({"tokens": [text(t) for t in c.token_ids], "token_ids": c.token_ids,
