@@ -18,6 +18,7 @@ from saelab.data.labelled import LabelledTexts
 from saelab.errors import ConfigError, DataError
 from saelab.evaluate.fms import CUTS, concept_fms, fms_figures, fms_scores, tree_accuracies
 from tests.conftest import tiny_llama
+from tests.evaluate.concepts import Counted, labelled
 
 HOOKPOINT = "model.layers.0"
 N_CLASSES = 5
@@ -103,29 +104,6 @@ def lm():
     return tiny_llama(vocab=100, hidden=32, layers=2)
 
 
-def labelled(n=40, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ids = [torch.randint(2, 100, (int(k),), generator=g).tolist()
-           for k in torch.randint(4, 17, (n,), generator=g)]
-    return LabelledTexts([f"text {i}" for i in range(n)], ["ab"[i % 2] for i in range(n)],
-                         tokens=ids)
-
-
-class Counted:
-    """Counts forwards of a module while in a `with` block."""
-
-    def __init__(self, module):
-        self.module, self.count = module, 0
-
-    def __enter__(self):
-        self.handle = self.module.register_forward_pre_hook(lambda *_: self.bump())
-        return self
-
-    def bump(self):
-        self.count += 1
-
-    def __exit__(self, *exc):
-        self.handle.remove()
 
 
 @pytest.mark.parametrize("family", ["fms", "separability"])

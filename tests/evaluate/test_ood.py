@@ -20,6 +20,7 @@ from saelab.errors import ConfigError, DataError
 from saelab.evaluate import ood as ood_module
 from saelab.evaluate.ood import Ood, OodConfig, fit_gaussian, ledoit_wolf, mahalanobis
 from tests.conftest import tiny_llama
+from tests.evaluate.concepts import Counted
 
 D = 32
 HOOKPOINT = "model.layers.0"
@@ -128,21 +129,6 @@ def test_rows_of_the_wrong_width_are_refused():
 
 
 # --- the family on a tiny model -----------------------------------------------------------------
-class Counted:
-    """Counts forwards of a module while in a `with` block."""
-
-    def __init__(self, module):
-        self.module, self.count = module, 0
-
-    def __enter__(self):
-        self.handle = self.module.register_forward_pre_hook(lambda *_: self.bump())
-        return self
-
-    def bump(self):
-        self.count += 1
-
-    def __exit__(self, *exc):
-        self.handle.remove()
 
 
 @pytest.fixture(scope="module")

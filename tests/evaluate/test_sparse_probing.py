@@ -20,6 +20,7 @@ from saelab.evaluate._pooled import pooled_activations
 from saelab.evaluate._probe import one_vs_rest, stratified_split
 from saelab.evaluate.sparse_probing import sparse_probes, top_k_mean_diff
 from tests.conftest import tiny_llama
+from tests.evaluate.concepts import Counted, labelled
 
 HOOKPOINT = "model.layers.0"
 
@@ -104,29 +105,6 @@ def lm():
     return tiny_llama(vocab=100, hidden=32, layers=2)
 
 
-def labelled(n=40, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ids = [torch.randint(2, 100, (int(k),), generator=g).tolist()
-           for k in torch.randint(4, 17, (n,), generator=g)]
-    return LabelledTexts([f"text {i}" for i in range(n)], ["ab"[i % 2] for i in range(n)],
-                         tokens=ids)
-
-
-class Counted:
-    """Counts forwards of a module while in a `with` block."""
-
-    def __init__(self, module):
-        self.module, self.count = module, 0
-
-    def __enter__(self):
-        self.handle = self.module.register_forward_pre_hook(lambda *_: self.bump())
-        return self
-
-    def bump(self):
-        self.count += 1
-
-    def __exit__(self, *exc):
-        self.handle.remove()
 
 
 def test_pooled_activations_average_the_kept_positions_of_each_text(lm):
