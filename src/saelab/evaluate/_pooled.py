@@ -58,18 +58,25 @@ class Pooled(NamedTuple):
     """Positions averaged per text [N] (int64; 0 where none was kept)."""
 
 
-def tokenizer_for(model: nn.Module) -> Any:
-    """The tokenizer saved with `model` (a transformers model: read from its `name_or_path`
-    folder or Hub name); a ConfigError saying how to pass tokenized labels when there is none."""
+LABELS_HINT = ("tokenize the labelled texts yourself: labels=texts.tokenize(tokenizer), with "
+               "texts = saelab.data.labelled.load_labelled(...)")
+
+
+def tokenizer_for(model: nn.Module, needs: str = "the labelled texts need",
+                  hint: str = LABELS_HINT) -> Any:
+    """The model's tokenizer: `model.tokenizer` when set, else the one saved with it (read from
+    its `name_or_path`: a folder or Hub name); a ConfigError otherwise, saying who `needs` it and
+    ending with `hint` (how to do without)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        return tokenizer
     from saelab.models import load_tokenizer
 
     name = getattr(model, "name_or_path", None) or getattr(
         getattr(model, "config", None), "name_or_path", None)
-    hint = ("tokenize the labelled texts yourself: labels=texts.tokenize(tokenizer), with "
-            "texts = saelab.data.labelled.load_labelled(...)")
     if not name:
-        raise ConfigError(f"the labelled texts need the model's tokenizer, and this "
-                          f"{type(model).__name__} does not say where it was loaded from: {hint}")
+        raise ConfigError(f"{needs} the model's tokenizer, and this {type(model).__name__} does "
+                          f"not say where it was loaded from: {hint}")
     try:
         return load_tokenizer(str(name))
     except Exception as e:  # noqa: BLE001 - any failure of the lookup gets the same advice

@@ -105,6 +105,7 @@ from saelab.capture import Capture, resolve
 from saelab.capture.exclude import Exclusion
 from saelab.errors import ConfigError
 from saelab.evaluate._base import Context, Family
+from saelab.evaluate._pooled import tokenizer_for
 from saelab.evaluate._registry import register
 
 log = logging.getLogger(__name__)
@@ -627,26 +628,10 @@ def _summarise(figures: dict[str, float], rows: list[LetterResult],
 
 # --- the whole task on a model -----------------------------------------------------------------
 def tokenizer_of(model: nn.Module) -> Any:
-    """The model's tokenizer: `model.tokenizer` when set, else the one saved with it (from its
-    `name_or_path`: a folder or Hub name); a ConfigError saying how to give one otherwise."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is not None:
-        return tokenizer
-    from saelab.models import load_tokenizer
-
-    name = getattr(model, "name_or_path", None) or getattr(
-        getattr(model, "config", None), "name_or_path", None)
-    hint = ("load the model with saelab.models.load, or set model.tokenizer = tokenizer "
-            "before evaluating")
-    if not name:
-        raise ConfigError(f"absorption: the first-letter task reads the model's vocabulary, and "
-                          f"this {type(model).__name__} does not say where its tokenizer is: "
-                          f"{hint}")
-    try:
-        return load_tokenizer(str(name))
-    except Exception as e:  # noqa: BLE001 - any failure of the lookup gets the same advice
-        raise ConfigError(f"absorption: cannot load the tokenizer of the model ({name}): {e}. "
-                          f"Or {hint}") from None
+    """The model's tokenizer (see `tokenizer_for`), whose vocabulary the task reads."""
+    return tokenizer_for(model, "absorption: the first-letter task reads the vocabulary with",
+                         "load the model with saelab.models.load, or set model.tokenizer = "
+                         "tokenizer before evaluating")
 
 
 def first_letter_absorption(model: nn.Module, tokenizer, hookpoint: str, dictionary,

@@ -55,6 +55,7 @@ from saelab.data import Document, pack, read_documents
 from saelab.errors import ConfigError, DataError, MissingDependencyError
 from saelab.evaluate._base import Context, Family
 from saelab.evaluate._contexts import context_activations, one_hookpoint
+from saelab.evaluate._pooled import tokenizer_for
 from saelab.evaluate._registry import register
 
 log = logging.getLogger(__name__)
@@ -130,26 +131,6 @@ def ood_documents(source: Any) -> list[Document]:
     return docs
 
 
-def tokenizer_of(model: nn.Module, hint: str) -> Any:
-    """`model.tokenizer` when set, else the tokenizer saved with the model (its name_or_path);
-    a ConfigError ending with `hint` otherwise."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is not None:
-        return tokenizer
-    from saelab.models import load_tokenizer
-
-    name = getattr(model, "name_or_path", None) or getattr(
-        getattr(model, "config", None), "name_or_path", None)
-    if not name:
-        raise ConfigError(f"ood: the OOD text must be tokenized with the model's tokenizer, and "
-                          f"this {type(model).__name__} does not say where it is: {hint}")
-    try:
-        return load_tokenizer(str(name))
-    except Exception as e:  # noqa: BLE001 - any failure of the lookup gets the same advice
-        raise ConfigError(f"ood: cannot load the tokenizer of the model ({name}): {e}. "
-                          f"Or {hint}") from None
-
-
 def ood_tokens(source: Any, model: nn.Module, context_len: int, n_contexts: int) -> Tensor:
     """Token ids [<= n_contexts, context_len'] of the OOD text: token ids as given (the first
     n_contexts), else the documents packed like a store's contexts (`saelab.data.pack`) with the
@@ -161,7 +142,7 @@ def ood_tokens(source: Any, model: nn.Module, context_len: int, n_contexts: int)
         return source[:n_contexts].long()
     hint = ("set model.tokenizer = tokenizer, or give token ids: "
             "Ood.config = OodConfig(ood=TOKENS)")
-    tokenizer = tokenizer_of(model, hint)
+    tokenizer = tokenizer_for(model, "ood: the OOD text must be tokenized with", hint)
     tokens = pack(ood_documents(source), tokenizer, context_len, max_contexts=n_contexts).tokens
     if len(tokens) == 0:
         raise DataError(f"ood: the OOD text {source!r} fills no context of {context_len} tokens")
