@@ -6,6 +6,7 @@ or deleted. docs/concepts/reliability.md names the drill behind each guarantee."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -143,12 +144,21 @@ def capture_args(model_dir: Path, out: Path, n_tokens: int) -> list:
 
 # --- locks ------------------------------------------------------------------------------
 
-def wait_for(flag: Path, proc) -> None:
-    for _ in range(600):
-        if flag.exists() or proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    assert flag.exists(), proc.communicate()[1][-2000:]
+@contextlib.contextmanager
+def paused(args: list, plan: tuple[str, ...]):
+    """`saelab ARGS` started with a pause `plan` (its last item the flag file the pause
+    creates), yielded once it is paused holding its folder's lock; SIGKILLed after the block."""
+    flag, proc = Path(plan[-1]), cli(*args, plan=plan, wait=False)
+    try:
+        for _ in range(600):
+            if flag.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert flag.exists(), proc.communicate()[1][-2000:]
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 def test_a_second_run_into_a_running_ones_folder_is_refused_and_a_killed_one_leaves_no_lock(
@@ -156,14 +166,9 @@ def test_a_second_run_into_a_running_ones_folder_is_refused_and_a_killed_one_lea
     out, flag = tmp_path / "run", tmp_path / "paused"
     args = ["train", store, *TRAIN, "--steps", "12", "--checkpoint-every", "4", "--log-every", "1",
             "--out", out]
-    first = cli(*args, plan=("--pause-at-step", "6", str(flag)), wait=False)
-    try:
-        wait_for(flag, first)
+    with paused(args, ("--pause-at-step", "6", str(flag))) as first:
         refused(cli(*args), 2, f"in use by another saelab run (process {first.pid})")
         refused(cli(*args, "--overwrite"), 2, f"process {first.pid}")
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
     ok(cli(*args))  # the same command resumes: the killed run's lock went with it
     assert steps_logged(out) == list(range(1, 13))
 
@@ -171,14 +176,9 @@ def test_a_second_run_into_a_running_ones_folder_is_refused_and_a_killed_one_lea
 def test_a_second_capture_into_a_running_ones_folder_is_refused(model_dir, tmp_path):
     out, flag = tmp_path / "store", tmp_path / "paused"
     args = capture_args(model_dir, out, 4096)
-    first = cli(*args, plan=("--pause-at-shard", str(flag)), wait=False)
-    try:
-        wait_for(flag, first)
+    with paused(args, ("--pause-at-shard", str(flag))) as first:
         refused(cli(*args), 2, f"in use by another saelab capture (process {first.pid})")
         refused(cli(*args, "--overwrite"), 2, f"process {first.pid}")
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
     ok(cli(*args))
     ok(cli("check", out))
 
