@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from saelab.capture.exclude import Exclusion
 from saelab.errors import MissingDependencyError, SaelabError
 from saelab.interpret.html import TokenText, templates
 
@@ -156,10 +157,21 @@ class Prompter:
         lm = load(self.sources["model"])
         sae = self.load_dictionary(self.sources["dictionary"])
         (hp,) = resolve(lm.model, [self.sources["hookpoint"]])
-        return lm, sae, hp, TokenText(lm.tokenizer)
+        return lm, sae, hp, TokenText(lm.tokenizer), self.exclusion()
 
-    def run(self, text: str) -> tuple[list[str], Any, bool]:
-        """(token texts, codes [T, n_latents], whether the prompt was cut) of `text`."""
+    def exclusion(self) -> Exclusion:
+        """The store's rule of which positions training left out (from the dashboard's sources;
+        a dashboard written before they held it: from the store's manifest, if it is still
+        there; else no rule)."""
+        rule = self.sources.get("exclusion")
+        manifest = Path(self.sources.get("store") or "") / "manifest.json"
+        if rule is None and self.sources.get("store") and manifest.is_file():
+            rule = json.loads(manifest.read_text(encoding="utf-8")).get("exclusion")
+        return Exclusion.from_json(rule)
+
+    def run(self, text: str) -> tuple[list[str], Any, bool, Any]:
+        """(token texts, codes [T, n_latents], whether the prompt was cut, kept [T]) of `text`:
+        codes are zero where the exclusion rule drops the position (`kept` False there)."""
         import torch
 
         from saelab.capture import capture
@@ -167,27 +179,35 @@ class Prompter:
         with self.lock:
             if self.loaded is None:
                 self.loaded = self._load()
-            lm, sae, hp, tok_text = self.loaded
+            lm, sae, hp, tok_text, exclusion = self.loaded
             ids = lm.tokenizer(text, return_tensors="pt")["input_ids"]
             cut = ids.shape[1] > MAX_PROMPT_TOKENS
             ids = ids[:, :MAX_PROMPT_TOKENS]
             with torch.no_grad():
-                acts = capture(lm.model, [hp], ids)[hp.key][0]  # [T, d]
+                acts = capture(lm.model, [hp], ids)[hp.key]  # [1, T, d]
+                kept = exclusion.keep_mask(ids, {hp.key: acts})[0]
                 param = next(iter(sae.parameters()))
-                codes = sae.encode(acts.to(param.device, param.dtype)).float().cpu()
-        return [tok_text(int(t)) for t in ids[0]], codes, cut
+                codes = sae.encode(acts[0].to(param.device, param.dtype)).float().cpu()
+                codes[~kept] = 0
+        return [tok_text(int(t)) for t in ids[0]], codes, cut, kept
 
 
-def prompt_rows(tokens: list[str], codes, shown: set[int], feature: int | None) -> list[dict]:
-    """One row per prompt token: its text, the most active features, and the chosen feature's
-    activation on it."""
+def prompt_rows(tokens: list[str], codes, shown: set[int], feature: int | None,
+                kept=None) -> list[dict]:
+    """One row per prompt token: its text, the most active features, the chosen feature's
+    activation on it, and whether the exclusion rule kept it (`kept` [T], default all)."""
     rows = []
     peak = float(codes[:, feature].max()) if feature is not None else 0.0
     for t, (text, row) in enumerate(zip(tokens, codes)):
+        if kept is not None and not bool(kept[t]):
+            rows.append({"index": t, "text": text, "features": [], "act": None, "peak": peak,
+                         "excluded": True})
+            continue
         vals, idx = row.topk(min(FEATURES_PER_TOKEN, row.numel()))
         fires = [(int(i), float(v), int(i) in shown) for v, i in zip(vals, idx) if v > 0]
         act = float(row[feature]) if feature is not None else None
-        rows.append({"index": t, "text": text, "features": fires, "act": act, "peak": peak})
+        rows.append({"index": t, "text": text, "features": fires, "act": act, "peak": peak,
+                     "excluded": False})
     return rows
 
 
@@ -238,10 +258,10 @@ def create_app(folder: str | Path, load_dictionary: Callable[[str], Any] | None 
         error, rows, cut = prompter.why_not(), [], False
         if text and error is None:
             try:
-                tokens, codes, cut = prompter.run(text)
+                tokens, codes, cut, kept = prompter.run(text)
                 if chosen is not None and not 0 <= chosen < codes.shape[1]:
                     chosen = None
-                rows = prompt_rows(tokens, codes, set(board.features), chosen)
+                rows = prompt_rows(tokens, codes, set(board.features), chosen, kept)
             except SaelabError as e:
                 error = str(e)
         return render(request, "prompt.html", text=text, rows=rows, error=error, cut=cut,

@@ -29,7 +29,7 @@ from torch import Tensor
 from saelab._paths import atomic_path
 from saelab.errors import ConfigError, DataError, OutputExistsError
 from saelab.interpret.feature_data import Batches, write_feature_data
-from saelab.interpret.html import TokenText, esc, page, pill, templates
+from saelab.interpret.html import TokenText, templates
 from saelab.interpret.top_examples import TopExamples
 
 log = logging.getLogger(__name__)
@@ -94,14 +94,7 @@ def logit_effects(W_dec: Tensor, unembed: Tensor, features: list[int], k: int = 
     return out
 
 
-# --- HTML -------------------------------------------------------------------------------------
-def summary_html(dictionary, top: TopExamples, n_shown: int, extra: dict | None) -> str:
-    """Header table: dictionary, rows, dead and dense counts, and the `extra` entries."""
-    items = summary_items(dictionary, top, n_shown, extra)
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items)
-    return f"<table>{rows}</table>"
-
-
+# --- summary ------------------------------------------------------------------------------------
 def summary_items(dictionary, top: TopExamples, n_shown: int, extra: dict | None
                   ) -> list[tuple[str, Any]]:
     """(name, value) rows of the summary: dictionary, rows, dead and dense counts, `extra`."""
@@ -120,31 +113,6 @@ def summary_items(dictionary, top: TopExamples, n_shown: int, extra: dict | None
             items.append((key, dictionary.provenance[key]))
     items += list((extra or {}).items())
     return items
-
-
-def index_page(title: str, summary: str, density: str, features: list[int], top: TopExamples,
-               previews: dict[int, str], promoted: dict[int, list[str]]) -> str:
-    """The index: summary, density histogram and one table row per feature (`previews` and
-    `promoted` hold already-escaped token text)."""
-    top_freq = max((int(top.fire_counts[f]) for f in features), default=1) or 1
-    rows = []
-    for f in features:
-        count = int(top.fire_counts[f])
-        bar = 60 * count / top_freq
-        logits = " ".join(f'<span class="pill">{t}</span>' for t in promoted.get(f, []))
-        rows.append(f'<tr><td><a href="features/{f:05d}.html">{f}</a></td>'
-                    f'<td class="num">{count / max(top.n_rows, 1):.3%}</td>'
-                    f'<td><span class="bar" style="width:{bar:.1f}px"></span></td>'
-                    f'<td class="num">{float(top.max_act[f]):.3g}</td>'
-                    f'<td><span class="pill">{previews.get(f, "")}</span></td><td>{logits}</td>'
-                    "</tr>")
-    table = ("<table><tr><th>feature</th><th>frequency</th><th></th><th>max act</th>"
-             "<th>top token</th><th>top logits</th></tr>" + "".join(rows) + "</table>")
-    body = (f"<h1>{esc(title)}</h1><div class=\"cards\"><div class=\"card\">{summary}</div>"
-            f'<div class="card"><b>Feature density</b> <span class="muted">(log10 firing '
-            f"frequency of live latents)</span><br>{density}</div></div>"
-            f"<h2>Features</h2>{table}")
-    return page(title, body)
 
 
 # --- entry point ------------------------------------------------------------------------------
@@ -204,29 +172,33 @@ def write_dashboard(out_dir: str | os.PathLike, dictionary, top: TopExamples, to
                                    {k: v for k, v in meta.items() if k != "features"}
                                    | {"summary": summary_items(dictionary, top, len(chosen),
                                                                extra)}, batches)
-        (tmp / "features").mkdir(parents=True)
-        _write_feature_pages(tmp, chosen, title, top.n_rows)
-        previews = {r["feature"]: esc(pill(r["top_tokens"][0])) for r in index if r["top_tokens"]}
-        promoted = {f: [esc(pill(text(t))) for t, _ in e[0][:3]] for f, e in effects.items()}
-        summary = summary_html(dictionary, top, len(chosen), extra)
-        density = ((tmp / "data" / "density.svg").read_text(encoding="utf-8")
-                   or '<p class="muted">no live latents</p>')
-        (tmp / "index.html").write_text(index_page(title, summary, density, chosen, top,
-                                                   previews, promoted), encoding="utf-8")
+        _write_pages(tmp, chosen, index, title, top.n_rows)
         (tmp / MARKER).write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
     log.info("wrote a dashboard of %d features to %s", len(chosen), out_dir)
     return out_dir
 
 
-def _write_feature_pages(root: Path, chosen: list[int], title: str, n_rows: int) -> None:
-    """Write features/NNNNN.html for each chosen feature from its browser data (written first),
-    with the browser's own template, its links turned into relative file links."""
+def _write_pages(root: Path, chosen: list[int], index: list[dict], title: str,
+                 n_rows: int) -> None:
+    """Write index.html and features/NNNNN.html from the browser data (written first), with the
+    browser's own templates, their links turned into relative file links."""
     env = templates()
-    env.globals.update(meta={"title": title, "n_rows": n_rows}, static=True,
-                       home="../index.html", feature_url=lambda f: f"{f:05d}.html")
+    meta = json.loads((root / "data" / "features.json").read_text(encoding="utf-8"))
+    density = root / "data" / "density.svg"
+    env.globals.update(meta=meta, static=True, home="index.html",
+                       feature_url=lambda f: f"features/{f:05d}.html")
+    rows = sorted(({**r, "explanation": None, "score": None} for r in index),
+                  key=lambda r: r["density"], reverse=True)
+    (root / "index.html").write_text(env.get_template("list.html").render(
+        rows=rows, q="", sort="density", desc=True, total=len(rows),
+        density=density.read_text(encoding="utf-8") if density.is_file() else ""),
+        encoding="utf-8")
+    env.globals.update(meta={"title": title, "n_rows": n_rows}, home="../index.html",
+                       feature_url=lambda f: f"{f:05d}.html")
     template = env.get_template("feature.html")
     shown = set(chosen)
     data = root / "data" / "features"
+    (root / "features").mkdir(parents=True)
     for i, f in enumerate(chosen):
         rec = json.loads((data / f"{f:05d}.json").read_text(encoding="utf-8"))
         rec.update(histogram=(data / f"{f:05d}.svg").read_text(encoding="utf-8"), explained=None)

@@ -32,7 +32,8 @@ def dashboard_from_store(dictionary, store: ActivationStore | str | os.PathLike,
     unless `allow_incomplete_store`. `tokenizer` (default: the store model's) renders
     the tokens; `unembed` [vocab, d_out] adds each feature's logit effect. Two more passes over
     the store write the feature browser's data (saelab.interpret.feature_data); with
-    `dictionary_path`, `saelab view` can also run the store's model on a prompt. Returns `out`.
+    `dictionary_path`, `saelab view` can also run the store's model on a prompt (leaving out the
+positions the store's exclusion rule dropped, as training did). Returns `out`.
     """
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
     store.require_complete(allow_incomplete_store, "a dashboard")
@@ -50,5 +51,6 @@ def dashboard_from_store(dictionary, store: ActivationStore | str | os.PathLike,
                                                 desc="browser data", unit="batch", leave=False),
                            sources={"model": store.model, "hookpoint": key,
                                     "store": str(store.path.resolve()),
+                                    "exclusion": store.manifest.get("exclusion"),
                                     "dictionary": (str(Path(dictionary_path).resolve())
                                                    if dictionary_path else None)})

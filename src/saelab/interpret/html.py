@@ -1,12 +1,12 @@
-"""HTML pieces of the dashboards: visible token text, escaping, the page shell.
+"""HTML pieces of the dashboards: visible token text, the stylesheet, the Jinja2 templates.
 
-Every piece of text that comes from data goes through `esc` (quotes included) before it is put
-into a page; `visible` makes whitespace and control characters visible first.
+Every page is rendered from an autoescaping Jinja2 template (`templates`), so every piece of
+text that comes from data is escaped; `visible` makes whitespace and control characters visible
+first.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 from pathlib import Path
 from typing import Any
@@ -86,11 +86,9 @@ def pill(text: str) -> str:
     return "␣" * min(len(text), 8) if text.strip(" ") == "" else text
 
 
-def esc(value: Any) -> str:
-    """HTML-escape any value (quotes included), formatting floats compactly."""
-    if isinstance(value, float):
-        value = f"{value:.4g}"
-    return html.escape(str(value), quote=True)
+def compact(value: Any) -> Any:
+    """A float formatted with 4 significant digits; any other value as it is."""
+    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 def shade(act: float | None, peak: float) -> str:
@@ -107,18 +105,10 @@ TEMPLATES = Path(__file__).with_name("templates")
 
 def templates():
     """The Jinja2 environment of `TEMPLATES`, autoescaping every template (so every piece of data
-    text is escaped), with the filters `shade` and `pill` and the global `zip`."""
+    text is escaped), with the filters `shade`, `pill` and `compact` and the global `zip`."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
-    env.filters.update(shade=shade, pill=pill)
+    env.filters.update(shade=shade, pill=pill, compact=compact)
     env.globals.update(zip=zip)
     return env
-
-
-def page(title: str, body: str) -> str:
-    """A whole HTML document with the inline stylesheet; `title` is escaped here."""
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n"
-            "</body></html>\n")
