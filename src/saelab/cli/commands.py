@@ -246,6 +246,19 @@ def cmd_explain(cfg) -> int:
     return 0
 
 
+def cmd_steer(cfg) -> int:
+    from saelab.steer import format_comparison, run_steer
+
+    print(format_comparison(run_steer(cfg), as_json=cfg.json))
+    return 0
+
+
+def _steer_config() -> type:
+    from saelab.steer import SteerConfig
+
+    return SteerConfig
+
+
 def _explain_config() -> type:
     from saelab.interpret.explain import ExplainConfig
 
@@ -288,6 +301,8 @@ _COMMANDS: dict[str, tuple[Callable[[], type], str, Callable]] = {
                                  "card (needs huggingface_hub and a token).", cmd_push),
     "explain": (_explain_config, "Explain a dictionary's features with a language model and "
                                  "score the explanations.", cmd_explain),
+    "steer": (_steer_config, "Generate with and without a feature's intervention, side by "
+                             "side, with its activation on each token.", cmd_steer),
 }
 
 
