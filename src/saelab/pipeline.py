@@ -51,7 +51,9 @@ class CaptureConfig:
     layer: int | None = option(None, "Block index used when no hookpoint is given (default: "
                                      "the middle one).")
     dataset: str = option("wikipedia", "'wikipedia' (packaged), a .txt/.jsonl file or folder, "
-                                       "or 'hf:NAME[:split]'.")
+                                       "or 'hf:NAME[:split]'; for a vision model: 'skimage', "
+                                       "'lfw', 'digits', 'sklearn-samples', a folder of "
+                                       "images, or 'hf:NAME[:split]'.")
     context_len: int = option(128, "Tokens per context.")
     n_tokens: int = option(250_000, "Tokens to capture (rounded to whole contexts; fewer, with a "
                                     "warning, when the text runs out).")
@@ -63,6 +65,11 @@ class CaptureConfig:
                                                     "multiple of the median (massive "
                                                     "activations); None keeps all.")
     exclude_special: bool = option(True, "Leave out BOS, EOS and separator tokens.")
+    image_rows: Literal["patches", "cls", "pooled", "all"] = option(
+        "patches", "Vision models: the rows each image gives (every patch token, the CLS "
+                   "token, the mean of the patch tokens, or every token).")
+    n_images: int | None = option(None, "Vision models: images to capture (default: all).")
+    skip_images: int = option(0, "Vision models: images of the dataset to skip first.")
     gradients: bool = option(False, "Also store d(next-token loss)/d(activation) as "
                                     "'<hookpoint>.grad' (one hookpoint, a causal LM), for "
                                     "gsae_gradient.")
@@ -106,6 +113,8 @@ def capture(cfg: CaptureConfig, lm=None):
 
     lm = lm or load(cfg.model)
     hookpoints = cfg.hookpoints or [default_hookpoint(lm, cfg.layer)]
+    if lm.kind == "vision":
+        return capture_images(cfg, lm, hookpoints)
     n_ctx = max(1, cfg.n_tokens // cfg.context_len)
     corpus = tokenise(lm, cfg.dataset, cfg.context_len, n_ctx, cfg.skip_tokens // cfg.context_len)
     store = capture_to_store(lm.model, corpus.tokens, hookpoints, cfg.out, model_name=lm.name,
@@ -117,6 +126,30 @@ def capture(cfg: CaptureConfig, lm=None):
     if corpus.tokens.shape[0] < n_ctx:
         return _text_ran_out(store, cfg, corpus.tokens.numel())
     return store
+
+
+def capture_images(cfg: CaptureConfig, lm, hookpoints: list[str]):
+    """Capture a vision model on the images of `cfg.dataset` (saelab.data.images), preprocessed
+    by the model's own processor, `cfg.image_rows` per image; returns the ActivationStore."""
+    from saelab.data.images import IMAGE_SOURCES, read_images
+    from saelab.data.pixels import pixel_values
+    from saelab.store.images import capture_images_to_store
+
+    if cfg.dataset == "wikipedia":
+        raise DataError(f"{lm.name} is a vision model and 'wikipedia' is text: pass --dataset "
+                        f"{', '.join(IMAGE_SOURCES)}, a folder of images, or hf:NAME")
+    limit = None if cfg.n_images is None else cfg.skip_images + cfg.n_images
+    items = read_images(cfg.dataset, limit=limit)[cfg.skip_images:]
+    if not items:
+        raise DataError(f"{cfg.dataset} holds no images after skipping {cfg.skip_images}")
+    source = {"dataset": cfg.dataset, "skip_images": cfg.skip_images,
+              "titles": [i.title for i in items], "labels": [i.label for i in items],
+              "processor": json.loads(lm.processor.to_json_string())}
+    return capture_images_to_store(
+        lm.model, lambda start, stop: pixel_values(items[start:stop], lm.processor), len(items),
+        hookpoints, cfg.out, model_name=lm.name, source=source, rows=cfg.image_rows,
+        norm_factor=cfg.norm_factor, batch_images=cfg.batch_contexts, shard_rows=cfg.shard_rows,
+        dtype=cfg.dtype, overwrite=cfg.overwrite, progress=cfg.progress)
 
 
 def _text_ran_out(store, cfg: CaptureConfig, got: int):

@@ -43,7 +43,7 @@ def test_store_layout_rows_and_metadata(tiny_lm, tokens, tmp_path):
 def test_killed_capture_resumes_to_the_same_store(tiny_lm, tokens, tmp_path, monkeypatch):
     full = make_store(tiny_lm, tokens, tmp_path / "full")
     calls = {"n": 0}
-    original = writer._flush
+    original = writer.flush_shard
 
     def dying_flush(*args, **kwargs):
         calls["n"] += 1
@@ -51,12 +51,12 @@ def test_killed_capture_resumes_to_the_same_store(tiny_lm, tokens, tmp_path, mon
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(writer, "_flush", dying_flush)
+    monkeypatch.setattr(writer, "flush_shard", dying_flush)
     with pytest.raises(KeyboardInterrupt):
         make_store(tiny_lm, tokens, tmp_path / "part")
     partial = json.loads((tmp_path / "part" / "manifest.json").read_text())
     assert not partial["complete"] and len(partial["shards"]) == 2
-    monkeypatch.setattr(writer, "_flush", original)
+    monkeypatch.setattr(writer, "flush_shard", original)
     resumed = make_store(tiny_lm, tokens, tmp_path / "part")
     assert resumed.n_rows == full.n_rows
     a = torch.cat([x for x, _ in full.iter_rows("model.layers.1")])

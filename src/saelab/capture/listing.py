@@ -1,12 +1,14 @@
 """`saelab hookpoints MODEL`: every module a hookpoint can name, with the shape of its output.
 
-The shapes come from one tiny forward (a few tokens) with a hook on every module; a module the
-forward never reaches is listed without a shape.
+The shapes come from one tiny forward (a few tokens; for a vision model, a blank image of a few
+patches) with a hook on every module; a module the forward never reaches is listed without a
+shape.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,7 +30,8 @@ class HookpointsConfig:
                           positional=True)
     pattern: str | None = option(None, "Only modules whose name matches this name or pattern "
                                        "(`model.layers.*.mlp`; `*` one dotted part, `**` any).")
-    n_tokens: int = option(4, "Tokens of the forward that measures the shapes.")
+    n_tokens: int = option(4, "Tokens of the forward that measures the shapes (vision models: "
+                              "patches, rounded up to a square grid).")
 
 
 class HookpointInfo(NamedTuple):
@@ -47,7 +50,8 @@ class HookpointInfo(NamedTuple):
 def list_hookpoints(model: nn.Module, pattern: str | None = None,
                     n_tokens: int = 4) -> list[HookpointInfo]:
     """The modules of `model` (those matching `pattern`), in order, with their output shapes
-    from one forward of `n_tokens` tokens (token id 1 each, batch of one)."""
+    from one forward of `n_tokens` tokens (token id 1 each, batch of one); for a vision model
+    (input `pixel_values`), of a blank image of about `n_tokens` patches."""
     regex = module_pattern(pattern) if pattern else None
     modules = [(n, m) for n, m in model.named_modules() if n and (
         regex is None or regex.fullmatch(n))]
@@ -57,14 +61,26 @@ def list_hookpoints(model: nn.Module, pattern: str | None = None,
     shapes: dict[str, tuple[int, ...]] = {}
     handles = [m.register_forward_hook(_recorder(n, shapes)) for n, m in modules]
     try:
-        model(input_ids=torch.ones(1, n_tokens, dtype=torch.long))
+        model(**_measuring_input(model, n_tokens))
     except (TypeError, ValueError, RuntimeError) as e:  # a model that takes no token ids
-        log.warning("a forward on %d token ids failed (%s): shapes are not shown",
+        log.warning("a forward on %d tokens failed (%s): shapes are not shown",
                     n_tokens, str(e).splitlines()[0] if str(e) else type(e).__name__)
     finally:
         for h in handles:
             h.remove()
     return [HookpointInfo(n, type(m).__name__, shapes.get(n)) for n, m in modules]
+
+
+def _measuring_input(model: nn.Module, n_tokens: int) -> dict[str, torch.Tensor]:
+    """Token ids, or for a vision model a blank image of ceil(sqrt(n_tokens))^2 patches."""
+    if getattr(model, "main_input_name", None) != "pixel_values":
+        return {"input_ids": torch.ones(1, n_tokens, dtype=torch.long)}
+    config = model.config
+    patch = getattr(config, "patch_size", 16)
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    side = patch * math.ceil(math.sqrt(n_tokens))
+    channels = getattr(config, "num_channels", 3)
+    return {"pixel_values": torch.zeros(1, channels, side, side)}
 
 
 def _recorder(name: str, shapes: dict[str, tuple[int, ...]]):

@@ -6,7 +6,13 @@
 
 Packaged aliases (see PACKAGED) load from pip packages without a network. Any other string is
 a local folder or a Hub name loaded through transformers: AutoModelForCausalLM for causal LMs,
-AutoModel for encoders.
+AutoModel for encoders and vision models. A vision model (one whose input is `pixel_values`:
+ViT, DINOv2, CLIP's or SigLIP's vision tower, ...) comes with its own image processor
+(AutoImageProcessor) instead of a tokenizer:
+
+    >>> vit = load("vit-s14")            # packaged ViT-S/14 (DINOv2 layout): works offline
+    >>> vit.kind, vit.layer_template     # ('vision', 'encoder.layer.{}')
+    >>> vit.processor(images=[image], return_tensors="pt")["pixel_values"]   # [1, 3, 224, 224]
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ class LoadedModel(NamedTuple):
     name: str
     """The packaged alias, or the folder / Hub name the model was loaded from."""
     kind: str
-    """"causal_lm" (next-token model with an unembedding) or "encoder"."""
+    """"causal_lm" (next-token model with an unembedding), "encoder" (text encoder) or
+    "vision" (image encoder: its input is `pixel_values`)."""
     n_layers: int
     """Number of blocks (decoder or encoder layers)."""
     d_model: int
@@ -53,6 +60,9 @@ class LoadedModel(NamedTuple):
     hub_id: str | None = None
     """The model's Hugging Face Hub id (for a packaged alias, the id of the model it packages;
     None for a local folder outside the Hugging Face cache). See `hub_id()`."""
+    processor: Any = None
+    """The image processor of a vision model (transformers' AutoImageProcessor: resize, crop,
+    normalise into `pixel_values`); None for text models."""
 
 
 def load(name_or_path: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
@@ -72,6 +82,10 @@ def load(name_or_path: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     causal = _introspect.is_causal_lm(config)
     model = _load_weights(folder, name, config, causal, dtype, kwargs)
     model.eval().requires_grad_(False)
+    if _introspect.is_vision(model):
+        return _describe(model, None, name, False)._replace(
+            kind="vision", hub_id=hub_id(name_or_path),
+            processor=_load_processor(folder, name, kwargs))
     tokenizer = _load_tokenizer(folder, name, kwargs, required=False)
     return _describe(model, tokenizer, name, causal)._replace(hub_id=hub_id(name_or_path))
 
@@ -122,6 +136,19 @@ def _load_tokenizer(folder: str, name: str, kwargs: dict[str, Any], required: bo
         logger.warning("model %s has no usable tokenizer (%s): tokenizer is None",
                        name, str(e).strip().splitlines()[0])
         return None
+
+
+def _load_processor(folder: str, name: str, kwargs: dict[str, Any]) -> Any:
+    """The image processor saved with a vision model (its own resize, crop and normalisation)."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"vision model {name!r} has no usable image processor "
+                          f"(preprocessor_config.json): {str(e).strip().splitlines()[0]}. "
+                          f"saelab preprocesses images with the model's own processor") \
+            from None
 
 
 def _has_tokenizer_files(folder: Path) -> bool:

@@ -27,6 +27,12 @@ def is_causal_lm(config: Any) -> bool:
     return kind in MODEL_FOR_CAUSAL_LM_MAPPING and kind not in MODEL_FOR_MASKED_LM_MAPPING
 
 
+def is_vision(model: nn.Module) -> bool:
+    """Whether `model` takes images (its `main_input_name` is `pixel_values`: ViT, DINOv2,
+    CLIP's vision tower, ...)."""
+    return getattr(model, "main_input_name", None) == "pixel_values"
+
+
 def layer_list(model: nn.Module, n_layers: int | None) -> tuple[str, int]:
     """Name and length of the ModuleList holding the model's blocks.
 

