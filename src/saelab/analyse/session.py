@@ -1,0 +1,157 @@
+"""One dictionary, the model it reads, and the corpora embedded with it: what `saelab embed`
+and `saelab diff` share. Embeddings are saved beside the corpus (or in a chosen folder, or for a
+packaged corpus in saelab's cache) and reused when a later command asks for the same corpus
+with the same dictionary and settings; the model is loaded only when something has to be
+embedded.
+
+    >>> session = Session("runs/l15/sae", EmbedOptions(limit=500))
+    >>> emb, folder, reused = session.embeddings("bible")
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from saelab._paths import cache_dir
+from saelab.analyse.corpora import read_corpus
+from saelab.analyse.embed import (BATCH_SIZE, MAX_TOKENS, embed_documents, exclusion_for,
+                                  fingerprint)
+from saelab.analyse.embeddings import Embeddings, is_embeddings
+from saelab.config import option
+from saelab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MATCHED = ("dictionary", "model", "hookpoint", "pooling", "max_tokens", "corpus", "limit",
+           "seed")
+"""Settings two saved embeddings must share for one to stand for the other."""
+
+
+@dataclass(kw_only=True)
+class EmbedOptions:
+    """How documents are embedded (the options `saelab embed` and `saelab diff` share)."""
+
+    model: str | None = option(None, "Model to run: a packaged alias, folder or Hub name "
+                                     "(default: the model the dictionary was trained on, from "
+                                     "its cfg.json).")
+    hookpoint: str | None = option(None, "Hookpoint to read (default: the dictionary's own).")
+    pooling: Literal["max", "mean"] = option("max", "Pool each latent's codes over a "
+                                                    "document's tokens by their max or mean.")
+    max_tokens: int = option(MAX_TOKENS, "Tokens of each document read at most (the first).")
+    limit: int | None = option(None, "Documents per corpus at most: a random sample (--seed), "
+                                     "kept in corpus order.")
+    seed: int = option(0, "Seed of the --limit sample.")
+    batch_size: int = option(BATCH_SIZE, "Documents per model forward.")
+    device: str = option("cpu", "Device of the model and the dictionary (cpu, cuda, ...).")
+    recompute: bool = option(False, "Embed again even when saved embeddings match.")
+    allow_model_mismatch: bool = option(False, "Run a model other than the one the "
+                                               "dictionary records (its width must still fit).")
+    progress: bool = option(True, "Show a progress bar while embedding.")
+
+
+class Session:
+    """A dictionary, loaded once, and the model it reads, loaded on first need."""
+
+    def __init__(self, dictionary: str | Any, options: EmbedOptions | None = None):
+        from saelab.io import load
+
+        self.options = options or EmbedOptions()
+        self.dictionary = load(dictionary) if isinstance(dictionary, (str, Path)) else dictionary
+        self.dictionary.eval().to(self.options.device)
+        provenance = getattr(self.dictionary, "provenance", {})
+        self.model_name = self.options.model or provenance.get("model")
+        if not self.model_name:
+            raise ConfigError("the dictionary records no model: name the one to run with "
+                              "--model")
+        self.hookpoint = self.options.hookpoint or provenance.get("hookpoint")
+        if not self.hookpoint:
+            raise ConfigError("the dictionary records no hookpoint: name the one it reads with "
+                              "--hookpoint")
+        _check_model(provenance, self.model_name, self.options.allow_model_mismatch)
+        self.fingerprint = fingerprint(self.dictionary)
+        self._lm = None
+
+    @property
+    def lm(self):
+        """The model (`saelab.models.LoadedModel`), loaded on first use."""
+        if self._lm is None:
+            from saelab.models import load
+
+            self._lm = load(self.model_name)
+            self._lm.model.to(self.options.device)
+        return self._lm
+
+    def settings(self, corpus: str) -> dict[str, Any]:
+        o = self.options
+        return {"dictionary": self.fingerprint, "model": self.model_name,
+                "hookpoint": self.hookpoint, "pooling": o.pooling, "max_tokens": o.max_tokens,
+                "corpus": corpus, "limit": o.limit, "seed": o.seed}
+
+    def location(self, corpus: str) -> Path:
+        """Where the embeddings of `corpus` go by default: beside a file or folder
+        (`NAME.embed/KEY`), else in saelab's cache (`embed/NAME/KEY`); KEY names the
+        dictionary (the start of its fingerprint) and the settings."""
+        o = self.options
+        key = (f"{self.fingerprint[:12]}-{o.pooling}-t{o.max_tokens}"
+               + (f"-n{o.limit}-s{o.seed}" if o.limit else ""))
+        path = Path(corpus).expanduser()
+        if path.exists():
+            return path.resolve().parent / f"{path.resolve().name}.embed" / key
+        return cache_dir() / "embed" / corpus.replace("/", "_").replace(":", "_") / key
+
+    def embeddings(self, corpus: str, out: str | Path | None = None
+                   ) -> tuple[Embeddings, Path, bool]:
+        """(embeddings, their folder, whether they were reused) of `corpus`: a folder of saved
+        embeddings is read (and must come from this dictionary); otherwise saved embeddings
+        with the same settings are reused unless `recompute`; otherwise the corpus is read,
+        embedded and saved in `out` (default: `location`)."""
+        if is_embeddings(corpus):
+            emb = Embeddings.load(corpus)
+            self._check_same_dictionary(emb, corpus)
+            return emb, Path(corpus), True
+        folder = Path(out) if out else self.location(corpus)
+        wanted = self.settings(corpus)
+        if is_embeddings(folder) and not self.options.recompute:
+            emb = Embeddings.load(folder)
+            if all(emb.settings.get(k) == wanted[k] for k in MATCHED):
+                log.info("reusing the embeddings of %s in %s", corpus, folder)
+                return emb, folder, True
+        documents = read_corpus(corpus, self.options.limit, self.options.seed).documents
+        log.info("embedding %d documents of %s", len(documents), corpus)
+        emb = embed_documents(self.dictionary, self.lm, documents, self.hookpoint,
+                              pooling=self.options.pooling, max_tokens=self.options.max_tokens,
+                              batch_size=self.options.batch_size,
+                              exclusion=exclusion_for(self.dictionary, self.lm.tokenizer),
+                              progress=self.options.progress, settings=wanted)
+        return emb, emb.save(folder), False
+
+    def _check_same_dictionary(self, emb: Embeddings, where: str) -> None:
+        if emb.settings.get("dictionary") != self.fingerprint:
+            raise ConfigError(f"the embeddings in {where} were made with another dictionary "
+                              f"(fingerprint {str(emb.settings.get('dictionary'))[:12]}, this "
+                              f"one is {self.fingerprint[:12]}): embed the corpus again with "
+                              f"this dictionary")
+
+
+def _check_model(provenance: dict, model: str, allow: bool) -> None:
+    """A model other than the dictionary's own is refused unless `allow` (then a warning)."""
+    from saelab.models import hub_id
+
+    trained = {provenance.get("model"), provenance.get("model_hub_id")} - {None}
+    if not trained or {model, hub_id(model)} & trained:
+        return
+    message = (f"the dictionary was trained on model {provenance.get('model')!r}, not "
+               f"{model!r}")
+    if not allow:
+        raise ConfigError(f"{message}: leave --model out to run its own, or pass "
+                          f"--allow-model-mismatch to run this one on purpose")
+    log.warning("%s (allowed)", message)
+
+
+def options_of(config: Any) -> EmbedOptions:
+    """The EmbedOptions fields of a command's config (a subclass of EmbedOptions)."""
+    names = set(asdict(EmbedOptions()))
+    return EmbedOptions(**{k: v for k, v in asdict(config).items() if k in names})
