@@ -11,9 +11,12 @@
   token and the perplexity under the clean model (`saelab.steer.generate`);
 - `compare_tiers`: the tiers of "Breaking Bad Tokens" (`saelab.steer.tiers`), with a concept
   probe (`EmbeddingProbe`);
+- `Attenuation` (APP) and `masking_edit`: removing a concept judged on labelled rows, partially
+  or fully (`saelab.steer.app`);
 - `saelab steer` on the command line (`saelab.steer.run`).
 """
 
+from saelab.steer.app import Attenuation, masking_edit
 from saelab.steer.edits import CodeEdit, Edit, ablate, add, clamp, scale
 from saelab.steer.generate import Comparison, Generation, compare, generate, read
 from saelab.steer.intervene import Steering, steer
@@ -21,7 +24,7 @@ from saelab.steer.probe import EmbeddingProbe
 from saelab.steer.run import SteerConfig, format_comparison, run_steer
 from saelab.steer.tiers import TIERS, TierResult, compare_tiers
 
-__all__ = ["CodeEdit", "Comparison", "Edit", "EmbeddingProbe", "Generation", "SteerConfig",
+__all__ = ["Attenuation", "CodeEdit", "Comparison", "Edit", "EmbeddingProbe", "Generation", "SteerConfig",
            "Steering", "TIERS", "TierResult", "ablate", "add", "clamp", "compare",
-           "compare_tiers", "format_comparison", "generate", "read", "run_steer", "scale",
+           "compare_tiers", "format_comparison", "generate", "masking_edit", "read", "run_steer", "scale",
            "steer"]
