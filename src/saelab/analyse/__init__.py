@@ -13,12 +13,16 @@ Autoencoders: A Data Analysis Toolkit" (code: github.com/nickjiang2378/interp_em
 """
 
 from saelab.analyse.corpora import PACKAGED, Corpus, read_corpus
+from saelab.analyse.correlate import Cooccurrences, Pair, cooccurrences, format_cooccurrences
 from saelab.analyse.diff import DiffResult, FeatureDiff, diff, format_diff
 from saelab.analyse.embed import embed_documents, fingerprint
 from saelab.analyse.embeddings import Embeddings
+from saelab.analyse.select import cluster, concept_matrix, latents_for_labels, retrieve
 from saelab.analyse.session import EmbedOptions, Session
 from saelab.analyse.steps import DiffConfig, EmbedConfig, diff_step, embed_step
 
-__all__ = ["PACKAGED", "Corpus", "DiffConfig", "DiffResult", "EmbedConfig", "EmbedOptions",
-           "Embeddings", "FeatureDiff", "Session", "diff", "diff_step", "embed_documents",
-           "embed_step", "fingerprint", "format_diff", "read_corpus"]
+__all__ = ["PACKAGED", "Cooccurrences", "Corpus", "DiffConfig", "DiffResult", "EmbedConfig",
+           "EmbedOptions", "Embeddings", "FeatureDiff", "Pair", "Session", "cluster",
+           "concept_matrix", "cooccurrences", "diff", "diff_step", "embed_documents", "embed_step",
+           "fingerprint", "format_cooccurrences", "format_diff", "latents_for_labels",
+           "read_corpus", "retrieve"]

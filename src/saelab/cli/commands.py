@@ -259,6 +259,33 @@ def _steer_config() -> type:
     return SteerConfig
 
 
+def cmd_embed(cfg) -> int:
+    from saelab.analyse import embed_step
+
+    emb, folder, reused = embed_step(cfg)
+    per_doc = len(emb.latents_Z) / max(1, len(emb))
+    print(f"{'reused' if reused else 'embedded'} {len(emb):,} documents ({emb.n_latents:,} "
+          f"latents, {per_doc:.0f} active per document, {cfg.pooling}-pooled) -> {folder}")
+    return 0
+
+
+def cmd_diff(cfg) -> int:
+    from saelab.analyse import diff_step, format_diff
+
+    print(format_diff(diff_step(cfg), examples=cfg.examples))
+    if cfg.out:
+        print(f"\ndiff: {cfg.out}")
+    return 0
+
+
+def _analyse(name: str) -> Callable[[], type]:
+    def config() -> type:
+        import saelab.analyse
+
+        return getattr(saelab.analyse, name)
+    return config
+
+
 def _explain_config() -> type:
     from saelab.interpret.explain import ExplainConfig
 
@@ -301,6 +328,10 @@ _COMMANDS: dict[str, tuple[Callable[[], type], str, Callable]] = {
                                  "card (needs huggingface_hub and a token).", cmd_push),
     "explain": (_explain_config, "Explain a dictionary's features with a language model and "
                                  "score the explanations.", cmd_explain),
+    "embed": (_analyse("EmbedConfig"), "Embed each document of a corpus as the pooled "
+                                       "activations of a dictionary's latents.", cmd_embed),
+    "diff": (_analyse("DiffConfig"), "The latents whose document frequency differs most "
+                                     "between two corpora, tested and with examples.", cmd_diff),
     "steer": (_steer_config, "Generate with and without a feature's intervention, side by "
                              "side, with its activation on each token.", cmd_steer),
 }
