@@ -23,28 +23,14 @@ from saelab.models import load
 from saelab.pipeline import CaptureConfig, capture
 from saelab.store import ActivationStore
 from saelab.store import images as image_writer
+from tests.capture.vision import GRID, SIDE, save_tiny_vit
 
-SIDE, PATCH = 16, 4  # a 4 x 4 patch grid
-GRID = (SIDE // PATCH) ** 2
 HP = "encoder.layer.0"
 
 
 @pytest.fixture(scope="module")
 def tiny_vit_folder(tmp_path_factory) -> Path:
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_vit")
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, patch_size=PATCH, image_size=SIDE)
-    Dinov2Model(config).save_pretrained(folder)
-    processor = {"image_processor_type": "BitImageProcessor", "do_resize": True,
-                 "size": {"shortest_edge": SIDE}, "do_center_crop": True,
-                 "crop_size": {"height": SIDE, "width": SIDE}, "do_rescale": True,
-                 "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3,
-                 "image_std": [0.25] * 3, "do_convert_rgb": True}
-    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
-    return folder
+    return save_tiny_vit(tmp_path_factory.mktemp("tiny_vit"))
 
 
 @pytest.fixture(scope="module")

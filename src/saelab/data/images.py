@@ -68,10 +68,19 @@ def read_images(source: str, limit: int | None = None) -> list[ImageItem]:
     - a folder: every image file below it (sorted by path; suffixes in `IMAGE_SUFFIXES`),
       labelled with the name of its subfolder when it lies in one;
     - ``"hf:NAME[:SPLIT]"`` or ``"hf:NAME:CONFIG:SPLIT"``: a Hugging Face dataset with an image
-      column (needs `datasets`), streamed, so only `limit` rows are fetched.
+      column (needs `datasets`), streamed, so only `limit` rows are fetched;
+    - several of these joined by ``+`` (``"skimage+digits"``): their images one after the other.
     """
     if limit is not None and limit < 1:
         raise DataError(f"limit must be at least 1 image, got {limit}")
+    if "+" in source and not Path(source).expanduser().exists():
+        items: list[ImageItem] = []
+        for part in source.split("+"):
+            left = None if limit is None else limit - len(items)
+            if left == 0:
+                break
+            items += read_images(part, left)
+        return items
     packaged: dict[str, Callable[[], Iterator[ImageItem]]] = {
         SKIMAGE: _skimage_images, LFW: _lfw_images, DIGITS: _digits,
         SKLEARN_SAMPLES: _sklearn_samples}

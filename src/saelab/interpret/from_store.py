@@ -33,11 +33,17 @@ def dashboard_from_store(dictionary, store: ActivationStore | str | os.PathLike,
     the tokens; `unembed` [vocab, d_out] adds each feature's logit effect. Two more passes over
     the store write the feature browser's data (saelab.interpret.feature_data); with
     `dictionary_path`, `saelab view` can also run the store's model on a prompt (leaving out the
-positions the store's exclusion rule dropped, as training did). Returns `out`.
+positions the store's exclusion rule dropped, as training did). A store of images gets the
+    image dashboard instead (saelab.interpret.image_dashboard). Returns `out`.
     """
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
     store.require_complete(allow_incomplete_store, "a dashboard")
     key = check_hookpoint(dictionary, store.hookpoints, hookpoint, allow_hookpoint_mismatch)
+    if "images" in store.manifest:  # a vision model's store: top images with patch heat maps
+        from saelab.interpret.image_dashboard import image_dashboard
+
+        return image_dashboard(dictionary, store, out, hookpoint=key, n_features=n_features,
+                               n_top=n_top, title=title, extra=extra, progress=progress)
     if tokenizer is None:
         from saelab.models import load_tokenizer
 

@@ -29,7 +29,7 @@ from saelab.models import _hub, _introspect
 from saelab.models._hub import hub_id
 from saelab.models._packaged import PACKAGED, packaged_folder, resolve_alias, tokenizer_source
 
-__all__ = ["PACKAGED", "LoadedModel", "hub_id", "load", "load_tokenizer"]
+__all__ = ["PACKAGED", "LoadedModel", "hub_id", "load", "load_processor", "load_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,18 @@ def load_tokenizer(name_or_path: str) -> Any:
         kwargs = _hub.from_pretrained_kwargs(name_or_path)
         folder = _hub.local_path(name_or_path)
     return _load_tokenizer(folder, alias or name_or_path, kwargs, required=True)
+
+
+def load_processor(name_or_path: str) -> Any:
+    """Load only the image processor of a vision model (no weights are read, except for a
+    packaged model converted on first use)."""
+    alias = resolve_alias(name_or_path)
+    if alias is not None:
+        folder, kwargs = str(packaged_folder(alias)), {}
+    else:
+        kwargs = _hub.from_pretrained_kwargs(name_or_path)
+        folder = _hub.local_path(name_or_path)
+    return _load_processor(folder, alias or name_or_path, kwargs)
 
 
 def _load_config(folder: str, name: str, kwargs: dict[str, Any]) -> Any:

@@ -144,7 +144,8 @@ def _new_store(out: Path, fingerprint: dict, source: dict, grid: PatchGrid,
     positions = row_positions(grid, fingerprint["rows"])
     write_safetensors(out / CONTEXTS, {"pos": positions, "patch_rc": grid.position(positions)})
     exclusion = Exclusion([], fingerprint["norm_factor"])
-    images = {"dataset": source.get("dataset"), "rows": fingerprint["rows"],
+    images = {"dataset": source.get("dataset"), "skip_images": source.get("skip_images", 0),
+              "rows": fingerprint["rows"],
               "grid": [grid.rows, grid.cols], "prefix": grid.prefix,
               "image_size": list(pixels.shape[-2:]), "processor": source.get("processor"),
               "titles": list(source["titles"]), "labels": list(source["labels"])}
