@@ -48,3 +48,13 @@ def test_latents_in_nearly_every_document_are_left_out() -> None:
     present = np.ones((50, 4), bool)
     with pytest.raises(DataError, match="no pair of latents"):
         cooccurrences(embeddings_of(present))
+
+
+def test_pairs_that_peak_on_the_same_token_are_left_out_unless_asked_for() -> None:
+    emb = embeddings_of(_planted())
+    keep = emb.latents_Z == 5
+    emb.spans_Z2[keep] = 0  # latent 5 now peaks where latent 3 does in the documents with both
+    emb.spans_Z2[emb.latents_Z == 3] = 0
+    assert cooccurrences(emb).pairs == []
+    kept = cooccurrences(emb, max_same_token=None).pairs
+    assert (kept[0].latent_a, kept[0].latent_b) == (3, 5) and kept[0].same_token == 1.0
