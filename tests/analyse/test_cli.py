@@ -4,6 +4,7 @@ refuse bad input with a message and exit status 2."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -39,9 +40,10 @@ def test_embed_then_diff_reuses_and_finds_the_planted_latent(sae_dir, corpora, t
     assert "reused 25 documents" in capsys.readouterr().out
 
 
-def test_an_unknown_corpus_exits_2_naming_it(sae_dir, corpora, capsys) -> None:
+def test_an_unknown_corpus_exits_2_naming_it_before_any_work(sae_dir, corpora, capsys) -> None:
     assert main(["diff", sae_dir, corpora[0], "bibel", "--no-progress"]) == 2
     assert "unknown corpus 'bibel'" in capsys.readouterr().err
+    assert not list(Path(corpora[0]).parent.glob("*.embed"))  # the first was not embedded
 
 
 def test_corpora_too_small_exit_2_saying_how_many_are_needed(sae_dir, tmp_path, capsys) -> None:

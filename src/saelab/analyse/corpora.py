@@ -68,12 +68,7 @@ def read_corpus(spec: str, limit: int | None = None, seed: int = 0) -> Corpus:
         read = {WIKIPEDIA: wikipedia_summaries, BIBLE: bible_passages,
                 SHAKESPEARE: shakespeare_passages}[spec]
         return Corpus(spec, _sample(read(), limit, seed), None)
-    path = Path(spec).expanduser()
-    if not path.exists() and not spec.startswith("hf:"):
-        raise DataError(f"unknown corpus {spec!r}: not a packaged name ({', '.join(PACKAGED)}) "
-                        f"and no such file or folder. Give a packaged name, a .txt file "
-                        f"(documents separated by blank lines), a .jsonl file or a folder of "
-                        f".txt files")
+    path = check_spec(spec)
     remote = spec.startswith("hf:")  # streamed: read only the first `limit`
     documents = read_documents(spec, limit if remote else None)
     documents = documents if remote else _sample(documents, limit, seed)
@@ -81,6 +76,18 @@ def read_corpus(spec: str, limit: int | None = None, seed: int = 0) -> Corpus:
         raise DataError(f"corpus {spec!r} holds no document")
     where = None if spec.startswith("hf:") else path.resolve()
     return Corpus(path.name or spec, documents, where)
+
+
+def check_spec(spec: str) -> Path:
+    """`spec` as a path, after checking that it names a corpus at all: a packaged name, an
+    hf: dataset or an existing file or folder (else a DataError listing what is accepted)."""
+    path = Path(spec).expanduser()
+    if spec not in PACKAGED and not path.exists() and not spec.startswith("hf:"):
+        raise DataError(f"unknown corpus {spec!r}: not a packaged name ({', '.join(PACKAGED)}) "
+                        f"and no such file or folder. Give a packaged name, a .txt file "
+                        f"(documents separated by blank lines), a .jsonl file or a folder of "
+                        f".txt files")
+    return path
 
 
 def _sample(documents: list[Document], limit: int | None, seed: int) -> list[Document]:

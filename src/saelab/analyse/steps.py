@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from saelab.analyse.corpora import check_spec
 from saelab.analyse.diff import ALPHA, DiffResult, diff
 from saelab.analyse.embeddings import Embeddings
 from saelab.analyse.session import EmbedOptions, Session, options_of
@@ -52,6 +53,8 @@ def embed_step(cfg: EmbedConfig) -> tuple[Embeddings, Path, bool]:
 def diff_step(cfg: DiffConfig) -> DiffResult:
     """Embed both corpora (reusing saved embeddings) and diff them; the result is written to
     `cfg.out` when given."""
+    for corpus in (cfg.corpus_a, cfg.corpus_b):  # a typo is named before any work
+        check_spec(corpus)
     session = Session(cfg.dictionary, options_of(cfg))
     a, _, _ = session.embeddings(cfg.corpus_a)
     b, _, _ = session.embeddings(cfg.corpus_b)
