@@ -6,7 +6,7 @@ Toolkit" (property-based retrieval and clustering along chosen concepts). Docume
 Wikipedia summaries' topics (`saelab.data.wikipedia_topics`, PER_CLASS per topic), each topic's
 documents split in half: the first half (selection) picks each concept's latents
 (`saelab.analyse.select.latents_for_labels`) and MiniLM's class centroids; every score is on the
-second half (test). Two concepts:
+second half (test), then the halves swap; `value` is the mean of the two. Two concepts:
 - topic: the 11 Wikipedia topics;
 - year: whether the summary mentions a year (a regex, 1000-2029), a property that cuts across
   topics.
@@ -111,7 +111,6 @@ def embed(sae_path: str, texts, cache: Path, max_tokens: int):
 
 
 def run(args) -> list[dict]:
-    from saelab.analyse.select import concept_matrix, latents_for_labels
     from saelab.data import wikipedia_topics
 
     texts = wikipedia_topics(per_class=args.per_class, seed=0)
@@ -121,31 +120,44 @@ def run(args) -> list[dict]:
     sae_all = emb.matrix().toarray()
     concepts = {"topic": np.array(texts.labels),
                 "year": np.array(["year" if YEAR.search(t) else "no year" for t in texts.texts])}
-    sel, test = split(texts.labels)
-    rows = []
-    for concept, labels in concepts.items():
-        y_sel, y_test = labels[sel], labels[test]
-        sel_emb, test_emb = subset(emb, sel), subset(emb, test)
-        chosen = latents_for_labels(sel_emb, y_sel.tolist(), per_label=args.per_label)
-        union = sorted(set().union(*chosen.values()))
-        test_concept = concept_matrix(test_emb, union)
-
-        def sae_score(c, chosen=chosen, test_emb=test_emb):
-            return concept_matrix(test_emb, chosen[c]).sum(1)
-        methods = {
-            f"SAE, {args.per_label} latents per class": sae_score,
-            "SAE, all latents (centroid)": centroid_scores(sae_all[sel], y_sel, sae_all[test]),
-            "MiniLM (centroid)": centroid_scores(dense[sel], y_sel, dense[test])}
-        for method, score_of in methods.items():
-            r_prec, ap = retrieval_scores(score_of, y_test)
-            rows.append(row(concept, "retrieval", method, "R-precision", r_prec, y_test))
-            rows.append(row(concept, "retrieval", method, "mean AP", ap, y_test))
-        for method, x in {f"SAE, filtered to the {len(union)} chosen latents": test_concept,
-                          "SAE, all latents": sae_all[test], "MiniLM": dense[test]}.items():
-            rows.append(row(concept, "clustering", method, "ARI", kmeans_ari(x, y_test),
-                            y_test))
+    halves = split(texts.labels)
+    rows: dict[tuple, dict] = {}
+    for half in (0, 1):  # each half picks the latents once and is scored once
+        sel, test = halves if half == 0 else halves[::-1]
+        for concept, labels in concepts.items():
+            for r in score(emb, sae_all, dense, labels, sel, test, args.per_label, concept):
+                key = (r["concept"], r["task"], r["method"], r["metric"])
+                rows.setdefault(key, {**r, "value": None})[f"half {half}"] = r["value"]
+    rows = list(rows.values())
     for r in rows:
-        r["embed_s"] = round(seconds, 1)
+        r["value"] = round((r["half 0"] + r["half 1"]) / 2, 4)
+    print(f"embeddings ready in {seconds:.0f} s (SAE ones cached in {args.cache})")
+    return rows
+
+
+def score(emb, sae_all, dense, labels, sel, test, per_label, concept) -> list[dict]:
+    """Every method's retrieval and clustering scores for one concept, latents and centroids
+    chosen on the documents `sel`, scored on `test`."""
+    from saelab.analyse.select import concept_matrix, latents_for_labels
+
+    y_sel, y_test = labels[sel], labels[test]
+    sel_emb, test_emb = subset(emb, sel), subset(emb, test)
+    chosen = latents_for_labels(sel_emb, y_sel.tolist(), per_label=per_label)
+    union = sorted(set().union(*chosen.values()))
+
+    def sae_score(c):
+        return concept_matrix(test_emb, chosen[c]).sum(1)
+    methods = {f"SAE, {per_label} latents per class": sae_score,
+               "SAE, all latents (centroid)": centroid_scores(sae_all[sel], y_sel, sae_all[test]),
+               "MiniLM (centroid)": centroid_scores(dense[sel], y_sel, dense[test])}
+    rows = []
+    for method, score_of in methods.items():
+        r_prec, ap = retrieval_scores(score_of, y_test)
+        rows.append(row(concept, "retrieval", method, "R-precision", r_prec, y_test))
+        rows.append(row(concept, "retrieval", method, "mean AP", ap, y_test))
+    for method, x in {"SAE, filtered to the chosen latents": concept_matrix(test_emb, union),
+                      "SAE, all latents": sae_all[test], "MiniLM": dense[test]}.items():
+        rows.append(row(concept, "clustering", method, "ARI", kmeans_ari(x, y_test), y_test))
     return rows
 
 
@@ -177,15 +189,16 @@ def main() -> None:
     load = os.getloadavg()
     rows = run(args)
     for r in rows:
-        print(f"{r['concept']:<6} {r['task']:<10} {r['method']:<45} {r['metric']:<11} "
-              f"{r['value']:.3f}")
+        print(f"{r['concept']:<6} {r['task']:<10} {r['method']:<38} {r['metric']:<11} "
+              f"{r['value']:.3f} ({r['half 0']:.3f}, {r['half 1']:.3f})")
     if args.json:
         meta = {"title": "SAE embeddings vs MiniLM: retrieval and clustering along a chosen "
                          "concept (Wikipedia summaries)",
                 "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/analyse_topics.py "
                            + " ".join(sys.argv[1:]),
                 "notes": f"{args.per_class} summaries per topic, each topic split in half: "
-                         f"latents and centroids chosen on one half, scores on the other; "
+                         f"latents and centroids chosen on one half, scores on the other, "
+                         f"then swapped (half 0, half 1; value = their mean); "
                          f"SAE {args.sae} (max-pooled over the first {args.max_tokens} "
                          f"tokens); MiniLM = all-MiniLM-L6-v2 mean-pooled"}
         merge_records(args.json, rows, ("concept", "task", "method", "metric"), meta, load)
