@@ -56,4 +56,4 @@ def test_corpora_too_small_exit_2_saying_how_many_are_needed(sae_dir, tmp_path, 
 
 def test_a_model_the_dictionary_was_not_trained_on_exits_2(sae_dir, corpora, capsys) -> None:
     assert main(["embed", sae_dir, corpora[0], "--model", "smollm2-135m"]) == 2
-    assert "allow-model-mismatch" in capsys.readouterr().err
+    assert "allow-mismatch" in capsys.readouterr().err

@@ -87,10 +87,18 @@ def test_a_dictionary_of_another_width_is_refused(tiny) -> None:
 
 
 def test_a_model_other_than_the_dictionary_s_own_is_refused(planted_sae) -> None:
-    with pytest.raises(ConfigError, match="trained on model .*allow-model-mismatch"):
+    with pytest.raises(ConfigError, match="trained on model .*allow-mismatch"):
         Session(planted_sae, EmbedOptions(model="smollm2-135m"))
 
 
 def test_a_hookpoint_the_model_lacks_is_refused(tiny, planted_sae) -> None:
     with pytest.raises(ConfigError, match="no module of the model matches"):
         embed_documents(planted_sae, tiny, CAT[:2], "model.layers.99")
+
+
+def test_a_hookpoint_other_than_the_dictionary_s_own_is_refused_unless_allowed(planted_sae
+                                                                              ) -> None:
+    with pytest.raises(ConfigError, match="trained on hookpoint .*allow-mismatch"):
+        Session(planted_sae, EmbedOptions(hookpoint="model.layers.0"))
+    allowed = Session(planted_sae, EmbedOptions(hookpoint="model.layers.0", allow_mismatch=True))
+    assert allowed.hookpoint == "model.layers.0"

@@ -17,8 +17,7 @@ from typing import Any, Literal
 
 from saelab._paths import cache_dir
 from saelab.analyse.corpora import read_corpus
-from saelab.analyse.embed import (BATCH_SIZE, MAX_TOKENS, embed_documents, exclusion_for,
-                                  fingerprint)
+from saelab.analyse.embed import BATCH_SIZE, MAX_TOKENS, embed_documents, fingerprint
 from saelab.analyse.embeddings import Embeddings, is_embeddings
 from saelab.config import option
 from saelab.errors import ConfigError
@@ -47,8 +46,8 @@ class EmbedOptions:
     batch_size: int = option(BATCH_SIZE, "Documents per model forward.")
     device: str = option("cpu", "Device of the model and the dictionary (cpu, cuda, ...).")
     recompute: bool = option(False, "Embed again even when saved embeddings match.")
-    allow_model_mismatch: bool = option(False, "Run a model other than the one the "
-                                               "dictionary records (its width must still fit).")
+    allow_mismatch: bool = option(False, "Run a model or read a hookpoint other than the ones "
+                                         "the dictionary records (widths must still fit).")
     progress: bool = option(True, "Show a progress bar while embedding.")
 
 
@@ -70,7 +69,8 @@ class Session:
         if not self.hookpoint:
             raise ConfigError("the dictionary records no hookpoint: name the one it reads with "
                               "--hookpoint")
-        _check_model(provenance, self.model_name, self.options.allow_model_mismatch)
+        _check_model(provenance, self.model_name, self.options.allow_mismatch)
+        _check_hookpoint(provenance, self.hookpoint, self.options.allow_mismatch)
         self.fingerprint = fingerprint(self.dictionary)
         self._lm = None
 
@@ -124,7 +124,6 @@ class Session:
         emb = embed_documents(self.dictionary, self.lm, documents, self.hookpoint,
                               pooling=self.options.pooling, max_tokens=self.options.max_tokens,
                               batch_size=self.options.batch_size,
-                              exclusion=exclusion_for(self.dictionary, self.lm.tokenizer),
                               progress=self.options.progress, settings=wanted)
         return emb, emb.save(folder), False
 
@@ -147,7 +146,22 @@ def _check_model(provenance: dict, model: str, allow: bool) -> None:
                f"{model!r}")
     if not allow:
         raise ConfigError(f"{message}: leave --model out to run its own, or pass "
-                          f"--allow-model-mismatch to run this one on purpose")
+                          f"--allow-mismatch to run this one on purpose")
+    log.warning("%s (allowed)", message)
+
+
+def _check_hookpoint(provenance: dict, hookpoint: str, allow: bool) -> None:
+    """A hookpoint other than the dictionary's own is refused unless `allow` (then a warning):
+    another layer of the same width would run, and every figure would mean nothing."""
+    from saelab.capture import Hookpoint
+
+    trained = provenance.get("hookpoint")
+    if not trained or Hookpoint.parse(trained).key == Hookpoint.parse(hookpoint).key:
+        return
+    message = f"the dictionary was trained on hookpoint {trained!r}, not {hookpoint!r}"
+    if not allow:
+        raise ConfigError(f"{message}: leave --hookpoint out to read its own, or pass "
+                          f"--allow-mismatch to read this one on purpose")
     log.warning("%s (allowed)", message)
 
 
