@@ -11,12 +11,13 @@ embedded.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from saelab._paths import cache_dir
-from saelab.analyse.corpora import read_corpus
+from saelab.analyse.corpora import PACKAGED, read_corpus
 from saelab.analyse.embed import BATCH_SIZE, MAX_TOKENS, embed_documents, fingerprint
 from saelab.analyse.embeddings import Embeddings, is_embeddings
 from saelab.config import option
@@ -92,15 +93,18 @@ class Session:
 
     def location(self, corpus: str) -> Path:
         """Where the embeddings of `corpus` go by default: beside a file or folder
-        (`NAME.embed/KEY`), else in saelab's cache (`embed/NAME/KEY`); KEY names the
-        dictionary (the start of its fingerprint) and the settings."""
+        (`NAME.embed/KEY`), else (a packaged corpus, a folder that cannot be written) in
+        saelab's cache (`embed/NAME/KEY`); KEY names the dictionary (the start of its
+        fingerprint) and the settings."""
         o = self.options
         key = (f"{self.fingerprint[:12]}-{o.pooling}-t{o.max_tokens}"
                + (f"-n{o.limit}-s{o.seed}" if o.limit else ""))
-        path = Path(corpus).expanduser()
-        if path.exists():
-            return path.resolve().parent / f"{path.resolve().name}.embed" / key
-        return cache_dir() / "embed" / corpus.replace("/", "_").replace(":", "_") / key
+        path = Path(corpus).expanduser().resolve()
+        local = corpus not in PACKAGED and path.exists()  # read_corpus puts names first
+        if local and os.access(path.parent, os.W_OK):
+            return path.parent / f"{path.name}.embed" / key
+        name = path.name if local else corpus.replace("/", "_").replace(":", "_")
+        return cache_dir() / "embed" / name / key
 
     def embeddings(self, corpus: str, out: str | Path | None = None
                    ) -> tuple[Embeddings, Path, bool]:
