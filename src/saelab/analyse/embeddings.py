@@ -104,14 +104,16 @@ class Embeddings:
 
     def excerpt(self, doc: int, latent: int, width: int = 70) -> str:
         """Document `doc`'s text around the token where `latent` peaked, the token marked
-        «thus», about `width` characters each side, on one line."""
+        «thus», about `width` characters each side, on one line (a line break in the marked
+        token shown as ⏎)."""
         text, found = self.documents[doc].text, self.entry(doc, latent)
         if found is None:
             return _one_line(text[:2 * width])
         start, end = found[1]
         left, right = max(0, start - width), min(len(text), end + width)
+        marked = text[start:end].replace("\n", "⏎")  # a line break token stays visible
         return (("..." if left else "") + _one_line(text[left:start]) + "«"
-                + _one_line(text[start:end]) + "»" + _one_line(text[end:right])
+                + _one_line(marked) + "»" + _one_line(text[end:right])
                 + ("..." if right < len(text) else ""))
 
     def top_documents(self, latent: int, n: int = 3) -> list[int]:
