@@ -14,7 +14,8 @@ from PIL import Image
 import saelab
 from saelab.errors import DataError
 from saelab.interpret import dashboard_from_store
-from saelab.interpret.image_dashboard import SHADE, image_dashboard, image_tops
+from saelab.interpret.image_dashboard import (SHADE, TINT, TINT_ALPHA, image_dashboard,
+                                              image_tops)
 from saelab.models import load
 from saelab.pipeline import CaptureConfig, capture
 from tests.capture.vision import GRID, save_tiny_vit
@@ -55,7 +56,7 @@ def test_top_images_and_heat_maps_are_the_features_codes(setup):
     assert torch.equal(tops.fire_counts, (codes > 0).sum((0, 1)))
 
 
-def test_pages_pictures_and_spotlight_heat_maps_are_written(setup, tmp_path):
+def test_pages_pictures_and_heat_maps_are_written(setup, tmp_path):
     store, sae, vit = setup
     out = image_dashboard(sae, store, tmp_path / "dash", n_features=5, n_top=4,
                           processor=vit.processor, progress=False)
@@ -68,11 +69,12 @@ def test_pages_pictures_and_spotlight_heat_maps_are_written(setup, tmp_path):
     tops = image_tops(sae, store, HP, n_features=5, n_top=4, progress=False)
     image = tops.images[0, 0].item()
     assert Image.open(out / "images" / f"{image:06d}.png").size == (16, 16)
-    veil = np.asarray(Image.open(out / "heat" / f"{f:05d}_00.png"))[..., 3]  # [4, 4] alpha
+    heat = np.asarray(Image.open(out / "heat" / f"{f:05d}_00.png"))  # [4, 4, RGBA]
     brightest = int(tops.heat[0, 0].argmax())
-    assert veil.shape == (4, 4) and veil.flat[brightest] == veil.min()
+    assert heat.shape == (4, 4, 4)
+    assert tuple(heat.reshape(16, 4)[brightest]) == (*TINT, TINT_ALPHA)  # the largest code
     silent = (tops.heat[0, 0] <= 0).nonzero().flatten().tolist()
-    assert all(veil.flat[p] == SHADE for p in silent)
+    assert silent and all(tuple(heat.reshape(16, 4)[p]) == (0, 0, 0, SHADE) for p in silent)
 
 
 def test_the_store_dashboard_entry_point_builds_the_image_dashboard(setup, tmp_path):

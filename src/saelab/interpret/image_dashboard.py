@@ -10,8 +10,9 @@ them (resized and cropped by its processor, normalisation undone).
 
 The output folder holds `index.html` (features by firing frequency, each with its first top
 images), `features/NNNNN.html` (the top images, activation, title and label), `images/` (each
-image shown once, as PNG) and `heat/` (one small RGBA PNG per feature and image: the patch grid as
-a veil that darkens the patches where the feature is weak; the browser scales it over the image), and
+image shown once, as PNG) and `heat/` (one small RGBA PNG per feature and image: the patch grid,
+darkening the patches where the feature is silent and tinting those where it is active; the
+browser scales it over the image), and
 `dashboard.json`. No JavaScript, no external URL: the pages open from file://.
 
 Memory: the first pass holds a float32 [n_images, n_latents] matrix (1,797 digits x 1,536
@@ -43,8 +44,12 @@ from saelab.store import ActivationStore
 log = logging.getLogger(__name__)
 
 SHADE = 190
-"""Opacity (of 255) of the dark veil over a patch where the feature is silent: the heat map is a
-spotlight, patches are the brighter the larger the code (readable on images of any colour)."""
+"""Opacity (of 255) of the dark veil over a patch where the feature is silent."""
+TINT, TINT_ALPHA = (255, 140, 0), 120
+"""Colour and opacity of the tint over the patch with the largest code. A patch with code a
+(relative to the largest) gets the colour a x TINT at opacity SHADE - a x (SHADE - TINT_ALPHA):
+silent patches are darkened, active ones tinted orange, so the map reads on dark images (digits)
+and bright ones alike."""
 PER_ROW_ON_INDEX = 4
 """Top images shown per feature on the index page."""
 
@@ -163,8 +168,8 @@ def _write_images(folder: Path, items: list, shown: list[int], processor: Any) -
 
 
 def _write_heat(folder: Path, tops: ImageTops, grid: list[int]) -> None:
-    """One RGBA PNG [rows, cols] per (feature, top image): a black veil whose opacity is
-    SHADE x (1 - code / the feature's largest code on its top images)."""
+    """One RGBA PNG [rows, cols] per (feature, top image): with a = code / the feature's largest
+    code on its top images, the colour a x TINT at opacity SHADE - a x (SHADE - TINT_ALPHA)."""
     from PIL import Image
 
     folder.mkdir(parents=True)
@@ -175,7 +180,8 @@ def _write_heat(folder: Path, tops: ImageTops, grid: list[int]) -> None:
                 continue
             alpha = (tops.heat[fi, ti] / scale).clamp(0, 1).view(*grid).numpy()
             rgba = np.zeros((*grid, 4), dtype=np.uint8)
-            rgba[..., 3] = np.round((1.0 - alpha) * SHADE).astype(np.uint8)
+            rgba[..., :3] = np.round(alpha[..., None] * np.array(TINT)).astype(np.uint8)
+            rgba[..., 3] = np.round(SHADE - alpha * (SHADE - TINT_ALPHA)).astype(np.uint8)
             Image.fromarray(rgba, "RGBA").save(folder / f"{f:05d}_{ti:02d}.png")
 
 
