@@ -111,3 +111,12 @@ def test_an_excerpt_shows_a_marked_line_break() -> None:
     emb.documents[0] = emb.documents[0]._replace(text="AB\nCD")
     emb.spans_Z2[0] = (2, 3)
     assert emb.excerpt(0, 0) == "AB«⏎»CD"
+
+
+def test_a_packaged_corpus_is_saved_in_the_cache_keyed_by_dictionary_and_settings(
+        planted_sae, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SAELAB_CACHE", str(tmp_path / "cache"))
+    session = Session(planted_sae, EmbedOptions(limit=50, pooling="mean"))
+    folder = session.location("bible")
+    assert folder.parent == tmp_path / "cache" / "embed" / "bible"
+    assert folder.name == f"{session.fingerprint[:12]}-mean-t128-n50-s0"
