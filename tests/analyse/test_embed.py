@@ -76,6 +76,11 @@ def test_session_saves_beside_the_corpus_and_reuses(tiny, planted_sae, tmp_path,
     assert reused2 and folder2 == folder
     _, _, from_folder = again.embeddings(str(folder))  # a folder of embeddings is read as such
     assert from_folder
+    monkeypatch.undo()
+    corpus.write_text(corpus.read_text() + "\n\nA dog.")  # an edited corpus is embedded again
+    emb3, folder3, reused3 = Session(planted_sae, EmbedOptions(progress=False)).embeddings(
+        str(corpus))
+    assert not reused3 and folder3 == folder and len(emb3) == 7
 
 
 def test_a_dictionary_of_another_width_is_refused(tiny) -> None:

@@ -10,6 +10,7 @@ embedded.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -26,7 +27,7 @@ from saelab.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MATCHED = ("dictionary", "model", "hookpoint", "pooling", "max_tokens", "corpus", "limit",
-           "seed")
+           "seed", "documents_sha256")
 """Settings two saved embeddings must share for one to stand for the other."""
 
 
@@ -110,20 +111,21 @@ class Session:
                    ) -> tuple[Embeddings, Path, bool]:
         """(embeddings, their folder, whether they were reused) of `corpus`: a folder of saved
         embeddings is read (and must come from this dictionary); otherwise saved embeddings
-        with the same settings are reused unless `recompute`; otherwise the corpus is read,
-        embedded and saved in `out` (default: `location`)."""
+        with the same settings and the same documents (their texts' sha256: an edited file is
+        embedded again) are reused unless `recompute`; otherwise the documents are embedded and
+        saved in `out` (default: `location`)."""
         if is_embeddings(corpus):
             emb = Embeddings.load(corpus)
             self._check_same_dictionary(emb, corpus)
             return emb, Path(corpus), True
         folder = Path(out) if out else self.location(corpus)
-        wanted = self.settings(corpus)
+        documents = read_corpus(corpus, self.options.limit, self.options.seed).documents
+        wanted = {**self.settings(corpus), "documents_sha256": documents_digest(documents)}
         if is_embeddings(folder) and not self.options.recompute:
             emb = Embeddings.load(folder)
             if all(emb.settings.get(k) == wanted[k] for k in MATCHED):
                 log.info("reusing the embeddings of %s in %s", corpus, folder)
                 return emb, folder, True
-        documents = read_corpus(corpus, self.options.limit, self.options.seed).documents
         log.info("embedding %d documents of %s", len(documents), corpus)
         emb = embed_documents(self.dictionary, self.lm, documents, self.hookpoint,
                               pooling=self.options.pooling, max_tokens=self.options.max_tokens,
@@ -137,6 +139,15 @@ class Session:
                               f"(fingerprint {str(emb.settings.get('dictionary'))[:12]}, this "
                               f"one is {self.fingerprint[:12]}): embed the corpus again with "
                               f"this dictionary")
+
+
+def documents_digest(documents: list) -> str:
+    """sha256 (hex) of the documents' texts, in order."""
+    digest = hashlib.sha256()
+    for d in documents:
+        digest.update(d.text.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _check_model(provenance: dict, model: str, allow: bool) -> None:
