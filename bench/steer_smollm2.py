@@ -12,16 +12,19 @@ feature where the clean model produces it.
    how alike their top contexts are (mean pairwise cosine of the contexts' MiniLM embeddings,
    16-token windows ending at the strongest token), and the most coherent ones are steered with.
 2. Induction: five neutral prompts are continued greedily (`--max-new-tokens` tokens) with the
-   feature's code raised by 0 (clean), 0.5, 1, 2 and 4 times its largest activation on the text
-   read (`saelab.steer.add`, every token, the SAE error term kept). For each: the feature's mean
-   activation on the continuation as the clean model reads it, the cosine of the continuation's
-   MiniLM embedding with the mean embedding of the feature's top contexts (and its change from
-   the clean continuation), and the continuation's perplexity under the clean model.
+   feature's code raised by 0 (clean), 0.1, 0.2, 0.4 and 0.8 times the median norm of the
+   activations at the hookpoint (`saelab.steer.add`, every token, the SAE error term kept; the
+   decoder rows have unit norm, so that is the size of the vector added). For each: the
+   feature's mean activation on the continuation as the clean model reads it, the cosine of the
+   continuation's MiniLM embedding with the mean embedding of the feature's top contexts (and
+   its change from the clean continuation), and the continuation's perplexity under the clean
+   model.
 3. Suppression tiers: prompts are the feature's own top contexts cut just before the token
-   where it fires most; each tier (`active`: subtract where it fires; `every`: subtract on every
-   token; `clamp`: clamp to 0) is compared with the clean continuation: the feature's activation,
-   an embedding probe (logistic regression on MiniLM embeddings of other top contexts against
-   contexts where the feature is silent) and the perplexity under the clean model.
+   where it fires most; each tier (`active`: subtract its largest activation where it fires;
+   `every`: the same on every token; `clamp`: clamp to 0 on every token) is compared with the
+   clean continuation: the feature's activation, an embedding probe (logistic regression on
+   MiniLM embeddings of 24 other top contexts against 24 contexts where the feature is silent)
+   and the perplexity under the clean model.
 
 Without `--sae` (or when its folder is missing) a TopK SAE is trained first on 100k tokens
 (`saelab.pipeline.capture` + `saelab.fit`, about 2 minutes here).
@@ -43,7 +46,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 HOOKPOINT = "model.layers.15"
-MULTIPLES = (0.0, 0.5, 1.0, 2.0, 4.0)
+MULTIPLES = (0.0, 0.1, 0.2, 0.4, 0.8)
+"""Strengths, as fractions of the median norm of the (kept) activations at the hookpoint."""
 WINDOW = 16
 
 
@@ -73,7 +77,7 @@ def read_corpus(lm, sae, n_contexts: int, context_len: int = 64):
     corpus = pack(docs, lm.tokenizer, context_len, max_contexts=n_contexts)
     rule = Exclusion.from_json(sae.provenance.get("data_exclusion"))
     rule.special_ids = sorted(set(rule.special_ids) | set(corpus.special_ids))
-    best, where, fires = [], [], torch.zeros(sae.n_latents)
+    best, where, fires, norms = [], [], torch.zeros(sae.n_latents), []
     kept = 0
     for batch in corpus.tokens.split(16):
         act = capture(lm.model, [HOOKPOINT], batch)[HOOKPOINT]  # [B, T, d]
@@ -81,10 +85,12 @@ def read_corpus(lm, sae, n_contexts: int, context_len: int = 64):
         codes = sae.encode(act.flatten(0, 1)).view(*act.shape[:2], -1) * keep[..., None]
         fires += (codes > 0).sum((0, 1)).float()
         kept += int(keep.sum())
+        norms.append(act[keep].norm(dim=-1))
         value, pos = codes.max(dim=1)  # [B, L]
         best.append(value)
         where.append(pos)
-    return corpus.tokens, torch.cat(best), torch.cat(where), fires / kept
+    median = float(torch.cat(norms).median())
+    return corpus.tokens, torch.cat(best), torch.cat(where), fires / kept, median
 
 
 def window(tokenizer, tokens, ctx: int, pos: int, before: int = WINDOW - 1) -> str:
@@ -106,26 +112,26 @@ def choose_features(lm, sae, encoder, tokens, best, where, rate, n: int, seed: i
     return [f for _, f in scored[:n]], len(ok)
 
 
-def concept(lm, encoder, tokens, best, where, f: int, n: int = 16):
+def concept(lm, encoder, tokens, best, where, f: int, n: int = 30):
     """Top contexts of feature f: their windows and the unit mean of their embeddings."""
     top = best[:, f].topk(n).indices.tolist()
     texts = [window(lm.tokenizer, tokens, c, int(where[c, f])) for c in top]
-    centre = torch.nn.functional.normalize(encoder(texts).mean(0), dim=0)
+    centre = torch.nn.functional.normalize(encoder(texts[:16]).mean(0), dim=0)
     return top, texts, centre
 
 
-def induction(lm, sae, encoder, f, max_act, centre, prompts, max_new_tokens) -> list[dict]:
+def induction(lm, sae, encoder, f, norm, centre, prompts, max_new_tokens) -> list[dict]:
     from saelab.steer import add, generate
 
     rows, clean_cos = [], None
     for m in MULTIPLES:
-        gens = [generate(lm, sae, p, [add(f, m * max_act)] if m else [], f, max_new_tokens)
+        gens = [generate(lm, sae, p, [add(f, m * norm)] if m else [], f, max_new_tokens)
                 for p in prompts]
         texts = [g.text for g in gens]
         cos = float((encoder(texts) @ centre).mean())
         clean_cos = cos if m == 0 else clean_cos
         ppl = math.exp(sum(math.log(g.perplexity) for g in gens) / len(gens))
-        rows.append({"feature": f, "strength_x_max": m, "strength": round(m * max_act, 2),
+        rows.append({"feature": f, "strength_x_norm": m, "strength": round(m * norm, 2),
                      "activation": sum(g.mean_activation for g in gens) / len(gens),
                      "fires_on": sum(sum(a > 0 for a in g.activations) for g in gens)
                      / max(1, sum(len(g.activations) for g in gens)),
@@ -141,8 +147,8 @@ def suppression(lm, sae, encoder, f, max_act, tokens, best, where, top, max_new_
 
     prompts = [lm.tokenizer.decode(tokens[c, 1:int(where[c, f])]) for c in top[:6]]
     prompts = [p for p in prompts if p.strip()]
-    positives = [window(lm.tokenizer, tokens, c, int(where[c, f])) for c in top[6:16]]
-    silent = (best[:, f] == 0).nonzero()[:, 0].tolist()[:10]
+    positives = [window(lm.tokenizer, tokens, c, int(where[c, f])) for c in top[6:30]]
+    silent = (best[:, f] == 0).nonzero()[:, 0].tolist()[:24]
     negatives = [lm.tokenizer.decode(tokens[c, 1:WINDOW + 1]) for c in silent]
     probe = EmbeddingProbe.fit(positives, negatives, encoder)
     results = compare_tiers(lm, sae, f, prompts, strength=-max_act, clamp_value=0.0,
@@ -155,6 +161,16 @@ def suppression(lm, sae, encoder, f, max_act, tokens, best, where, top, max_new_
                      "example": r.texts[0][:80]})
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def mean_rows(rows: list[dict], key: str, figures: tuple[str, ...]) -> list[dict]:
+    """One row per value of `key`: each figure's mean over the features (feature "mean")."""
+    out = []
+    for value in dict.fromkeys(r[key] for r in rows):
+        group = [r for r in rows if r[key] == value]
+        out.append({"feature": "mean", key: value,
+                    **{f: sum(r[f] for r in group) / len(group) for f in figures}})
+    return out
 
 
 def main() -> None:
@@ -179,7 +195,7 @@ def main() -> None:
     lm = load("smollm2-135m")
     sae, source = load_or_train(args.sae, Path(args.work), lm)
     encoder = Encoder.load()
-    tokens, best, where, rate = read_corpus(lm, sae, args.contexts)
+    tokens, best, where, rate, norm = read_corpus(lm, sae, args.contexts)
     feats, n_cand = choose_features(lm, sae, encoder, tokens, best, where, rate, args.features,
                                     args.seed)
     print(f"features {feats} of {n_cand} candidates ({time.time() - start:.0f} s)", flush=True)
@@ -189,19 +205,25 @@ def main() -> None:
         max_act = float(best[:, f].max())
         print(f"feature {f}: max {max_act:.2f}, rate {float(rate[f]):.4f}; top contexts: "
               f"{texts[:3]}", flush=True)
-        for r in induction(lm, sae, encoder, f, max_act, centre, list(PROMPTS),
+        for r in induction(lm, sae, encoder, f, norm, centre, list(PROMPTS),
                            args.max_new_tokens):
             induced.append({**r, "top_context": texts[0][-40:]})
         tiers += suppression(lm, sae, encoder, f, max_act, tokens, best, where, top,
                              args.max_new_tokens)
+    induced += mean_rows(induced, "strength_x_norm", ("activation", "fires_on",
+                                                     "cos_to_top_contexts", "cos_change",
+                                                     "perplexity"))
+    tiers += mean_rows(tiers, "tier", ("activation", "activation_reduction", "probe",
+                                       "probe_reduction", "perplexity"))
     minutes = (time.time() - start) / 60
     command = ("OMP_NUM_THREADS=1 .venv/bin/python bench/steer_smollm2.py --sae " + args.sae
                + f" --features {args.features} --max-new-tokens {args.max_new_tokens}")
-    notes = (f"SAE: {source}. Hookpoint {HOOKPOINT}; {args.contexts} held-out contexts of 64 "
+    notes = (f"SAE: {source}. Hookpoint {HOOKPOINT} (median activation norm {norm:.1f}); "
+             f"{args.contexts} held-out contexts of 64 "
              f"tokens read; features chosen from {n_cand} candidates by top-context coherence; "
              f"{len(PROMPTS)} neutral prompts; {minutes:.1f} min in all.")
     if args.json:
-        merge_records(args.json, induced, ("feature", "strength_x_max"), {
+        merge_records(args.json, induced, ("feature", "strength_x_norm"), {
             "title": "Steering SmolLM2-135M with SAE features: concept induced, fluency cost",
             "command": command + f" --json {args.json}", "notes": notes}, load_before)
     if args.tiers_json:

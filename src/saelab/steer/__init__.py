@@ -24,7 +24,7 @@ from saelab.steer.probe import EmbeddingProbe
 from saelab.steer.run import SteerConfig, format_comparison, run_steer
 from saelab.steer.tiers import TIERS, TierResult, compare_tiers
 
-__all__ = ["Attenuation", "CodeEdit", "Comparison", "Edit", "EmbeddingProbe", "Generation", "SteerConfig",
-           "Steering", "TIERS", "TierResult", "ablate", "add", "clamp", "compare",
-           "compare_tiers", "format_comparison", "generate", "masking_edit", "read", "run_steer", "scale",
-           "steer"]
+__all__ = ["Attenuation", "CodeEdit", "Comparison", "Edit", "EmbeddingProbe", "Generation",
+           "SteerConfig", "Steering", "TIERS", "TierResult", "ablate", "add", "clamp", "compare",
+           "compare_tiers", "format_comparison", "generate", "masking_edit", "read", "run_steer",
+           "scale", "steer"]
