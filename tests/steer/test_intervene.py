@@ -88,3 +88,21 @@ def test_a_hookpoint_the_model_lacks_is_a_config_error_naming_it(lm) -> None:
     wide.provenance["hookpoint"] = HOOKPOINT
     with pytest.raises(ConfigError, match="reads 64 dimensions.*has 576"):
         compare(lm, wide, PROMPT, [add(0, 1.0)], max_new_tokens=1)
+
+
+@torch.no_grad()
+def test_nested_interventions_on_the_same_hookpoint_both_apply(lm, sae, ids) -> None:
+    clean = capture(lm.model, [HOOKPOINT], ids)[HOOKPOINT]
+    with steer(lm, sae, add(5, 2.0)), steer(lm, sae, add(9, 3.0)):
+        steered = capture(lm.model, [HOOKPOINT], ids)[HOOKPOINT]
+    expected = 2.0 * sae.W_dec[5] + 3.0 * sae.W_dec[9]
+    assert torch.allclose(steered - clean, expected.expand_as(clean), atol=1e-3)
+
+
+def test_a_transcoder_is_refused_for_steering(lm) -> None:
+    import saelab
+
+    transcoder = saelab.create("transcoder", d_in=576, d_out=576, n_latents=16, k=2, seed=0)
+    transcoder.provenance["hookpoint"] = HOOKPOINT
+    with pytest.raises(ConfigError, match="reconstructs its input"):
+        steer(lm, transcoder, add(0, 1.0))

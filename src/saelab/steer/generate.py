@@ -21,7 +21,8 @@ from saelab.capture import Capture
 from saelab.capture.exclude import Exclusion
 from saelab.errors import ConfigError
 from saelab.steer.edits import CodeEdit, check_features
-from saelab.steer.intervene import Steering, check_width, dictionary_hookpoint, model_module
+from saelab.steer.intervene import (Steering, check_width, dictionary_hookpoint, model_module,
+                                    to_dictionary)
 
 
 class Generation(NamedTuple):
@@ -107,8 +108,7 @@ def read(model, tokenizer, dictionary, prompt: str, continuation: Sequence[int],
     check_width(dictionary, hp, act_TD)
     exclusion = Exclusion.from_json(getattr(dictionary, "provenance", {}).get("data_exclusion"))
     keep_T = exclusion.keep_mask(ids, {hp.key: act_TD[None]})[0]
-    param = next(iter(dictionary.parameters()))
-    codes_T = dictionary.encode(act_TD.to(device=param.device, dtype=param.dtype))[:, feature]
+    codes_T = dictionary.encode(to_dictionary(dictionary, act_TD))[:, feature]
     codes_T = codes_T.float().cpu() * keep_T.cpu()
     if n_new:
         logp = F.log_softmax(logits[n_prompt - 1:-1], dim=-1)  # predicts the continuation
@@ -143,6 +143,7 @@ def compare(model, dictionary, prompt: str, edits: Sequence[CodeEdit],
             tokenizer=None) -> Comparison:
     """`prompt` continued greedily by the clean model and under `edits`, side by side."""
     feature = _feature(edits, feature)
+    Steering(model, dictionary, edits, hookpoint)  # refuses bad input before any generation
     clean = generate(model, dictionary, prompt, (), feature, max_new_tokens, hookpoint, tokenizer)
     steered = generate(model, dictionary, prompt, edits, feature, max_new_tokens, hookpoint,
                        tokenizer)

@@ -57,6 +57,25 @@ def dictionary_hookpoint(dictionary, model: nn.Module, hookpoint: str | None = N
     return found[0]
 
 
+def to_dictionary(dictionary, rows: Tensor) -> Tensor:
+    """`rows` on the device and in the dtype of the dictionary's first parameter or buffer
+    (float32 on the CPU for a dictionary that holds neither)."""
+    held = next(iter([*dictionary.parameters(), *dictionary.buffers()]), None)
+    if held is None:
+        return rows.float()
+    return rows.to(device=held.device, dtype=held.dtype)
+
+
+def check_steerable(dictionary) -> None:
+    """Refuse a dictionary that predicts another activation (a transcoder): its decoder writes
+    somewhere other than where it reads, so 'edit the codes, decode, add back' has no meaning."""
+    if "target" in getattr(dictionary, "needs", ()) or dictionary.d_in != dictionary.d_out:
+        raise ConfigError(f"steering needs a dictionary that reconstructs its input (an SAE); a "
+                          f"{getattr(dictionary, 'architecture', 'dictionary')} reads "
+                          f"{dictionary.d_in} dimensions and predicts {dictionary.d_out} of "
+                          f"another activation")
+
+
 def check_width(dictionary, hookpoint: Hookpoint, act: Tensor) -> None:
     """Refuse an activation whose width is not the dictionary's input width."""
     if act.shape[-1] != dictionary.d_in:
@@ -80,6 +99,7 @@ class Steering:
         self.model = model_module(model)
         self.dictionary = dictionary
         self.edits = list(edits)
+        check_steerable(dictionary)
         check_features((f for e in self.edits for f in e.features), dictionary.n_latents)
         self.hookpoint = dictionary_hookpoint(dictionary, self.model, hookpoint)
         self.exclusion = exclusion if exclusion is not None else Exclusion.from_json(
@@ -118,8 +138,7 @@ class Steering:
     def _replace(self, act_BTD: Tensor) -> Tensor:
         check_width(self.dictionary, self.hookpoint, act_BTD)
         keep_BT = self.keep_mask(act_BTD)
-        param = next(iter(self.dictionary.parameters()))
-        rows_ND = act_BTD[keep_BT].to(device=param.device, dtype=param.dtype)
+        rows_ND = to_dictionary(self.dictionary, act_BTD[keep_BT])
         codes_NL = self.dictionary.encode(rows_ND)
         reading = act_BTD.new_zeros(*act_BTD.shape[:-1], len(self.features))
         reading[keep_BT] = codes_NL[:, self.features].to(reading)
