@@ -66,5 +66,8 @@ def test_saelab_steer_prints_clean_and_steered_as_json(lm, sae, tmp_path, capsys
     assert main(args + ["--strength", "40"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["clean"] != out["steered"]
+    assert main(args[:-1] + ["--mode", "clamp", "--strength", "40"]) == 0  # the table
+    table = capsys.readouterr().out
+    assert "clean (mean activation" in table and "steered (mean activation" in table
     assert main(["steer", str(tmp_path / "sae"), "--feature", "256", "--prompt", "x"]) == 2
     assert "feature 256 is out of range" in capsys.readouterr().err
