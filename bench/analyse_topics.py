@@ -92,16 +92,18 @@ def embed(sae_path: str, texts, cache: Path, max_tokens: int):
     """SAE embeddings of the documents (saved in `cache` and reused) and MiniLM's vectors."""
     from saelab.analyse import Embeddings, Session, embed_documents
     from saelab.analyse.embed import exclusion_for
+    from saelab.analyse.session import documents_digest
     from saelab.data import Document
     from saelab.interpret.explain.embedding import Encoder
 
     session = Session(sae_path)
-    folder = cache / f"{session.fingerprint[:12]}-n{len(texts)}-t{max_tokens}"
+    docs = [Document(t, str(i), label) for i, (t, label) in enumerate(zip(texts.texts,
+                                                                       texts.labels))]
+    key = documents_digest(docs)[:12]  # the same documents, or they are embedded again
+    folder = cache / f"{session.fingerprint[:12]}-{key}-t{max_tokens}"
     if (folder / "embeddings.json").is_file():
         emb = Embeddings.load(folder)
     else:
-        docs = [Document(t, str(i), label) for i, (t, label) in enumerate(zip(texts.texts,
-                                                                           texts.labels))]
         emb = embed_documents(session.dictionary, session.lm, docs, session.hookpoint,
                               max_tokens=max_tokens, progress=True,
                               exclusion=exclusion_for(session.dictionary, session.lm.tokenizer))
