@@ -158,3 +158,34 @@ def test_a_vision_model_refuses_the_text_default(tiny_vit, tmp_path):
     cfg = CaptureConfig(out=str(tmp_path / "s"), model="tiny", hookpoints=[HP], progress=False)
     with pytest.raises(DataError, match="vision model.*--dataset skimage"):
         capture(cfg, tiny_vit)
+
+
+def test_an_image_text_model_loads_its_vision_tower_and_captures_patches(tmp_path):
+    """A CLIP folder (tiny, random) loads as its vision tower with CLIP's image processor, and
+    its patch rows are that tower's tokens."""
+    from transformers import CLIPConfig, CLIPModel
+
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    config = CLIPConfig(text_config={**small, "vocab_size": 100, "bos_token_id": 0,
+                                     "eos_token_id": 1, "pad_token_id": 1},
+                        vision_config={**small, "image_size": SIDE, "patch_size": 4},
+                        projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(tmp_path / "clip")
+    processor = {"image_processor_type": "CLIPImageProcessor", "do_resize": True,
+                 "size": {"shortest_edge": SIDE}, "do_center_crop": True,
+                 "crop_size": {"height": SIDE, "width": SIDE}, "do_rescale": True,
+                 "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
+                 "image_mean": [0.48, 0.46, 0.41], "image_std": [0.27, 0.26, 0.28]}
+    (tmp_path / "clip" / "preprocessor_config.json").write_text(json.dumps(processor))
+    clip = load(str(tmp_path / "clip"))
+    assert clip.kind == "vision" and type(clip.model).__name__ == "CLIPVisionModel"
+    assert clip.layer_template == "encoder.layers.{}" and clip.d_model == 32
+    store = capture(CaptureConfig(out=str(tmp_path / "s"), model="clip", dataset="digits",
+                                  hookpoints=["encoder.layers.0"], n_images=2, norm_factor=None,
+                                  progress=False), clip)
+    with Capture(clip.model, ["encoder.layers.0"]) as cap:
+        expected = cap.run(pixel_values=pixel_values(read_images("digits", limit=2),
+                                                     clip.processor))["encoder.layers.0"]
+    assert store.n_rows == 2 * GRID
+    assert torch.allclose(next(store.iter_rows())[0], expected[:, 1:].reshape(-1, 32), atol=1e-6)

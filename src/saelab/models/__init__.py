@@ -7,8 +7,8 @@
 Packaged aliases (see PACKAGED) load from pip packages without a network. Any other string is
 a local folder or a Hub name loaded through transformers: AutoModelForCausalLM for causal LMs,
 AutoModel for encoders and vision models. A vision model (one whose input is `pixel_values`:
-ViT, DINOv2, CLIP's or SigLIP's vision tower, ...) comes with its own image processor
-(AutoImageProcessor) instead of a tokenizer:
+ViT, DINOv2, ...; of an image-text model such as CLIP or SigLIP, its vision tower) comes with
+its own image processor (AutoImageProcessor) instead of a tokenizer:
 
     >>> vit = load("vit-s14")            # packaged ViT-S/14 (DINOv2 layout): works offline
     >>> vit.kind, vit.layer_template     # ('vision', 'encoder.layer.{}')
@@ -82,6 +82,10 @@ def load(name_or_path: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     causal = _introspect.is_causal_lm(config)
     model = _load_weights(folder, name, config, causal, dtype, kwargs)
     model.eval().requires_grad_(False)
+    tower = _introspect.vision_tower(model)
+    if tower is not None:  # CLIP, SigLIP: the image tower is the model images are captured from
+        logger.info("%s is an image-text model: loading its vision tower", name)
+        model = tower
     if _introspect.is_vision(model):
         return _describe(model, None, name, False)._replace(
             kind="vision", hub_id=hub_id(name_or_path),

@@ -33,6 +33,16 @@ def is_vision(model: nn.Module) -> bool:
     return getattr(model, "main_input_name", None) == "pixel_values"
 
 
+def vision_tower(model: nn.Module) -> nn.Module | None:
+    """The image tower of an image-text dual encoder (CLIP's and SigLIP's `vision_model`), else
+    None: saelab captures images from that tower alone."""
+    tower = getattr(model, "vision_model", None)
+    if isinstance(tower, nn.Module) and is_vision(tower) and hasattr(model,
+                                                                        "get_image_features"):
+        return tower
+    return None
+
+
 def layer_list(model: nn.Module, n_layers: int | None) -> tuple[str, int]:
     """Name and length of the ModuleList holding the model's blocks.
 
