@@ -189,3 +189,14 @@ def test_an_image_text_model_loads_its_vision_tower_and_captures_patches(tmp_pat
                                                      clip.processor))["encoder.layers.0"]
     assert store.n_rows == 2 * GRID
     assert torch.allclose(next(store.iter_rows())[0], expected[:, 1:].reshape(-1, 32), atol=1e-6)
+
+
+def test_a_truncated_image_is_refused_by_name_when_decoded(tiny_vit, tmp_path):
+    """A file whose header is intact but whose data stops short may pass the check at reading;
+    decoding it for the model is then refused, naming the file."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
+        tmp_path / "cut.jpg", quality=95)
+    data = (tmp_path / "cut.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    with pytest.raises(DataError, match=r"cut\.jpg is not a readable image"):
+        pixel_values(read_images(str(tmp_path)), tiny_vit.processor)
