@@ -111,7 +111,7 @@ def main() -> None:
         spread = f"{n / max(ts):.1f}..{n / min(ts):.1f}"
         print(f"{name:<52}{n / med[name]:>9.1f}{spread:>14}{bare_s / med[name]:>8.2f}x")
         records.append({"run": name, "images/s": round(n / med[name], 1),
-                        "patch rows/s": round(256 * n / med[name]) if "layer" in name else None,
+                        "patch rows/s": round(256 * n / med[name]) if "capture" in name else None,
                         "spread (images/s)": spread,
                         "vs bare forward": f"{bare_s / med[name]:.2f}x"})
     if args.write:
