@@ -95,3 +95,26 @@ def test_images_changed_at_their_source_are_refused(setup, tmp_path):
     finally:
         manifest["images"]["titles"][0] = "digits#0"
         (store.path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_saelab_view_serves_the_image_dashboard(setup, tmp_path):
+    import threading
+    import urllib.request
+
+    from saelab.interpret.viewer import serve
+
+    store, sae, vit = setup
+    out = image_dashboard(sae, store, tmp_path / "dash", n_features=2, n_top=2,
+                          processor=vit.processor, progress=False)
+    f = json.loads((out / "dashboard.json").read_text())["features"][0]
+    server = serve(out, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        page = urllib.request.urlopen(f"{base}/features/{f:05d}.html", timeout=10).read()
+        image = page.decode().split('src="../images/')[1].split('"')[0]
+        png = urllib.request.urlopen(f"{base}/images/{image}", timeout=10).read()
+        assert png.startswith(b"\x89PNG")
+    finally:
+        server.shutdown()
+        server.server_close()
