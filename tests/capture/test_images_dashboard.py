@@ -118,3 +118,19 @@ def test_saelab_view_serves_the_image_dashboard(setup, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_store_of_cls_rows_shows_top_images_without_heat_maps(setup, tmp_path):
+    store, sae, vit = setup
+    cls = capture(CaptureConfig(out=str(tmp_path / "cls"), model=store.model, dataset="digits",
+                                hookpoints=[HP], n_images=N_IMAGES, image_rows="cls",
+                                norm_factor=None, progress=False), vit)
+    out = image_dashboard(sae, cls, tmp_path / "dash", n_features=3, n_top=3,
+                          processor=vit.processor, progress=False)
+    acts = next(cls.iter_rows(HP))[0]  # one row per image: its CLS token
+    f = json.loads((out / "dashboard.json").read_text())["features"][0]
+    with torch.no_grad():
+        best = sae.encode(acts)[:, f].topk(3).indices.tolist()
+    page = (out / "features" / f"{f:05d}.html").read_text()
+    assert [f"digits#{i} " in page for i in best] == [True] * 3
+    assert not (out / "heat").exists() and "heat map" not in page.split("<figure>")[1]
