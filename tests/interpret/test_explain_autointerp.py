@@ -75,3 +75,35 @@ def test_the_token_baseline_names_the_marked_tokens():
     feature = FeatureExamples(0, ex, [], [], 2, 3.0)
     assert token_explanation(feature) == 'The tokens "dog".'
     assert json.dumps(token_explanation(feature))
+
+
+def test_only_features_with_examples_and_negatives_are_chosen_so_each_gets_a_score(setup,
+                                                                                  configured):
+    """A feature firing in every context has no negative to be scored against: never chosen;
+    every chosen one fires in 15 contexts or more and is silent in 10 or more, and is scored."""
+    import copy
+
+    configured.config = configured.config.__class__(n_features=6)
+    sae, lm, tokens, x = setup
+    sae = copy.deepcopy(sae)
+    with torch.no_grad():
+        sae.b_enc[0] = 1e4  # latent 0 fires on every token
+    records = []
+    original = Autointerp.explain_here
+
+    def kept(self):
+        records.extend(original(self))
+        return records
+
+    configured.explain_here = kept
+    try:
+        report = saelab.evaluate(sae, x, metrics=["autointerp"], model=lm, tokens=tokens,
+                                 hookpoint=HOOKPOINT)["autointerp"]
+    finally:
+        configured.explain_here = original
+    chosen = [r["feature"] for r in records]
+    assert len(chosen) == 6 and 0 not in chosen
+    contexts = (sae.encode(x) > 0).view(tokens.shape[0], tokens.shape[1], -1).any(1).sum(0)
+    assert all(15 <= int(contexts[f]) <= tokens.shape[0] - 10 for f in chosen)
+    assert report["n_features"] == 6 and all(r["scores"]["embedding"] is not None
+                                             for r in records)

@@ -8,8 +8,9 @@ Models" (reference: EleutherAI/delphi). The explaining and scoring live in
   "runs/x/explain/explanations.jsonl")`; each scorer's figure is its mean over the features in
   the file (no model runs).
 - Otherwise it runs on the evaluation's own tokens: the model runs once on them, the
-  `n_features` live features that fire most often (on under 20% of the tokens) get their
-  contexts, an explanation and the `scorers` (default: embedding, with the packaged MiniLM).
+  `n_features` features drawn at random among those that fire in at least 15 contexts and stay
+  silent in at least 10 (so that each has examples, test examples and negatives) get their contexts, an
+  explanation and the `scorers` (default: embedding, with the packaged MiniLM).
   The explanation comes from `explainer` (a local causal LM, e.g. "smollm2-135m") when given;
   without one it is the token baseline, the feature's most frequent activating tokens as a
   sentence, so the figures then say how far the tokens alone predict where a feature fires.
@@ -31,8 +32,13 @@ from saelab.evaluate._registry import register
 from saelab.interpret.explain import SCORERS, Resources, Sampling, Text, build, examples_for
 from saelab.interpret.explain.examples import FeatureExamples
 
-DENSE = 0.2
-"""Features firing on more than this fraction of tokens are not chosen."""
+N_TOP = 5
+"""Top-activating contexts the explainer reads."""
+N_NEGATIVES = 10
+"""Contexts where a chosen feature never fires, kept as the scorers' negatives (at least)."""
+MIN_CONTEXTS = N_TOP + 2 * Sampling.n_quantiles
+"""A feature is chosen only if it fires in at least this many of the evaluation's contexts:
+the top ones, and two in each activation quantile (one for the explainer, one to test)."""
 
 
 @dataclass
@@ -122,10 +128,11 @@ class Autointerp(Family):
         acts = torch.cat(rows)
         ids = torch.arange(acts.shape[0])
         batches = list(zip(acts.split(4096), ids.split(4096)))
-        features = self.choose(batches, acts.shape[0])
-        text = Text(ctx.tokens.cpu(), torch.cat(ctx_ids), torch.cat(pos_ids), tokenizer)
-        sampling = Sampling(window=self.config.window, n_top=5, n_test_per_quantile=2,
-                            n_negatives=10, seed=ctx.seed or 0)
+        row_context = torch.cat(ctx_ids)
+        features = self.choose(batches, row_context, ctx.tokens.shape[0])
+        text = Text(ctx.tokens.cpu(), row_context, torch.cat(pos_ids), tokenizer)
+        sampling = Sampling(window=self.config.window, n_top=N_TOP, n_test_per_quantile=2,
+                            n_negatives=N_NEGATIVES, seed=ctx.seed or 0)
         client = None
         if self.config.explainer:
             from saelab.interpret.explain import LocalClient
@@ -147,14 +154,22 @@ class Autointerp(Family):
                 k: (v if math.isfinite(v) else None) for k, v in scores.items()}})
         return records
 
-    def choose(self, batches, n_rows: int) -> list[int]:
-        """The `n_features` live features that fire most often, below the dense limit."""
-        counts = torch.zeros(self.context.dictionary.n_latents, dtype=torch.long)
-        for x, _ in batches:
-            counts += (self.context.dictionary.encode(x) > 0).sum(0).cpu()
-        counts[counts > DENSE * n_rows] = 0
-        order = counts.argsort(descending=True)[:self.config.n_features]
-        return [int(f) for f in order if counts[f] > 0]
+    def choose(self, batches, row_context: torch.Tensor, n_contexts: int) -> list[int]:
+        """`n_features` features drawn at random (seeded) among those a score can be computed
+        for: firing in at least MIN_CONTEXTS contexts (the explainer's and the test examples)
+        and silent in at least N_NEGATIVES (the negatives). The most frequent features fire in
+        every context of a short evaluation, so there would be no negative to score them on."""
+        fires = torch.zeros(n_contexts, self.context.dictionary.n_latents, dtype=torch.bool)
+        for x, ids in batches:
+            active = (self.context.dictionary.encode(x) > 0).cpu()
+            r, f = active.nonzero(as_tuple=True)
+            fires[row_context[ids[r]], f] = True
+        in_contexts = fires.sum(0)
+        eligible = ((in_contexts >= MIN_CONTEXTS)
+                    & (n_contexts - in_contexts >= N_NEGATIVES)).nonzero()[:, 0]
+        g = torch.Generator().manual_seed(self.context.seed or 0)
+        chosen = eligible[torch.randperm(len(eligible), generator=g)[:self.config.n_features]]
+        return sorted(int(f) for f in chosen)
 
     def tokenizer(self):
         """The model's tokenizer: its `tokenizer` attribute, else loaded from its folder."""
