@@ -49,6 +49,26 @@ def test_capture_train_eval_dashboard(model_dir, store, tmp_path):
     assert (tmp_path / "dash" / "index.html").is_file()
 
 
+def test_eval_reports_are_reproducible_under_the_seed(store, tmp_path):
+    """dark_matter's random split follows `--seed` (default 0): the same seed, the same figures;
+    another seed, another split."""
+    import saelab
+
+    sae = saelab.create("topk", d_in=32, n_latents=64, k=4, seed=0)
+    sae.provenance["hookpoint"] = "model.layers.0"
+    sae.save(tmp_path / "sae")
+
+    def figure(name, *seed):
+        assert main(["eval", str(tmp_path / "sae"), str(store), "--metrics", "dark_matter",
+                     *seed, "--out", str(tmp_path / name)]) == 0
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        return report["dark_matter"]["error_variance_predicted"], report["meta"]["seed"]
+
+    first, again, other = figure("a"), figure("b"), figure("c", "--seed", "1")
+    assert first == again and first[1] == 0
+    assert other[1] == 1 and other[0] != first[0]
+
+
 def test_capture_with_gradients_then_train_a_gsae(model_dir, tmp_path):
     store, runs = tmp_path / "store", tmp_path / "run"
     assert main(["capture", "--model", str(model_dir), "--hookpoints", "model.layers.0",

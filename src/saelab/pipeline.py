@@ -201,6 +201,8 @@ class EvalConfig(EvalOptions):
                                       "(sparse_probing, tpp, fms, separability; hallucination's AUROC): a .jsonl or .csv file with "
                                       "\"text\" and \"label\", or 'wikipedia-topics' (the "
                                       "default when such a family is asked for).")
+    seed: int = option(0, "Seed of the evaluation's random draws (row samples, splits, "
+                          "feature choices): the same seed gives the same report.")
     out: str | None = option(None, "Report folder (default: beside the dictionary, eval/).")
     compare: list[str] | None = option(None, "Instead of evaluating: print the figures of these "
                                              "reports (report.json files or their folders) side "
@@ -276,7 +278,7 @@ def evaluate_step(cfg: EvalConfig) -> tuple[dict, Path]:
     report = saelab.evaluate(sae, store, metrics=cfg.metrics, hookpoint=hookpoint,
                              allow_hookpoint_mismatch=cfg.allow_hookpoint_mismatch,
                              allow_incomplete_store=cfg.allow_incomplete_store, out=out,
-                             progress=True, **kwargs)
+                             progress=True, seed=cfg.seed, **kwargs)
     return report, out
 
 
