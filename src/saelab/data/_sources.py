@@ -132,13 +132,19 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path} is not UTF-8 text ({e})") from None
 
 
-def _read_hf(spec: str, limit: int | None) -> list[Document]:
+def hf_spec(spec: str) -> tuple[str, str | None, str]:
+    """(name, config, split) of a Hugging Face source written NAME[:SPLIT] or NAME:CONFIG:SPLIT
+    (after its 'hf:'); the split defaults to "train"."""
     parts = spec.split(":")
     if not parts[0] or len(parts) > 3:
         raise DataError(f"bad Hugging Face source 'hf:{spec}': use hf:NAME[:SPLIT] "
                         f"or hf:NAME:CONFIG:SPLIT")
-    name, config = parts[0], (parts[1] if len(parts) == 3 else None)
-    split = parts[-1] if len(parts) > 1 else "train"
+    return parts[0], (parts[1] if len(parts) == 3 else None), (parts[-1] if len(parts) > 1
+                                                               else "train")
+
+
+def _read_hf(spec: str, limit: int | None) -> list[Document]:
+    name, config, split = hf_spec(spec)
     datasets = _import_datasets()
     try:
         rows = datasets.load_dataset(name, config, split=split, streaming=True)

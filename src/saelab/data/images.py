@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from saelab.data._sources import hf_spec
 from saelab.errors import DataError, MissingDependencyError
 
 SKIMAGE = "skimage"
@@ -195,12 +196,7 @@ def _verify(path: Path) -> None:
 
 
 def _read_hf(spec: str, limit: int | None) -> list[ImageItem]:
-    parts = spec.split(":")
-    if not parts[0] or len(parts) > 3:
-        raise DataError(f"bad Hugging Face source 'hf:{spec}': use hf:NAME[:SPLIT] "
-                        f"or hf:NAME:CONFIG:SPLIT")
-    name, config = parts[0], (parts[1] if len(parts) == 3 else None)
-    split = parts[-1] if len(parts) > 1 else "train"
+    name, config, split = hf_spec(spec)
     try:
         import datasets
     except ImportError:

