@@ -25,7 +25,7 @@ PACKAGE = importlib.import_module("saelab.evaluate")  # saelab.evaluate is also 
 registry = importlib.import_module("saelab.evaluate._registry")
 HOOKPOINT = "model.layers.0"
 ARGUMENT = {"activations": "data", "model": "model", "tokens": "tokens", "labels": "labels",
-            "other": "other"}
+            "other": "other", "images": "data"}
 """The `evaluate` argument that provides each need."""
 
 
@@ -110,8 +110,10 @@ def check_family(name: str, sae, provided: dict) -> None:
     assert report["meta"]["families"] == [name]
 
 
-@pytest.mark.parametrize("name", families())
+@pytest.mark.parametrize("name", [n for n in families() if "images" not in family(n).needs])
 def test_family_returns_exactly_its_declared_finite_figures(setup, name):
+    """(Families that need an image store are run on one in their own tests, e.g.
+    tests/evaluate/test_monosemanticity.py.)"""
     sae, provided = setup
     check_family(name, sae, provided)
 

@@ -38,6 +38,8 @@ NEEDS: dict[str, str] = {
     "labels": "labels: labelled texts",
     "other": "other: another dictionary to compare with, of the same input width (from the "
              "command line: --other DICTIONARY2)",
+    "images": "data: an image activation store, whose rows know their image (capture one with "
+              "`saelab capture --model vit-s14 --dataset digits`)",
 }
 """What a family may need -> what to pass to `evaluate` to provide it."""
 
@@ -78,6 +80,10 @@ class Context:
     """Labelled texts, for families that need them."""
     other: nn.Module | None = None
     """Another dictionary, for families that compare two (in eval mode)."""
+    store: Any = None
+    """The activation store (saelab.store.ActivationStore) the activations were read from, when
+    they came from one; families that need its row metadata (an image store's image of each
+    row) refuse in `check` without it."""
     batch_size: int = 4096
     """Rows per batch of the activation stream."""
     seed: int | None = None
@@ -87,6 +93,8 @@ class Context:
 
     def provides(self, need: str) -> bool:
         """Whether the need `need` (a key of NEEDS) is met."""
+        if need == "images":
+            return self.store is not None and "images" in self.store.manifest
         value = {"activations": self.batches, "model": self.model, "tokens": self.tokens,
                  "labels": self.labels, "other": self.other}[need]
         return value is not None

@@ -27,6 +27,9 @@ class Data(NamedTuple):
     """Hookpoint a transcoder predicts (checked against a store)."""
     describe: dict[str, Any]
     """What the data was, for the report's meta."""
+    store: ActivationStore | None = None
+    """The activation store the stream reads, when the data was one (for families that read its
+    row metadata, e.g. the image of each row); else None."""
 
 
 def _pair(data: Any) -> bool:
@@ -50,7 +53,7 @@ def _from_store(store: ActivationStore, dictionary, hookpoint: str | None,
 
     describe = {"kind": "store", "path": str(store.path), "model": store.model,
                 "rows": store.n_rows}
-    return Data(batches, store.mean(target or key), key, target, describe)
+    return Data(batches, store.mean(target or key), key, target, describe, store)
 
 
 def prepare(dictionary, data: Any, hookpoint: str | None, target_hookpoint: str | None,

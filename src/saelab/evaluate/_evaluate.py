@@ -60,7 +60,7 @@ def evaluate(dictionary, data: Any = None, *, metrics: Sequence[str] | None = No
     context = Context(dictionary, batches=data_.batches, data_mean=data_.mean, model=model,
                       tokens=tokens, hookpoint=data_.hookpoint,
                       target_hookpoint=data_.target_hookpoint, exclusion=exclusion,
-                      labels=labels, other=_other(other),
+                      labels=labels, other=_other(other), store=data_.store,
                       batch_size=batch_size, seed=seed, progress=progress)
     classes = requested if requested is not None else _defaults(context)
     _check(classes, context)
