@@ -138,6 +138,8 @@ def test_the_family_reads_per_image_maxima_and_the_models_pooled_embedding(vit_s
     assert report["neuron_ms_scored"] == 32
     expected = summarize(ms_scores(units.codes, pooled)).mean
     assert report["ms_mean"] == pytest.approx(expected, rel=1e-5)
+    centred = summarize(ms_scores(units.codes, pooled - pooled.mean(0))).mean
+    assert report["ms_centred_mean"] == pytest.approx(centred, rel=1e-4, abs=1e-6)
 
 
 def test_data_without_image_ids_is_refused_before_any_work(vit_store, tmp_path):
