@@ -15,13 +15,30 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from saelab.errors import OutputExistsError
+from saelab.errors import DataError, MissingDependencyError, OutputExistsError
 
 
 def cache_dir() -> Path:
     """saelab's cache folder: $SAELAB_CACHE, else ~/.cache/saelab (created on demand)."""
     path = Path(os.environ.get("SAELAB_CACHE") or Path.home() / ".cache" / "saelab")
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def package_file(package: str, relative: str, what: str, install: str) -> Path:
+    """The file `relative` inside the installed Python package `package` (found without
+    importing it: some packaged assets' __init__ needs libraries saelab does not), or a
+    MissingDependencyError ("`what` needs the Python package ...: run `install`") when the package
+    is absent, a DataError when it lacks the file."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(f"{what} needs the Python package {package}: run "
+                                     f"`{install}`")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.exists():
+        raise DataError(f"{path} is missing: reinstall the package with `{install}`")
     return path
 
 

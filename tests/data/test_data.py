@@ -77,6 +77,17 @@ def test_missing_wikipedia_package_names_the_install_command(monkeypatch) -> Non
         wikipedia_summaries()
 
 
+def test_a_package_without_the_asset_file_is_a_data_error_naming_the_reinstall() -> None:
+    from saelab._paths import package_file
+
+    assert package_file("json", "decoder.py", "json's decoder", "pip x").name == "decoder.py"
+    with pytest.raises(DataError, match=r"no_such_file\.bin is missing: reinstall .*`pip x`"):
+        package_file("json", "no_such_file.bin", "an asset", "pip x")
+    with pytest.raises(MissingDependencyError, match="an asset needs the Python package "
+                                                     "no_such_pkg_x: run `pip x`"):
+        package_file("no_such_pkg_x", "a.bin", "an asset", "pip x")
+
+
 def test_txt_file_splits_documents_at_blank_lines(tmp_path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("First doc\nstill first.\n\n\nSecond doc.\r\n \r\nThird doc.\n\n")

