@@ -1,5 +1,6 @@
 """What the browser tests share: the system Chromium (installed with apt-get when missing, else
-the test is skipped with the command), Playwright driving it, and a viewer in a thread."""
+the test is skipped with the command), Playwright driving it, a viewer in a thread, and a store
+of the tiny model with a random TopK SAE saved beside it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+HOOKPOINT = "model.layers.0"
 CHROMIUM = "/usr/bin/chromium"
 INSTALL = "apt-get install -y chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -66,3 +68,18 @@ def keep(screenshot: Path, name: str) -> Path:
     """Copy a screenshot into test-artifacts/ (kept after the run)."""
     ARTIFACTS.mkdir(exist_ok=True)
     return Path(shutil.copy(screenshot, ARTIFACTS / name))
+
+
+def store_and_sae(model_dir: Path, root: Path, n_tokens: int) -> tuple[Path, Path]:
+    """(store, sae): `n_tokens` of the tiny model's layer 0 captured by the CLI into root/store,
+    and a random TopK SAE (64 latents, k 4) on that hookpoint saved to root/sae."""
+    import saelab
+    from saelab.cli import main
+
+    assert main(["capture", "--model", str(model_dir), "--hookpoints", HOOKPOINT,
+                 "--n-tokens", str(n_tokens), "--context-len", "64", "--out",
+                 str(root / "store"), "--no-progress"]) == 0
+    sae = saelab.create("topk", d_in=32, n_latents=64, k=4, seed=0)
+    sae.provenance["hookpoint"] = HOOKPOINT
+    sae.save(root / "sae")
+    return root / "store", root / "sae"

@@ -11,24 +11,15 @@ import re
 
 import pytest
 
-import saelab
 from saelab.cli import main
-from tests.interpret.browser_support import browser, keep, serving
-
-HOOKPOINT = "model.layers.0"
-
+from tests.interpret.browser_support import browser, keep, serving, store_and_sae
 
 @pytest.fixture(scope="module")
 def dashboard(model_dir, tmp_path_factory):
     """A dashboard of a random TopK SAE (64 latents) on a store of the tiny model's layer 0."""
     root = tmp_path_factory.mktemp("browser")
-    assert main(["capture", "--model", str(model_dir), "--hookpoints", HOOKPOINT,
-                 "--n-tokens", "2048", "--context-len", "64", "--out", str(root / "store"),
-                 "--no-progress"]) == 0
-    sae = saelab.create("topk", d_in=32, n_latents=64, k=4, seed=0)
-    sae.provenance["hookpoint"] = HOOKPOINT
-    sae.save(root / "sae")
-    assert main(["dashboard", str(root / "sae"), str(root / "store"), "--out",
+    store, sae = store_and_sae(model_dir, root, 2048)
+    assert main(["dashboard", str(sae), str(store), "--out",
                  str(root / "dash"), "--model", str(model_dir), "--n-features", "20"]) == 0
     return root / "dash"
 

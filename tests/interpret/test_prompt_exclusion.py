@@ -6,25 +6,19 @@ from __future__ import annotations
 import pytest
 
 import saelab
-from saelab.cli import main
 from saelab.interpret.app import Prompter, prompt_rows
 from saelab.models import load_tokenizer
+from tests.interpret.browser_support import HOOKPOINT, store_and_sae
 
-HOOKPOINT = "model.layers.0"
 TEXT = "Paris is big.<|endoftext|>Rome is old."
 
 
 @pytest.fixture(scope="module")
 def setup(model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("prompt")
-    assert main(["capture", "--model", str(model_dir), "--hookpoints", HOOKPOINT,
-                 "--n-tokens", "512", "--context-len", "64", "--out", str(root / "store"),
-                 "--no-progress"]) == 0
-    sae = saelab.create("topk", d_in=32, n_latents=64, k=4, seed=0)
-    sae.provenance["hookpoint"] = HOOKPOINT
-    sae.save(root / "sae")
-    sources = {"model": str(model_dir), "hookpoint": HOOKPOINT, "dictionary": str(root / "sae"),
-               "store": str(root / "store")}
+    store, sae = store_and_sae(model_dir, root, 512)
+    sources = {"model": str(model_dir), "hookpoint": HOOKPOINT, "dictionary": str(sae),
+               "store": str(store)}
     eot = load_tokenizer("smollm2-135m").convert_tokens_to_ids("<|endoftext|>")
     return sources, eot
 
