@@ -159,12 +159,13 @@ class Autointerp(Family):
         for: firing in at least MIN_CONTEXTS contexts (the explainer's and the test examples)
         and silent in at least N_NEGATIVES (the negatives). The most frequent features fire in
         every context of a short evaluation, so there would be no negative to score them on."""
-        fires = torch.zeros(n_contexts, self.context.dictionary.n_latents, dtype=torch.bool)
+        n = self.context.dictionary.n_latents
+        pairs = []  # (context, feature) pairs that fire, as one key each, kept sparse
         for x, ids in batches:
-            active = (self.context.dictionary.encode(x) > 0).cpu()
-            r, f = active.nonzero(as_tuple=True)
-            fires[row_context[ids[r]], f] = True
-        in_contexts = fires.sum(0)
+            r, f = (self.context.dictionary.encode(x) > 0).cpu().nonzero(as_tuple=True)
+            pairs.append(torch.unique(row_context[ids[r]] * n + f))
+        keys = torch.unique(torch.cat(pairs)) if pairs else torch.zeros(0, dtype=torch.long)
+        in_contexts = torch.bincount(keys % n, minlength=n)
         eligible = ((in_contexts >= MIN_CONTEXTS)
                     & (n_contexts - in_contexts >= N_NEGATIVES)).nonzero()[:, 0]
         g = torch.Generator().manual_seed(self.context.seed or 0)
