@@ -43,7 +43,6 @@ def sae(model):
     rows = capture_deltas(model, BLOCK, random_conditioning(model, 8), initial_latents(model, 8),
                           N_STEPS, steps=[1, 2])
     dictionary = saelab.create("topk", d_in=rows.x.shape[1], n_latents=128, k=4, seed=0)
-    dictionary = saelab.fit(dictionary, rows.x, saelab.TrainConfig(
-        epochs=10, batch_size=256, seed=0, progress=False))
-    dictionary.provenance.update({"model": "tiny-unet", "hookpoint": f"{BLOCK}:delta"})
-    return dictionary
+    # keyed by hookpoint: the provenance records the block, and steering finds it by itself
+    return saelab.fit(dictionary, rows.training_data(), saelab.TrainConfig(
+        epochs=10, batch_size=256, seed=0, progress=False, hookpoint=rows.hookpoint))

@@ -31,6 +31,10 @@ def block_outputs(model, inputs, steering=None):
     return cap.captured, run
 
 
+def test_the_sae_records_the_blocks_delta_as_its_hookpoint(sae):
+    assert sae.provenance["hookpoint"] == f"{BLOCK}:delta"
+
+
 def test_the_sae_learns_the_delta(model, sae):
     from saelab.models._diffusion import initial_latents, random_conditioning
     from saelab.steer.diffusion import capture_deltas

@@ -10,7 +10,7 @@ the context was entered (`StepCounter`): enter one context per denoising run.
 
     >>> with DeltaCapture(unet, "down_blocks.0.attentions.0", steps=[1]) as cap:
     ...     denoise(model, cond, latents, n_steps=4)
-    >>> rows = cap.rows()      # DeltaRows: x [N * H * W, C], image, step, position
+    >>> rows = cap.rows()      # DeltaRows: x [N * H * W, C], image, step, position, grid
 
 Blocks whose activation is a feature map [B, C, H, W] (diffusers' `Transformer2DModel`) and
 blocks on token sequences [B, H * W, C] (`BasicTransformerBlock`) both give rows [B, P, C]
@@ -105,6 +105,14 @@ class DeltaRows(NamedTuple):
     """Spatial position [N] in the block's feature map, y * W + x."""
     grid: tuple[int, int]
     """(H, W) of the block's feature map."""
+    hookpoint: str
+    """The block and site read (`down_blocks.0.attentions.0:delta`)."""
+
+    def training_data(self) -> dict[str, Tensor]:
+        """`{hookpoint: x}`: data for `saelab.fit` with `TrainConfig(hookpoint=rows.hookpoint)`,
+        which records the hookpoint in the dictionary's provenance (steering then finds its
+        block by itself)."""
+        return {self.hookpoint: self.x}
 
 
 class DeltaCapture:
@@ -171,4 +179,4 @@ class DeltaCapture:
             positions.append(torch.arange(p).repeat(b))
         assert self.grid is not None
         return DeltaRows(torch.cat(xs), torch.cat(images), torch.cat(steps),
-                         torch.cat(positions), self.grid)
+                         torch.cat(positions), self.grid, self.hookpoint.key)

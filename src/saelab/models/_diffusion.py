@@ -27,7 +27,6 @@ run: the denoised output is the latents.
 from __future__ import annotations
 
 import inspect
-import logging
 from typing import Any, NamedTuple
 
 import torch
@@ -35,8 +34,6 @@ from torch import Tensor, nn
 
 from saelab.errors import ConfigError, MissingDependencyError
 from saelab.models._hub import from_pretrained_kwargs, load_error
-
-logger = logging.getLogger(__name__)
 
 TINY = "tiny-unet"
 """Alias of the small random U-Net built from a config (`tiny_unet()`)."""

@@ -13,15 +13,21 @@ when the edits change no code). Where it departs from the reference: the referen
 feature's direction times a value map without encoding first (an `add`), and its `replace`
 variant writes the direction over the block's input.
 
+This module is saelab's whole diffusion API (the model side is re-exported from
+`saelab.models._diffusion`):
+
+    >>> model = tiny_unet()                # or load_diffusion("stabilityai/sdxl-turbo")
+    >>> cond, latents = random_conditioning(model, 16), initial_latents(model, 16)
     >>> rows = capture_deltas(model, "down_blocks.0.attentions.0", cond, latents, n_steps=4,
     ...                       steps=[1])                     # DeltaRows for saelab.fit
+    >>> sae = saelab.fit(saelab.create("topk", d_in=32, n_latents=128, k=4),
+    ...                  rows.training_data(), saelab.TrainConfig(hookpoint=rows.hookpoint))
     >>> run = steered_denoise(model, sae, [add(12, 8.0)], cond, latents, n_steps=4,
     ...                       steps=[2], positions=[0, 1, 16, 17])
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -32,11 +38,16 @@ from saelab.capture.diffusion import (DeltaCapture, DeltaRows, StepCounter, from
                                       single_module, to_rows)
 from saelab.capture.patch import patch
 from saelab.errors import ConfigError
-from saelab.models._diffusion import Conditioning, DiffusionModel, Denoising, denoise
+from saelab.models._diffusion import (SDXL_TURBO, TINY, Conditioning, Denoising, DiffusionModel,
+                                      denoise, encode_prompts, initial_latents, load_diffusion,
+                                      random_conditioning, tiny_unet)
 from saelab.steer.edits import CodeEdit, check_features
 from saelab.steer.intervene import check_steerable, to_dictionary
 
-logger = logging.getLogger(__name__)
+__all__ = ["SDXL_TURBO", "TINY", "Conditioning", "DeltaCapture", "DeltaRows", "Denoising",
+           "DiffusionModel", "DiffusionSteering", "capture_deltas", "denoise", "encode_prompts",
+           "initial_latents", "load_diffusion", "random_conditioning", "steered_denoise",
+           "tiny_unet"]
 
 Positions = Sequence[int] | Tensor | None
 """Spatial positions of a block's feature map: flat indices y * W + x, a bool mask [H, W], or
@@ -71,7 +82,7 @@ def capture_deltas(model: DiffusionModel, block: str, cond: Conditioning, latent
             denoise(model, part, latents[start:stop], n_steps, seed=seed + start)
         parts.append(cap.rows(image_offset=start))
     return DeltaRows(*(torch.cat([getattr(p, f) for p in parts]) for f in DeltaRows._fields[:4]),
-                     parts[0].grid)
+                     parts[0].grid, parts[0].hookpoint)
 
 
 def position_index(positions: Positions, grid: tuple[int, int]) -> Tensor | None:
