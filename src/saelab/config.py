@@ -209,3 +209,29 @@ def check(condition: bool, field: str, message: str) -> None:
     """Raise a ConfigError naming `field` unless `condition` holds."""
     if not condition:
         raise ConfigError(f"{field}: {message}")
+
+
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps", "xpu")
+"""What a `device` option accepts before an optional `:N`."""
+
+
+def check_device(value: str | None, field: str = "device") -> None:
+    """A ConfigError unless `value` is None, auto, cpu, cuda, cuda:N (or mps, xpu)."""
+    check(value is None or isinstance(value, str) and value.split(":")[0] in DEVICE_KINDS, field,
+          f"must be auto, cpu, cuda or cuda:N (or mps, xpu), got {value!r}")
+
+
+def torch_device(value: str, field: str = "device"):
+    """The torch.device a `device` option names: auto is cuda when a GPU is visible, else cpu;
+    cuda on a torch without a GPU is a ConfigError saying what to do."""
+    import torch
+
+    check_device(value, field)
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if value.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{field}: {value!r} asked, but this torch ({torch.__version__}) sees no "
+                          f"CUDA GPU; use cpu or auto (--{field.replace('_', '-')} cpu), or "
+                          f"install a CUDA build of torch on a machine with a GPU")
+    return torch.device(value)
+

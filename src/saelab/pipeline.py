@@ -20,7 +20,7 @@ import torch
 from saelab._paths import write_json
 from saelab.capture import BATCH_CONTEXTS
 from saelab.capture.exclude import NORM_FACTOR
-from saelab.config import check, option, required, to_dict
+from saelab.config import check, check_device, option, required, to_dict, torch_device
 from saelab.errors import ConfigError, DataError, OutputExistsError
 from saelab.train import TrainConfig
 
@@ -61,6 +61,12 @@ class CaptureConfig:
     batch_contexts: int = option(BATCH_CONTEXTS, "Contexts per model forward.")
     shard_rows: int = option(1 << 16, "Rows per shard file.")
     dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "Storage dtype.")
+    device: str = option("cpu", "Device the model runs on: cpu, cuda, cuda:N or auto (cuda when "
+                                "available). Under torchrun with cuda, each process uses the GPU "
+                                "of its local rank.")
+    model_dtype: Literal["float32", "float16", "bfloat16"] = option(
+        "float32", "Dtype of the model's weights during capture (bfloat16 halves its memory "
+                   "on a GPU; activations are stored in `dtype`).")
     norm_factor: float | None = option(NORM_FACTOR, "Leave out rows whose norm exceeds this "
                                                     "multiple of the median (massive "
                                                     "activations); None keeps all.")
@@ -80,6 +86,7 @@ class CaptureConfig:
         check(self.context_len >= 2, "context_len", "must be at least 2")
         check(self.n_tokens >= self.context_len, "n_tokens", "must be at least one context")
         check(self.skip_tokens >= 0, "skip_tokens", "must be >= 0")
+        check_device(self.device)
 
 
 def default_hookpoint(lm, layer: int | None) -> str:
@@ -107,11 +114,29 @@ def tokenise(lm, dataset: str, context_len: int, n_contexts: int, skip_contexts:
 def capture(cfg: CaptureConfig, lm=None):
     """Run a capture as configured; returns the ActivationStore. When the text runs out before
     `n_tokens`, logs a warning with the count captured, also recorded in the store's manifest
-    (`requested_tokens`, `captured_tokens`)."""
+    (`requested_tokens`, `captured_tokens`). Started by torchrun, every process captures its
+    share of the contexts into the one store (saelab.store.ranks)."""
+    from saelab.train.distributed import init_from_env, is_initialized
+
+    started = not is_initialized() and init_from_env(cfg.device)
+    try:
+        return _capture(cfg, lm)
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
+
+
+def _capture(cfg: CaptureConfig, lm):
     from saelab.models import load
     from saelab.store import capture_to_store
+    from saelab.store.writer import DTYPES
 
-    lm = lm or load(cfg.model)
+    device = torch_device(cfg.device)
+    if device.type == "cuda" and device.index is None and torch.distributed.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
+    if lm is None:  # a model passed in stays where it is
+        lm = load(cfg.model, dtype=DTYPES[cfg.model_dtype])
+        lm.model.to(device)
     hookpoints = cfg.hookpoints or [default_hookpoint(lm, cfg.layer)]
     if lm.kind == "vision":
         return capture_images(cfg, lm, hookpoints)
@@ -157,6 +182,8 @@ def _text_ran_out(store, cfg: CaptureConfig, got: int):
     from saelab.store import ActivationStore
 
     asked = cfg.n_tokens // cfg.context_len * cfg.context_len
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return store  # rank 0 notes it in the manifest
     log.warning("the text of %s ran out: captured %s tokens of the %s asked for (after skipping "
                 "%s)", cfg.dataset, f"{got:,}", f"{asked:,}", f"{cfg.skip_tokens:,}")
     manifest = json.loads((store.path / "manifest.json").read_text())

@@ -82,6 +82,6 @@ def test_fit_trains_on_the_gpu_and_the_result_matches_the_cpu(planted):
 def test_cuda_on_a_machine_without_it_is_refused_with_a_message(planted):
     from saelab.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="sees no CUDA GPU; use device='cpu'"):
+    with pytest.raises(ConfigError, match="sees no CUDA GPU; use cpu or auto"):
         saelab.fit(saelab.create("topk", d_in=32, n_latents=64, k=3), planted.x[:512],
                    saelab.TrainConfig(steps=2, batch_size=256, device="cuda", progress=False))

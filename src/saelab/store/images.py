@@ -88,7 +88,9 @@ def _capture_loop(cap: Capture, model: nn.Module, pixels: Callable[[int, int], T
     for start in range(done, n_images, batch_images):
         stop = min(n_images, start + batch_images)
         batch = pixels(start, stop)
-        acts = _checked(cap.run(pixel_values=batch), start, stop)
+        first = next(model.parameters())
+        acts = _checked({k: a.cpu() for k, a in cap.run(
+            pixel_values=batch.to(first.device, first.dtype)).items()}, start, stop)
         if manifest is None:  # the first batch fixes the layout
             grid = patch_grid(model, batch, next(iter(acts.values())).shape[1])
             manifest = _new_store(out, fingerprint, source, grid, batch)

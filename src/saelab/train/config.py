@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from saelab.config import check, option
+from saelab.config import check, check_device, option, torch_device
 from saelab.errors import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -102,9 +102,7 @@ class TrainConfig:
                                  f"{', '.join(LOG_TO)}")
         check(self.precision in PRECISIONS, "precision",
               f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        check(self.device is None or isinstance(self.device, str) and
-              self.device.split(":")[0] in ("auto", "cpu", "cuda", "mps", "xpu"), "device",
-              f"must be auto, cpu, cuda or cuda:N (or mps, xpu), got {self.device!r}")
+        check_device(self.device)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -115,13 +113,7 @@ class TrainConfig:
         """The device to train on (see `device`)."""
         if self.device is None:
             return dictionary_device
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"device: {self.device!r} asked, but this torch ({torch.__version__}) "
-                              f"sees no CUDA GPU; use device='cpu' or 'auto' (--device cpu), or "
-                              f"install a CUDA build of torch on a machine with a GPU")
-        return torch.device(self.device)
+        return torch_device(self.device)
 
     @property
     def learning_rate(self) -> float:
