@@ -28,6 +28,7 @@ from saelab.errors import ConfigError
 from saelab.models import _hub, _introspect
 from saelab.models._hub import hub_id
 from saelab.models._packaged import PACKAGED, packaged_folder, resolve_alias, tokenizer_source
+from saelab.models import _gemma  # noqa: F401,E402  (registers the packaged alias "gemma3-270m")
 
 __all__ = ["PACKAGED", "LoadedModel", "hub_id", "load", "load_processor", "load_tokenizer"]
 

