@@ -79,3 +79,9 @@ def test_decoded_offsets_of_generated_ids_cover_each_tokens_text(model_dir) -> N
     steps = token_ranges(spans, sentence_spans(text))
     assert "".join(tok.decode(ids[a:b]) for a, b in steps).replace(" ", "") == \
         text.replace(" ", "")
+
+
+def test_a_bare_list_marker_joins_the_sentence_after_it() -> None:
+    text = "Let's go:\n1. Emma buys 4.\n2. She pays 20.\nStep 3: Done."
+    assert [text[a:b] for a, b in sentence_spans(text)] == [
+        "Let's go:", "1. Emma buys 4.", "2. She pays 20.", "Step 3: Done."]

@@ -37,18 +37,33 @@ POOLINGS = ("mean", "max")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
 """A sentence ends at ., ! or ? (closing quotes or brackets kept) followed by white space, or at
 a line break; a full stop inside a number ("3.5") or a word ("e.g.x") does not end one."""
+_MARKER = re.compile(r"\(?\d{1,3}[.)]|[-*•]|step \d+[.:]?", re.I)
+"""A list marker ("1.", "2)", "-", "Step 3:"): not a sentence of its own, the start of the next."""
 
 
 def sentence_spans(text: str) -> list[Span]:
     """Character spans of the sentences of `text`, each stripped of surrounding white space,
     empty ones left out. Sentences end at ., ! or ? followed by white space, and at line
-    breaks (each line of a numbered list is a step)."""
+    breaks (each line of a numbered list is a step); a bare list marker ("1.") is joined to
+    the sentence after it."""
     spans, start = [], 0
     for m in _SENTENCE_END.finditer(text):
         spans.append((start, m.start()))
         start = m.end()
     spans.append((start, len(text)))
-    return [s for s in (_strip(text, a, b) for a, b in spans) if s[1] > s[0]]
+    out: list[Span] = []
+    pending: int | None = None  # start of a list marker waiting for its sentence
+    for a, b in (_strip(text, a, b) for a, b in spans):
+        if b <= a:
+            continue
+        if _MARKER.fullmatch(text[a:b]):
+            pending = a if pending is None else pending
+            continue
+        out.append((a if pending is None else pending, b))
+        pending = None
+    if pending is not None:
+        out.append(_strip(text, pending, len(text)))
+    return out
 
 
 def _strip(text: str, start: int, end: int) -> Span:
