@@ -278,6 +278,28 @@ def cmd_diff(cfg) -> int:
     return 0
 
 
+def cmd_correlate(cfg) -> int:
+    from saelab.analyse.concepts import correlate_step, format_correlation
+
+    print(format_correlation(correlate_step(cfg)))
+    return 0
+
+
+def cmd_cluster(cfg) -> int:
+    from saelab.analyse.concepts import cluster_step, format_clusters
+
+    print(format_clusters(cluster_step(cfg)))
+    return 0
+
+
+def _concepts(name: str) -> Callable[[], type]:
+    def config() -> type:
+        import saelab.analyse.concepts
+
+        return getattr(saelab.analyse.concepts, name)
+    return config
+
+
 def _analyse(name: str) -> Callable[[], type]:
     def config() -> type:
         import saelab.analyse
@@ -332,6 +354,10 @@ _COMMANDS: dict[str, tuple[Callable[[], type], str, Callable]] = {
                                        "activations of a dictionary's latents.", cmd_embed),
     "diff": (_analyse("DiffConfig"), "The latents whose document frequency differs most "
                                      "between two corpora, tested and with examples.", cmd_diff),
+    "correlate": (_concepts("CorrelateConfig"), "Pairs of latents that fire in the same "
+                                                "documents beyond chance, tested.", cmd_correlate),
+    "cluster": (_concepts("ClusterConfig"), "Cluster a corpus's documents along chosen latents, "
+                                            "scored against their labels.", cmd_cluster),
     "steer": (_steer_config, "Generate with and without a feature's intervention, side by "
                              "side, with its activation on each token.", cmd_steer),
 }
