@@ -76,7 +76,9 @@ def test_intervention_changes_nothing_before_its_step_and_only_its_positions_the
     assert later.float().mean() > 0.9
 
 
-def test_ablation_changes_only_positions_where_the_feature_fired(model, inputs, sae):
+@pytest.mark.parametrize("make", [ablate, lambda f: scale(f, 3.0)], ids=["ablate", "scale3"])
+def test_ablating_or_scaling_changes_only_positions_where_the_feature_fired(model, inputs, sae,
+                                                                            make):
     with DeltaCapture(model.unet, BLOCK, steps=[STEP]) as cap:
         from saelab.models._diffusion import denoise
         denoise(model, *inputs, n_steps=N_STEPS)
@@ -85,7 +87,7 @@ def test_ablation_changes_only_positions_where_the_feature_fired(model, inputs, 
     feature = int((codes[:, P] > 0).sum((0, 1)).argmax())  # fires at some of P
     fired = codes[:, :, feature] > 0
     clean_out, _ = block_outputs(model, inputs)
-    steering = DiffusionSteering(model, sae, [ablate(feature)], steps=[STEP], positions=P)
+    steering = DiffusionSteering(model, sae, [make(feature)], steps=[STEP], positions=P)
     steered_out, _ = block_outputs(model, inputs, steering)
     changed = (steered_out[STEP] != clean_out[STEP]).any(-1)  # [B, 256]
     in_p = torch.zeros(2, 256, dtype=torch.bool)

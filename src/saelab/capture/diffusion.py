@@ -96,7 +96,7 @@ class DeltaRows(NamedTuple):
     """Rows captured from a diffusion block, with where each came from."""
 
     x: Tensor
-    """Activations [N, C], one row per (image, step, position)."""
+    """Activations [N, C] (on the CPU), one row per (image, step, position)."""
     image: Tensor
     """Image index [N] within the denoising run's batch (plus any offset given)."""
     step: Tensor
@@ -156,7 +156,7 @@ class DeltaCapture:
                               f"{tuple(out.shape)}")
         value = out if site == "output" else inp if site == "input" else out - inp
         self.grid = grid_of(value)
-        self.captured[step] = to_rows(value.detach()).clone()
+        self.captured[step] = to_rows(value.detach()).to("cpu", copy=True)  # [B, P, C]
 
     def rows(self, image_offset: int = 0) -> DeltaRows:
         """Every captured row, by step, then image, then position."""

@@ -95,7 +95,7 @@ def _diffusers() -> Any:
 
 def tiny_unet(seed: int = 0, sample_size: int = 16) -> DiffusionModel:
     """A small `UNet2DConditionModel` with random weights (about 0.8M parameters) and a DDIM
-    scheduler: two resolutions (32 then 64 channels), cross-attention transformer blocks at
+    scheduler with Stable Diffusion's settings: two resolutions (32 then 64 channels), cross-attention transformer blocks at
     `down_blocks.0.attentions.0` (sample_size^2 positions, 32 channels), `mid_block.attentions.0`
     and `up_blocks.1.attentions.{0,1}`; text conditioning of width 32."""
     diffusers = _diffusers()
@@ -106,7 +106,9 @@ def tiny_unet(seed: int = 0, sample_size: int = 16) -> DiffusionModel:
         attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         mid_block_type="UNetMidBlock2DCrossAttn")
-    scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000)
+    scheduler = diffusers.DDIMScheduler(  # Stable Diffusion's settings
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     return describe(unet, scheduler, TINY)
 
 
@@ -149,7 +151,7 @@ def random_conditioning(model: DiffusionModel, n: int, seq_len: int = 8, seed: i
     encoder where none is loaded (the tiny U-Net)."""
     g = torch.Generator().manual_seed(seed)
     text = torch.randn(n, seq_len, model.cross_attention_dim, generator=g)
-    return Conditioning(text.to(_dtype(model.unet)))
+    return Conditioning(_like_unet(text, model.unet))
 
 
 def encode_prompts(model: DiffusionModel, prompts: list[str]) -> Conditioning:
@@ -175,7 +177,7 @@ def encode_prompts(model: DiffusionModel, prompts: list[str]) -> Conditioning:
 def initial_latents(model: DiffusionModel, n: int, seed: int = 0) -> Tensor:
     """Gaussian starting latents [N, C, H, W] from a seeded generator."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, *model.latent_shape, generator=g).to(_dtype(model.unet))
+    return _like_unet(torch.randn(n, *model.latent_shape, generator=g), model.unet)
 
 
 @torch.no_grad()
@@ -205,5 +207,7 @@ def denoise(model: DiffusionModel, cond: Conditioning, latents: Tensor, n_steps:
     return Denoising(x, trace)
 
 
-def _dtype(module: nn.Module) -> torch.dtype:
-    return next(module.parameters()).dtype
+def _like_unet(x: Tensor, unet: nn.Module) -> Tensor:
+    """`x` on the U-Net's device, in its dtype."""
+    held = next(unet.parameters())
+    return x.to(device=held.device, dtype=held.dtype)

@@ -169,6 +169,7 @@ class DiffusionSteering:
             raise ConfigError(f"the dictionary reads {self.dictionary.d_in} dimensions, but the "
                               f"delta of {self.hookpoint.module!r} has {delta_BPC.shape[-1]}")
         index = position_index(self.positions, grid_of(out))
+        index = None if index is None else index.to(out.device)
         chosen_BKC = delta_BPC if index is None else delta_BPC[:, index]
         b, k, c = chosen_BKC.shape
         rows_NC = to_dictionary(self.dictionary, chosen_BKC.reshape(b * k, c))
