@@ -300,6 +300,32 @@ def _concepts(name: str) -> Callable[[], type]:
     return config
 
 
+def cmd_stitch(cfg) -> int:
+    from saelab.transfer import format_stitch, stitch_step
+
+    print(format_stitch(stitch_step(cfg)))
+    print(f"map: {cfg.out}")
+    return 0
+
+
+def cmd_transfer(cfg) -> int:
+    from saelab.transfer import transfer_step
+
+    moved = transfer_step(cfg)
+    print(f"transferred {moved.architecture} ({moved.n_latents:,} latents) to "
+          f"{moved.provenance.get('model')} {moved.provenance.get('hookpoint')} "
+          f"({moved.d_in} wide) -> {cfg.out}")
+    return 0
+
+
+def _transfer(name: str) -> Callable[[], type]:
+    def config() -> type:
+        import saelab.transfer
+
+        return getattr(saelab.transfer, name)
+    return config
+
+
 def _analyse(name: str) -> Callable[[], type]:
     def config() -> type:
         import saelab.analyse
@@ -358,6 +384,11 @@ _COMMANDS: dict[str, tuple[Callable[[], type], str, Callable]] = {
                                                 "documents beyond chance, tested.", cmd_correlate),
     "cluster": (_concepts("ClusterConfig"), "Cluster a corpus's documents along chosen latents, "
                                             "scored against their labels.", cmd_cluster),
+    "stitch": (_transfer("StitchConfig"), "Fit affine maps both ways between two models' "
+                                          "residual streams on the same text (held-out R^2).",
+               cmd_stitch),
+    "transfer": (_transfer("TransferConfig"), "Carry a dictionary to the other model of a map "
+                                              "written by `saelab stitch`.", cmd_transfer),
     "steer": (_steer_config, "Generate with and without a feature's intervention, side by "
                              "side, with its activation on each token.", cmd_steer),
 }
