@@ -259,6 +259,23 @@ def _steer_config() -> type:
     return SteerConfig
 
 
+def cmd_diffusion_capture(cfg) -> int:
+    from saelab.steer.diffusion_run import run_diffusion_capture
+
+    store = run_diffusion_capture(cfg)
+    grid = store.manifest["diffusion"]["grid"]
+    print(f"captured {store.n_rows:,} rows of {store.hookpoint()} ({store.manifest['n_contexts']} "
+          f"images, steps {store.manifest['diffusion']['steps']}, {grid[0]}x{grid[1]} positions) "
+          f"-> {cfg.out}")
+    return 0
+
+
+def _diffusion_capture_config() -> type:
+    from saelab.steer.diffusion_run import DiffusionCaptureConfig
+
+    return DiffusionCaptureConfig
+
+
 def cmd_embed(cfg) -> int:
     from saelab.analyse import embed_step
 
@@ -391,6 +408,9 @@ _COMMANDS: dict[str, tuple[Callable[[], type], str, Callable]] = {
                                               "written by `saelab stitch`.", cmd_transfer),
     "steer": (_steer_config, "Generate with and without a feature's intervention, side by "
                              "side, with its activation on each token.", cmd_steer),
+    "diffusion-capture": (_diffusion_capture_config, "Capture a diffusion U-Net block's delta at "
+                                                     "chosen denoising steps into a store.",
+                          cmd_diffusion_capture),
 }
 
 
