@@ -71,8 +71,15 @@ class Conditioning(NamedTuple):
     """SDXL's extra conditioning (`text_embeds` [N, 1280], `time_ids` [N, 6]); None for U-Nets
     that take none."""
 
-    def __len__(self) -> int:  # type: ignore[override]
+    @property
+    def n_images(self) -> int:
+        """How many images it conditions (a NamedTuple's len() stays its field count)."""
         return int(self.text_NSE.shape[0])
+
+    def rows(self, start: int, stop: int) -> "Conditioning":
+        """The conditioning of images [start, stop)."""
+        return Conditioning(self.text_NSE[start:stop], None if self.added is None else
+                            {k: v[start:stop] for k, v in self.added.items()})
 
 
 class Denoising(NamedTuple):
@@ -188,8 +195,8 @@ def denoise(model: DiffusionModel, cond: Conditioning, latents: Tensor, n_steps:
     of stochastic schedulers (Euler ancestral), so that two runs match step for step."""
     if n_steps < 1:
         raise ConfigError(f"n_steps must be at least 1, not {n_steps}")
-    if latents.shape[0] != len(cond):
-        raise ConfigError(f"{latents.shape[0]} latents but {len(cond)} conditionings: give one "
+    if latents.shape[0] != cond.n_images:
+        raise ConfigError(f"{latents.shape[0]} latents but {cond.n_images} conditionings: give one "
                           f"conditioning per image")
     scheduler = model.scheduler
     scheduler.set_timesteps(n_steps)

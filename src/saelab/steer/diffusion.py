@@ -75,11 +75,9 @@ def capture_deltas(model: DiffusionModel, block: str, cond: Conditioning, latent
     parts = []
     for start in range(0, latents.shape[0], batch_images):
         stop = min(start + batch_images, latents.shape[0])
-        part = Conditioning(cond.text_NSE[start:stop],
-                            None if cond.added is None else
-                            {k: v[start:stop] for k, v in cond.added.items()})
         with DeltaCapture(model.unet, block, chosen, site) as cap:
-            denoise(model, part, latents[start:stop], n_steps, seed=seed + start)
+            denoise(model, cond.rows(start, stop), latents[start:stop], n_steps,
+                    seed=seed + start)
         parts.append(cap.rows(image_offset=start))
     return DeltaRows(*(torch.cat([getattr(p, f) for p in parts]) for f in DeltaRows._fields[:4]),
                      parts[0].grid, parts[0].hookpoint)

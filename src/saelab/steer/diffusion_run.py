@@ -70,8 +70,8 @@ def run_diffusion_capture(cfg: DiffusionCaptureConfig) -> ActivationStore:
             raise ConfigError(f"{cfg.model} has no text encoder: leave --prompts out (random "
                               f"conditioning) or load a pipeline by name")
         cond = encode_prompts(model, read_prompts(cfg.prompts))
-    latents = initial_latents(model, len(cond), seed=cfg.seed)
-    log.info("capturing %s:delta of %s, %d images", block, cfg.model, len(cond))
+    latents = initial_latents(model, cond.n_images, seed=cfg.seed)
+    log.info("capturing %s:delta of %s, %d images", block, cfg.model, cond.n_images)
     return capture_deltas_to_store(model, block, cond, latents, cfg.n_steps, cfg.out,
                                    steps=cfg.steps, batch_images=cfg.batch_images,
                                    dtype=cfg.dtype, seed=cfg.seed, overwrite=cfg.overwrite)

@@ -50,8 +50,8 @@ def capture_deltas_to_store(model: DiffusionModel, block: str, cond: Conditionin
         raise DataError(f"unknown store dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     chosen = check_steps(steps, n_steps) or list(range(n_steps))
     n = latents.shape[0]
-    if n < 1 or len(cond) != n:
-        raise DataError(f"{n} starting latents and {len(cond)} conditionings: give one "
+    if n < 1 or cond.n_images != n:
+        raise DataError(f"{n} starting latents and {cond.n_images} conditionings: give one "
                         f"conditioning per image, at least one image")
     key = f"{block}:delta"
     fingerprint = {"model": model.name, "hookpoints": [key], "diffusion": True,
@@ -84,10 +84,8 @@ def _batch_rows(model: DiffusionModel, block: str, cond: Conditioning, latents: 
                 n_steps: int, steps: list[int], start: int, stop: int, seed: int,
                 dtype: torch.dtype, manifest: dict) -> dict[str, Tensor]:
     """The rows of images [start, stop): by image, then step, then position."""
-    part = Conditioning(cond.text_NSE[start:stop], None if cond.added is None else
-                        {k: v[start:stop] for k, v in cond.added.items()})
     with DeltaCapture(model.unet, block, steps) as cap:
-        denoise(model, part, latents[start:stop], n_steps, seed=seed + start)
+        denoise(model, cond.rows(start, stop), latents[start:stop], n_steps, seed=seed + start)
     cap.rows()  # refuses steps that never ran
     acts_BSPC = torch.stack([cap.captured[s] for s in steps], dim=1)  # [B, S, P, C]
     b, s, p, c = acts_BSPC.shape
