@@ -60,10 +60,9 @@ from saelab.dictionaries._base import (
 )
 from saelab.dictionaries._formats import PLAIN, SaeLensMapping
 from saelab.dictionaries._registry import register
-from saelab.ops import sparse_decode
 from saelab.ops.auxk import add_auxk
 from saelab.ops.jumprelu import jumprelu, jumprelu_ste, log_exact, step_ste
-from saelab.ops.listed import Listed, listed_encode
+from saelab.ops.listed import Above, decode_above, encode_above, fired_latents
 
 SPARSITY_FORMS = ("step", "tanh")
 
@@ -167,36 +166,35 @@ class JumpReLU(Dictionary):
         super().fold_input_scale(scale)
         self.log_threshold.sub_(math.log(scale))  # theta / scale
 
-    def _listed(self, xc: Tensor) -> tuple[Listed, Tensor]:
-        """The pre-activations that matter to the loss, as per-row lists: every entry above its
-        threshold or within eps / 2 below it (the only ones with a gradient), padded with -inf;
-        and the thresholds at those entries [B, m]."""
+    def _above(self, xc: Tensor) -> tuple[Above, Tensor]:
+        """The pre-activations that matter to the loss: every entry above its threshold or
+        within eps / 2 below it (the only ones with a gradient), as per-row lists padded with
+        -inf (never active, never in a window), or the whole matrix while most entries are
+        there (early in training; `encode_above`); and the thresholds shaped to match."""
         threshold = self.threshold
         floor = (threshold - self.cfg.bandwidth / 2).detach()  # [n_latents]
-
-        def choose(pre: Tensor) -> Tensor:
-            return (pre > floor).view(-1).nonzero().squeeze(1)
-
-        pre, indices, valid = listed_encode(xc, self.W_enc, self.b_enc, choose)
-        pre = pre.masked_fill(~valid, float("-inf"))  # padding: never active, never in a window
-        return Listed(pre, indices, valid), threshold[indices]
+        above = encode_above(xc, self.W_enc, self.b_enc, floor, fill=float("-inf"))
+        return above, threshold if above.dense else threshold[above.indices]
 
     def sparsity_penalty(self, pre: Tensor, codes: Tensor, threshold: Tensor,
-                         indices: Tensor) -> Tensor:
+                         indices: Tensor | None) -> Tensor:
         """Mean over rows of the sparsity term (before lambda), from listed pre-activations,
-        codes and thresholds [B, m] and their latent indices: the L0 through the step
-        pseudo-derivative, or the tanh-smoothed L0 weighted by decoder norms."""
+        codes and thresholds [B, m] and their latent indices (or the whole [B, n] matrices,
+        `indices` None): the L0 through the step pseudo-derivative, or the tanh-smoothed L0
+        weighted by decoder norms."""
         if self.cfg.sparsity == "step":
             return step_ste(pre, threshold, self.cfg.bandwidth).sum(-1).mean()
-        weighted = codes.abs() * self.W_dec.norm(dim=1)[indices]  # [B, m]
+        norms = self.W_dec.norm(dim=1)
+        weighted = codes.abs() * (norms if indices is None else norms[indices])
         return torch.tanh(self.cfg.tanh_scale * weighted).sum(-1).mean()
 
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
         xc = self.centered(x)
-        (pre, indices, _), threshold = self._listed(xc)  # [B, m] each
-        codes = jumprelu_ste(pre, threshold, self.cfg.bandwidth)  # [B, m]
-        x_hat = sparse_decode(codes, indices, self.W_dec) + self.b_dec
+        above, threshold = self._above(xc)  # [B, m] lists, or [B, n] whole
+        pre, indices = above.values, above.indices
+        codes = jumprelu_ste(pre, threshold, self.cfg.bandwidth)
+        x_hat = decode_above(codes, above, self.W_dec) + self.b_dec
         mse = squared_error(x_hat, target).mean()
         sparsity = self.sparsity_penalty(pre, codes, threshold, indices)
         warm = self.cfg.l0_warmup * state.total_steps
@@ -206,8 +204,7 @@ class JumpReLU(Dictionary):
         total = add_auxk(terms, mse + weight * sparsity, self.cfg, state.dead_mask, xc, target,
                          x_hat, self.W_enc, self.b_enc, self.W_dec)
         fired = codes.detach() != 0
-        active = torch.zeros(self.n_latents, dtype=torch.bool, device=x.device)
-        active[indices[fired]] = True
+        active = fired_latents(fired, above, self.n_latents)
         metrics = {"fvu": fvu(x_hat.detach(), target).item(),
                    "l0": fired.sum(-1).float().mean().item(), "l0_weight": weight,
                    "threshold_mean": self.threshold.detach().mean().item()}

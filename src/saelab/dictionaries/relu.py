@@ -45,6 +45,7 @@ from saelab.dictionaries._formats import SaeLensMapping
 from saelab.dictionaries._registry import register
 from saelab.errors import FormatError
 from saelab.ops.auxk import add_auxk
+from saelab.ops.listed import decode_above, encode_above, fired_latents
 
 L1_FORMS = ("plain", "decoder_norm")
 
@@ -107,11 +108,16 @@ class ReLU(Dictionary):
 
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
-        codes = self.encode(x)
-        x_hat = self.decode(codes)
+        # the positive pre-activations, as lists once training has made them sparse
+        above = encode_above(self.centered(x), self.W_enc, self.b_enc, 0.0)
+        codes = above.values.relu()
+        x_hat = decode_above(codes, above, self.W_dec) + self.b_dec
         mse = squared_error(x_hat, target).mean()
-        weights = self.W_dec.norm(dim=1) if self.cfg.l1_form == "decoder_norm" else None
-        l1 = (codes * weights if weights is not None else codes).sum(-1).mean()
+        if self.cfg.l1_form == "decoder_norm":
+            norms = self.W_dec.norm(dim=1)
+            l1 = (codes * (norms if above.dense else norms[above.indices])).sum(-1).mean()
+        else:
+            l1 = codes.sum(-1).mean()
         warm = self.cfg.l1_warmup * state.total_steps
         ramp = min(1.0, (state.step + 1) / warm) if warm > 0 else 1.0
         terms = {"mse": mse, "l1": l1}
@@ -121,4 +127,4 @@ class ReLU(Dictionary):
         fired = codes > 0
         metrics = {"fvu": fvu(x_hat.detach(), target).item(),
                    "l0": fired.sum(-1).float().mean().item(), "l1_weight": ramp * self.cfg.l1_coeff}
-        return Loss(total, terms, metrics, fired.any(0))
+        return Loss(total, terms, metrics, fired_latents(fired, above, self.n_latents))

@@ -234,14 +234,17 @@ class _TopKEncode(torch.autograd.Function):
         return (*selected_encoder_grads(ctx, grad_values), None)
 
 
-def selected_encoder_grads(ctx, grad_values: Tensor) -> tuple:
-    """Gradients (x, W_enc, b_enc) of codes ReLU(x W_enc[i]^T + b_enc[i]) at selected latents i,
-    from an autograd context that saved (x, W_enc, values, indices) and whose first three inputs
-    are x, W_enc, b_enc: touches only the selected latents."""
+def selected_encoder_grads(ctx, grad_values: Tensor, relu: bool = True) -> tuple:
+    """Gradients (x, W_enc, b_enc) of codes ReLU(x W_enc[i]^T + b_enc[i]) at selected latents i
+    (without the ReLU when `relu` is False), from an autograd context that saved (x, W_enc,
+    values, indices) and whose first three inputs are x, W_enc, b_enc: touches only the selected
+    latents."""
     x, W_enc, values, indices = ctx.saved_tensors
     # ReLU's gradient on the selected latents, in the inputs' precision (bf16 values under
     # autocast: the weight gradients are summed in float32)
-    g = grad_values.to(torch.promote_types(grad_values.dtype, x.dtype)) * (values > 0)
+    g = grad_values.to(torch.promote_types(grad_values.dtype, x.dtype))
+    if relu:
+        g = g * (values > 0)
     g_x = gather_rows(indices, g, W_enc) if ctx.needs_input_grad[0] else None
     g_W = scatter_rows(indices, g, x, W_enc.shape[0]) if ctx.needs_input_grad[1] else None
     g_b = None
