@@ -2,7 +2,8 @@
 
 On the tiny random U-Net of saelab.steer.diffusion (diffusers' UNet2DConditionModel, about 0.8M
 parameters, DDIM), N images denoised in 4 steps: a bare run, the same run capturing the delta
-of one transformer block at one step and at every step (rows into memory), and a run steered
+of one transformer block at one step and at every step (rows into memory; at one step into an
+activation store on disk, rewritten each time), and a run steered
 at one step (encode, edit, decode on the chosen positions). Runs are interleaved over rounds;
 the table has the median images/s and the ratio to the bare run. Rows are merged into
 bench/results/diffusion_mechanics.json (with `--write`), with the 1-minute load average seen
@@ -20,6 +21,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import saelab
 from saelab.steer import add
 from saelab.steer.diffusion import (capture_deltas, denoise, initial_latents,
                                     random_conditioning, steered_denoise, tiny_unet)
+from saelab.steer.diffusion_store import capture_deltas_to_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_records import merge_records  # noqa: E402
@@ -54,6 +57,7 @@ def main() -> None:
                      rows.training_data(), saelab.TrainConfig(
                          epochs=2, batch_size=256, progress=False, hookpoint=rows.hookpoint))
     positions = list(range(0, args.size * args.size, 7))
+    tmp = Path(tempfile.mkdtemp(prefix="saelab_diffusion_bench_"))
 
     runs = {
         "bare denoising": lambda: denoise(model, cond, latents, STEPS),
@@ -61,6 +65,9 @@ def main() -> None:
                                                           steps=[1], batch_images=n),
         f"capture delta at all {STEPS} steps": lambda: capture_deltas(
             model, BLOCK, cond, latents, STEPS, batch_images=n),
+        "capture delta at 1 step into a store": lambda: capture_deltas_to_store(
+            model, BLOCK, cond, latents, STEPS, tmp / "store", steps=[1], batch_images=n,
+            overwrite=True),
         "steered at 1 step (add, 1/7 of positions)": lambda: steered_denoise(
             model, sae, [add(3, 4.0)], cond, latents, STEPS, steps=[2], positions=positions),
         f"steered at all {STEPS} steps, every position": lambda: steered_denoise(
