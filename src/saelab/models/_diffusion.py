@@ -133,7 +133,13 @@ def load_diffusion(name: str, dtype: torch.dtype = torch.float32) -> DiffusionMo
                                                                    **kwargs)
     except (OSError, ValueError) as e:
         raise load_error(name, e, offline=bool(kwargs.get("local_files_only"))) from None
-    if not hasattr(pipe, "unet"):
+    return from_pipeline(pipe, name)
+
+
+def from_pipeline(pipe: Any, name: str) -> DiffusionModel:
+    """A diffusers pipeline already in hand (its U-Net, scheduler and text encoders) as a
+    DiffusionModel named `name`."""
+    if not hasattr(pipe, "unet") or not hasattr(pipe, "scheduler"):
         raise ConfigError(f"{name!r} is a diffusers pipeline without a U-Net "
                           f"({type(pipe).__name__}); saelab's diffusion capture reads U-Nets")
     return describe(pipe.unet, pipe.scheduler, name)._replace(pipeline=pipe)

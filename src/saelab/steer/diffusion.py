@@ -39,14 +39,14 @@ from saelab.capture.diffusion import (DeltaCapture, DeltaRows, StepCounter, from
 from saelab.capture.patch import patch
 from saelab.errors import ConfigError
 from saelab.models._diffusion import (SDXL_TURBO, TINY, Conditioning, Denoising, DiffusionModel,
-                                      denoise, encode_prompts, initial_latents, load_diffusion,
-                                      random_conditioning, tiny_unet)
+                                      denoise, encode_prompts, from_pipeline, initial_latents,
+                                      load_diffusion, random_conditioning, tiny_unet)
 from saelab.steer.edits import CodeEdit, check_features
 from saelab.steer.intervene import check_steerable, to_dictionary
 
 __all__ = ["SDXL_TURBO", "TINY", "Conditioning", "DeltaCapture", "DeltaRows", "Denoising",
            "DiffusionModel", "DiffusionSteering", "capture_deltas", "denoise", "encode_prompts",
-           "initial_latents", "load_diffusion", "random_conditioning", "steered_denoise",
+           "from_pipeline", "initial_latents", "load_diffusion", "random_conditioning", "steered_denoise",
            "tiny_unet"]
 
 Positions = Sequence[int] | Tensor | None
