@@ -9,9 +9,10 @@ one step. saelab does the same with any edit of `saelab.steer.edits` (add, clamp
 ablate), at chosen steps and positions, and keeps the dictionary's error term as its text
 steering does: the block's output becomes output + decode(edited codes) - decode(codes) at the
 chosen positions and steps, and stays bit for bit what it was everywhere else (and everywhere
-when the edits change no code). Where it departs from the reference: the reference adds the
-feature's direction times a value map without encoding first (an `add`), and its `replace`
-variant writes the direction over the block's input.
+when the edits change no code). Where it departs from the reference: the reference's add
+does not depend on the codes (it adds the feature's decoder direction times a value map, which
+is what an `add` does here, the decoder being linear), and its `replace` variant returns the
+block's input plus the feature's direction alone, dropping the block's own update.
 
 This module is saelab's whole diffusion API (the model side is re-exported from
 `saelab.models._diffusion`):
@@ -46,8 +47,8 @@ from saelab.steer.intervene import check_steerable, to_dictionary
 
 __all__ = ["SDXL_TURBO", "TINY", "Conditioning", "DeltaCapture", "DeltaRows", "Denoising",
            "DiffusionModel", "DiffusionSteering", "capture_deltas", "denoise", "encode_prompts",
-           "from_pipeline", "initial_latents", "load_diffusion", "random_conditioning", "steered_denoise",
-           "tiny_unet"]
+           "from_pipeline", "initial_latents", "load_diffusion", "random_conditioning",
+           "steered_denoise", "tiny_unet"]
 
 Positions = Sequence[int] | Tensor | None
 """Spatial positions of a block's feature map: flat indices y * W + x, a bool mask [H, W], or
@@ -59,9 +60,11 @@ def check_steps(steps: Iterable[int] | None, n_steps: int) -> list[int] | None:
     if steps is None:
         return None
     chosen = sorted({int(s) for s in steps})
+    if not chosen:
+        raise ConfigError("no step chosen: give at least one step, or None for every step")
     bad = [s for s in chosen if not 0 <= s < n_steps]
-    if bad or not chosen:
-        raise ConfigError(f"steps {bad or chosen} are out of range: a run of {n_steps} "
+    if bad:
+        raise ConfigError(f"steps {bad} are out of range: a run of {n_steps} "
                           f"denoising steps has steps 0 to {n_steps - 1}")
     return chosen
 
