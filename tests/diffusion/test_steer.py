@@ -107,6 +107,21 @@ def test_a_mask_of_positions_equals_their_indices(model, inputs, sae):
     assert torch.equal(by_index.latents, by_mask.latents)
 
 
+def test_a_weight_map_scales_the_change_at_each_position(model, inputs, sae):
+    weights = torch.zeros(16, 16)
+    weights[0, 0], weights[0, 1] = 1.0, 0.5  # positions 0 and 1
+    clean_out, _ = block_outputs(model, inputs)
+    full, _ = block_outputs(model, inputs, DiffusionSteering(
+        model, sae, [add(7, 6.0)], steps=[STEP], positions=[0, 1]))
+    mapped, _ = block_outputs(model, inputs, DiffusionSteering(
+        model, sae, [add(7, 6.0)], steps=[STEP], positions=weights))
+    change_full = full[STEP] - clean_out[STEP]
+    change_mapped = mapped[STEP] - clean_out[STEP]
+    assert torch.allclose(change_mapped[:, 0], change_full[:, 0], atol=1e-5)
+    assert torch.allclose(change_mapped[:, 1], 0.5 * change_full[:, 1], atol=1e-5)
+    assert torch.equal(mapped[STEP][:, 2:], clean_out[STEP][:, 2:])
+
+
 def test_bad_steering_input_is_refused(model, inputs, sae):
     with pytest.raises(ConfigError, match="steps 0 to 3"):
         steered_denoise(model, sae, [add(7, 1.0)], *inputs, n_steps=N_STEPS, steps=[4])

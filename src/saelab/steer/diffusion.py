@@ -51,8 +51,9 @@ __all__ = ["SDXL_TURBO", "TINY", "Conditioning", "DeltaCapture", "DeltaRows", "D
            "steered_denoise", "tiny_unet"]
 
 Positions = Sequence[int] | Tensor | None
-"""Spatial positions of a block's feature map: flat indices y * W + x, a bool mask [H, W], or
-None for every position."""
+"""Spatial positions of a block's feature map: flat indices y * W + x, a bool mask [H, W], a
+float weight map [H, W] (the change each position gets is the edit's times its weight; 0: left
+untouched), or None for every position."""
 
 
 def check_steps(steps: Iterable[int] | None, n_steps: int) -> list[int] | None:
@@ -86,23 +87,29 @@ def capture_deltas(model: DiffusionModel, block: str, cond: Conditioning, latent
                      parts[0].grid, parts[0].hookpoint)
 
 
-def position_index(positions: Positions, grid: tuple[int, int]) -> Tensor | None:
-    """Flat position indices [K] into a feature map of `grid` (H, W); None for all."""
+def position_index(positions: Positions, grid: tuple[int, int]
+                   ) -> tuple[Tensor | None, Tensor | None]:
+    """Flat position indices [K] into a feature map of `grid` (H, W), None for all; and the
+    weight [K] of each for a weight map (None otherwise)."""
     if positions is None:
-        return None
+        return None, None
     n = grid[0] * grid[1]
-    if isinstance(positions, Tensor) and positions.dtype == torch.bool:
+    if isinstance(positions, Tensor) and positions.ndim == 2:
         if tuple(positions.shape) != tuple(grid):
             raise ConfigError(f"a position mask has shape {tuple(positions.shape)}, but the "
                               f"block's feature map is {grid[0]}x{grid[1]}")
-        return positions.reshape(-1).nonzero().squeeze(1)
+        flat = positions.reshape(-1)
+        index = flat.nonzero().squeeze(1)
+        if not index.numel():
+            raise ConfigError("the position mask selects no position")
+        return index, None if flat.dtype == torch.bool else flat[index].float()
     index = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
     bad = index[(index < 0) | (index >= n)]
     if bad.numel() or not index.numel():
         raise ConfigError(f"positions {bad.tolist() or 'none'} are out of range: the block's "
                           f"feature map is {grid[0]}x{grid[1]}, positions 0 to {n - 1} "
                           f"(y * {grid[1]} + x)")
-    return index.unique()
+    return index.unique(), None
 
 
 def block_of(dictionary, block: str | None) -> str:
@@ -169,7 +176,7 @@ class DiffusionSteering:
         if delta_BPC.shape[-1] != self.dictionary.d_in:
             raise ConfigError(f"the dictionary reads {self.dictionary.d_in} dimensions, but the "
                               f"delta of {self.hookpoint.module!r} has {delta_BPC.shape[-1]}")
-        index = position_index(self.positions, grid_of(out))
+        index, weight = position_index(self.positions, grid_of(out))
         index = None if index is None else index.to(out.device)
         chosen_BKC = delta_BPC if index is None else delta_BPC[:, index]
         b, k, c = chosen_BKC.shape
@@ -180,10 +187,13 @@ class DiffusionSteering:
             edited_NL = edit.apply(edited_NL)
         if torch.equal(edited_NL, codes_NL):
             return out  # nothing changed: the clean output, bit for bit
-        change_NC = self.dictionary.decode(edited_NL) - self.dictionary.decode(codes_NL)
+        change_BKC = (self.dictionary.decode(edited_NL)
+                      - self.dictionary.decode(codes_NL)).reshape(b, k, c).to(out)
+        if weight is not None:  # a weight map: each position's share of the change
+            change_BKC = change_BKC * weight.to(out)[None, :, None]
         out_BPC = to_rows(out).clone()
         where = slice(None) if index is None else index
-        out_BPC[:, where] += change_NC.reshape(b, k, c).to(out_BPC)
+        out_BPC[:, where] += change_BKC
         self.applied.append(self.counter.step)
         return from_rows(out_BPC, out).contiguous()
 
