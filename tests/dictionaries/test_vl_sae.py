@@ -10,7 +10,8 @@ import torch
 
 import saelab
 from saelab.dictionaries import StepState
-from saelab.dictionaries.vl_sae import distance_activations, fit_alignment, modality_labels
+from saelab.dictionaries.vl_sae import (Alignment, distance_activations, fit_alignment,
+                                       modality_labels)
 from saelab.errors import DataError
 from saelab.evaluate.vl_pairs import codes_of, concept_consistency
 
@@ -84,7 +85,7 @@ def test_training_on_both_modalities_gives_a_concepts_image_and_text_shared_late
     assert own < other
 
 
-def test_alignment_brings_the_pairs_of_two_unrelated_spaces_together():
+def test_alignment_brings_the_pairs_of_two_unrelated_spaces_together_and_saves(tmp_path):
     image, _, concepts = concept_pairs(512, 2)
     rotation = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(3)))[0]
     text = image @ rotation * 5 + 2  # the same content in another basis, scale and offset
@@ -97,3 +98,10 @@ def test_alignment_brings_the_pairs_of_two_unrelated_spaces_together():
                                                                                           dim=1).T
     assert sim[same].mean() - sim[~same].mean() > 0.5
     assert sim[same].mean() - sim[~same].mean() > before[same].mean() - before[~same].mean() + 0.3
+    path = tmp_path / "alignment.safetensors"
+    fit.alignment.save(path)
+    back = Alignment.load(path)
+    assert torch.equal(back.project_text(text), fit.alignment.project_text(text))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(DataError, match="not an alignment written by Alignment.save"):
+        Alignment.load(tmp_path / "junk.safetensors")

@@ -47,12 +47,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saelab._paths import write_safetensors
 from saelab.config import option
 from saelab.dictionaries._base import (
     Dictionary,
@@ -190,6 +192,28 @@ class Alignment(nn.Module):
     def project_text(self, text: Tensor) -> Tensor:
         """Text embeddings [N, d_text] in the shared space [N, d_shared]."""
         return self.text_in((text - self.text_mean) / self.text_std)
+
+    def save(self, path: str | Path) -> None:
+        """Write `alignment.safetensors` (the weights, the shapes in its metadata) at `path`
+        (a file path; atomic)."""
+        shapes = {"d_image": self.image_in.in_features, "d_text": self.text_in.in_features,
+                  "d_shared": self.image_in.out_features}
+        write_safetensors(path, dict(self.state_dict()),
+                          metadata={k: str(v) for k, v in shapes.items()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Alignment":
+        """An alignment written by `save` (in eval mode, no gradients)."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+            model = cls(int(meta["d_image"]), int(meta["d_text"]), int(meta["d_shared"]))
+            model.load_state_dict(tensors)
+        except (OSError, KeyError, RuntimeError, ValueError, SafetensorError) as e:
+            raise DataError(f"{path} is not an alignment written by Alignment.save ({e})") from None
+        return model.eval().requires_grad_(False)
 
 
 class AlignmentFit(NamedTuple):

@@ -377,7 +377,8 @@ class Ood(Family):
     Another OOD text, or other sizes: `Ood.config = OodConfig(ood="kjv.txt")` (any source
     `saelab.data.read_documents` reads, a list of texts, or token ids [M, T]). Transcoders are
     refused: their reconstruction is of another activation. The core is `ood_detection` on
-    tensors of activations.
+    tensors of activations; on an image store, the `ood_images` family runs it with images as
+    the rows.
 
     Seen on SmolLM2-135M layer 15 (a TopK SAE, 4,608 latents, k = 32, FVU 0.27, trained on 32k
     Wikipedia tokens; `saelab eval SAE STORE --metrics ood` on 64 held-out Wikipedia contexts,
