@@ -68,3 +68,29 @@ def test_concept_consistency_counts_an_images_latents_on_its_concepts_text_again
     assert c.random_latents == pytest.approx(2 / 6)
     with pytest.raises(DataError, match="at least two concepts"):
         concept_consistency(image, text, ["a", "a"])
+
+
+def test_pairs_are_embedded_as_the_vision_models_pooled_output_and_each_text_once(tmp_path):
+    from saelab.data.pixels import pixel_values
+    from saelab.evaluate.vl_pairs import embed_pairs
+    from saelab.models import load
+    from tests.capture.vision import save_tiny_vit
+
+    vit = load(str(save_tiny_vit(tmp_path / "vit")))
+    pairs = paired_images("digits", limit=5)
+    seen = []
+
+    def encoder(texts):
+        seen.extend(texts)
+        return torch.stack([torch.full((3,), float(len(t))) for t in texts])
+
+    emb = embed_pairs(pairs, vit, encoder)
+    with torch.no_grad():
+        pooled = vit.model(pixel_values=pixel_values([p.image for p in pairs],
+                                                     vit.processor)).pooler_output
+    torch.testing.assert_close(emb.image, pooled)
+    assert sorted(seen) == sorted({p.text for p in pairs})
+    assert emb.text[:, 0].tolist() == [float(len(p.text)) for p in pairs]
+    assert emb.concepts == [p.concept for p in pairs]
+    with pytest.raises(DataError, match="not a vision model"):
+        embed_pairs(pairs, vit._replace(kind="encoder"), encoder)
