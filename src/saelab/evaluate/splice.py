@@ -13,6 +13,12 @@ Positions the exclusion rule drops (special tokens, massive-norm rows of the sou
 are left untouched in every condition, so that the comparison is about the positions the
 dictionary was trained on.
 
+The conditions share the forward up to the hookpoint: the model runs once to it, and the rest of
+the forward runs on the clean activation and each condition's replacement stacked along the
+batch (`_shared_pass`); a model whose later modules cannot take the stacked batch, or a hookpoint
+at a module's input or delta, gets one whole forward per condition instead. Both give the same
+figures (tests/evaluate/test_splice_shared.py); bench/splice_speed.py measures the gain.
+
 `spliced_loss` computes the figures for given model, tokens and hookpoints; the `splice` metric
 family runs it inside `saelab.evaluate` (its figures under `report["splice"]`).
 """
@@ -20,6 +26,8 @@ family runs it inside `saelab.evaluate` (its figures under `report["splice"]`).
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from typing import Callable, Iterator
 
 import torch
@@ -33,6 +41,8 @@ from saelab.capture.patch import patch
 from saelab.errors import ConfigError
 from saelab.evaluate._base import Context, Family
 from saelab.evaluate._registry import register
+
+log = logging.getLogger(__name__)
 
 Condition = Callable[[Tensor, Tensor], Tensor]
 """(target rows [N, d_out], source rows [N, d_in]) -> replacement of the target rows [N, d_out]."""
@@ -101,11 +111,52 @@ def _replacer(exclusion: Exclusion, tokens: Tensor, source: _Source, target: Hoo
     return replace
 
 
-def _ce_and_logp(model: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
+def _ce_and_logp(model: nn.Module, tokens: Tensor, copies: int = 1) -> tuple[Tensor, Tensor]:
+    """CE per predicted token and log-probabilities; with `copies`, the model's output holds
+    that many copies of the batch, one after the other (the shared forward)."""
     logits = model(input_ids=tokens).logits[:, :-1].float()  # predict token t+1 from t
+    if logits.shape[0] != copies * tokens.shape[0]:
+        raise _NotShared(f"the forward gave {logits.shape[0]} rows for {copies} copies of "
+                         f"{tokens.shape[0]} contexts")
     logp = F.log_softmax(logits, dim=-1)
-    ce = -logp.gather(-1, tokens[:, 1:, None])[..., 0]
+    ce = -logp.gather(-1, tokens[:, 1:, None].repeat(copies, 1, 1))[..., 0]
     return ce, logp
+
+
+class _NotShared(RuntimeError):
+    """The rest of the forward did not take the copies of the batch (see `_shared_pass`)."""
+
+
+def _shared_pass(model: nn.Module, batch: Tensor, source: _Source, target: Hookpoint,
+                 replacers: list[Callable[[Tensor], Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    """(CE, log-probabilities) of the clean model and of each condition, from one forward: the
+    model runs once up to the target, whose output is then stacked with each condition's
+    replacement along the batch, so the rest of the forward runs on [(1 + conditions) B]
+    contexts and what comes before the hookpoint is computed once (it is identical in every
+    condition). Raises _NotShared when the rest of the model cannot take the stacked batch."""
+    copies = 1 + len(replacers)
+
+    def stacked(act: Tensor) -> Tensor:
+        return torch.cat([act, *(r(act) for r in replacers)])
+
+    try:
+        with source.recording(), patch(model, target, stacked):
+            ce, logp = _ce_and_logp(model, batch, copies)
+    except RuntimeError as e:  # shapes of side inputs (attention masks, ...) that do not stack
+        if isinstance(e, _NotShared):
+            raise
+        raise _NotShared(str(e)) from e
+    return list(zip(ce.chunk(copies), logp.chunk(copies)))
+
+
+def _separate_passes(model: nn.Module, batch: Tensor, source: _Source, target: Hookpoint,
+                     replacers: list[Callable[[Tensor], Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    """What `_shared_pass` gives, from one whole forward per condition."""
+    out = [_ce_and_logp(model, batch)]
+    for replace in replacers:
+        with source.recording(), patch(model, target, replace):
+            out.append(_ce_and_logp(model, batch))
+    return out
 
 
 def _predict(dictionary) -> Condition:
@@ -141,20 +192,41 @@ def spliced_loss(model: nn.Module, tokens: Tensor, hookpoint: str, dictionary,
         conditions["mean_ablated"] = lambda a, s: mean.to(a).expand_as(a)
     sums = {name: [0.0, 0.0] for name in ["clean", *conditions]}  # ce sum, kl sum
     count = 0
+    bare = _bare_seconds(model, tokens[:batch_contexts])
+    started = time.perf_counter()
+    shared = target.site == "output"  # a module's output can be stacked; other sites cannot
     for start in tqdm(range(0, tokens.shape[0], batch_contexts), desc="spliced loss",
                       disable=not progress):
         batch = tokens[start:start + batch_contexts]
-        ce_clean, logp_clean = _ce_and_logp(model, batch)
+        replacers = [_replacer(exclusion, batch, source, target, fn)
+                     for fn in conditions.values()]
+        results = None
+        if shared:
+            try:
+                results = _shared_pass(model, batch, source, target, replacers)
+            except _NotShared as e:
+                log.info("spliced loss: one forward per condition (%s)", e)
+                shared = False
+        if results is None:
+            results = _separate_passes(model, batch, source, target, replacers)
+        (ce_clean, logp_clean), *rest = results
         sums["clean"][0] += float(ce_clean.sum())
-        for name, fn in conditions.items():
-            with source.recording(), patch(model, target,
-                                           _replacer(exclusion, batch, source, target, fn)):
-                ce, logp = _ce_and_logp(model, batch)
+        for name, (ce, logp) in zip(conditions, rest):
             sums[name][0] += float(ce.sum())
             kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1)
             sums[name][1] += float(kl.sum())
         count += ce_clean.numel()
-    return _summarise(sums, count)
+    out = _summarise(sums, count)
+    out["splice_tokens_per_s"] = tokens.numel() / (time.perf_counter() - started)
+    out["bare_forward_tokens_per_s"] = tokens[:batch_contexts].numel() / bare
+    return out
+
+
+def _bare_seconds(model: nn.Module, batch: Tensor) -> float:
+    """Seconds of one plain forward of `batch` (the yardstick of the splice's tokens/s)."""
+    started = time.perf_counter()
+    model(input_ids=batch)
+    return time.perf_counter() - started
 
 
 def _summarise(sums: dict[str, list[float]], count: int) -> dict[str, float]:
@@ -185,7 +257,10 @@ class SpliceLoss(Family):
     - `kl_spliced`, `kl_ablated`, `kl_mean_ablated`: KL(clean || condition) per token;
     - `ce_loss_recovered`, `ce_loss_recovered_vs_mean`: the fraction of the loss gap the
       dictionary recovers, against zero- and mean-ablation;
-    - `splice_tokens`: number of predicted tokens.
+    - `splice_tokens`: number of predicted tokens;
+    - `splice_tokens_per_s`: tokens (of the contexts) per second of the whole splice, every
+      condition included, beside `bare_forward_tokens_per_s`, a plain forward's speed on the
+      first batch: their ratio is what the splice costs in forwards.
 
     The mean is that of the replaced activation over the data (a store or tensors); without
     data that tells it, the mean-ablated figures are NaN.
@@ -194,7 +269,8 @@ class SpliceLoss(Family):
     needs = frozenset({"model", "tokens"})
     figures = ("ce_loss_clean", "ce_loss_spliced", "ce_loss_ablated", "ce_loss_mean_ablated",
                "ce_loss_recovered", "ce_loss_recovered_vs_mean", "kl_spliced", "kl_ablated",
-               "kl_mean_ablated", "splice_tokens")
+               "kl_mean_ablated", "splice_tokens", "splice_tokens_per_s",
+               "bare_forward_tokens_per_s")
     headline = ("ce_loss_clean", "ce_loss_spliced", "ce_loss_ablated", "ce_loss_mean_ablated",
                 "ce_loss_recovered", "ce_loss_recovered_vs_mean", "kl_spliced")
 
