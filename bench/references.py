@@ -550,3 +550,34 @@ def train_reference(library: str, variant: str, x: Tensor, *, n_latents: int, st
                       "steps": steps, "batch_size": batch_size, "lr": run.lr,
                       "input_scale": run.scale, "seed": seed}
     return sae
+
+
+def saelens_step(variant: str, tpl, first_batch: Tensor, steps: int, batch_size: int,
+                 lr: float | None = None):
+    """SAELens's training SAE for the saelab template `tpl`'s settings, and one step of its own
+    trainer (`SAETrainer._train_step`: forward, dead-latent counting, backward, gradient clipping,
+    Adam, schedulers), for timing: returns (sae, step(x)). The batches are taken as already
+    scaled."""
+    sl = _saelens()
+    run = _Run(steps=steps, batch_size=batch_size, seed=0, b_dec=first_batch.mean(0),
+               lr=lr or saelab.TrainConfig(batch_size=batch_size).learning_rate, warmup=0,
+               decay_start=0.8, dead_after_tokens=10 * batch_size)
+    cfg = _saelens_config(sl, variant, tpl, run)
+    sae = sl.registry.get_sae_training_class(cfg.architecture())[0](cfg)
+    with torch.no_grad():
+        sae.b_dec.copy_(run.b_dec)
+    trainer_cfg = sl.config.SAETrainerConfig(
+        total_training_samples=steps * batch_size, train_batch_size_samples=batch_size,
+        lr=run.lr, lr_end=run.lr, lr_scheduler_name="constant", lr_warm_up_steps=0,
+        lr_decay_steps=0, adam_beta1=0.9, adam_beta2=0.999, device="cpu", autocast=False,
+        dead_feature_window=10, feature_sampling_window=steps + 1, n_checkpoints=0,
+        checkpoint_path=None, save_final_checkpoint=False,
+        logger=sl.config.LoggingConfig(log_to_wandb=False))
+    trainer = sl.trainer.SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=iter(()))
+
+    def step(x: Tensor) -> float:
+        out = trainer._train_step(sae, x)
+        trainer.n_training_steps += 1
+        return float(out.feature_acts.bool().sum(-1).float().mean())  # L0 of the step
+
+    return sae, step
