@@ -21,7 +21,7 @@ the level an SAE-based score is compared with. `filter_precision`: the share of 
 among the half kept when the held-out matched and shuffled pairs are pooled and filtered by
 the weighted score (0.5 without information).
 
-    OMP_NUM_THREADS=1 python bench/vl_sae.py [--n-latents 1536] [--k 16] [--write]
+    OMP_NUM_THREADS=1 python bench/vl_sae.py [--n-latents 1536] [--k 16] [--seed 0] [--write]
 """
 
 from __future__ import annotations
@@ -61,15 +61,15 @@ def derangement(concepts: list[str], seed: int) -> torch.Tensor:
 
 
 def train_sae(arch: str, image: torch.Tensor, text: torch.Tensor, n_latents: int, k: int,
-              epochs: int, lr: float) -> saelab.dictionaries.Dictionary:
+              epochs: int, lr: float, seed: int) -> saelab.dictionaries.Dictionary:
     rows = torch.cat([image, text])
-    sae = saelab.create(arch, d_in=rows.shape[1], n_latents=n_latents, k=k, seed=0)
+    sae = saelab.create(arch, d_in=rows.shape[1], n_latents=n_latents, k=k, seed=seed)
     data = rows  # saelab.fit scales to unit mean squared norm and folds the scale back
     if arch == "vl_sae":
         data = saelab.train.Labelled(data, modality_labels(len(image), len(text)))
     steps = epochs * len(rows) // 256
     sae = saelab.fit(sae, data, saelab.TrainConfig(steps=steps, batch_size=256, lr=lr,
-                                                   seed=0, progress=False))
+                                                   seed=seed, progress=False))
     return sae
 
 
@@ -105,6 +105,7 @@ def main() -> None:
     p.add_argument("--train", type=int, default=1200)
     p.add_argument("--n-latents", type=int, default=1536)
     p.add_argument("--k", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="the split, alignment and SAEs' seed")
     p.add_argument("--write", action="store_true", help=f"merge the rows into {RESULTS}")
     args = p.parse_args()
     load_before = os.getloadavg()
@@ -112,15 +113,17 @@ def main() -> None:
     t0 = time.perf_counter()
     digits, _ = pair_embeddings("digits")
     pictures, _ = pair_embeddings("skimage")
-    order = torch.randperm(len(digits.concepts), generator=torch.Generator().manual_seed(0))
+    order = torch.randperm(len(digits.concepts),
+                           generator=torch.Generator().manual_seed(args.seed))
     tr, ho = order[:args.train], order[args.train:]
     concepts_tr = [digits.concepts[i] for i in tr] + pictures.concepts
     train_i = torch.cat([digits.image[tr], pictures.image])
     train_t = torch.cat([digits.text[tr], pictures.text])
     held_concepts = [digits.concepts[i] for i in ho]
     held_i, held_t = digits.image[ho], digits.text[ho]
-    wrong = derangement(held_concepts, seed=1)
-    fit = fit_alignment(train_i, train_t, concepts_tr, steps=1000, batch_size=256, lr=1e-3)
+    wrong = derangement(held_concepts, seed=args.seed + 1)
+    fit = fit_alignment(train_i, train_t, concepts_tr, steps=1000, batch_size=256, lr=1e-3,
+                        seed=args.seed)
     al = fit.alignment
     a_tr_i, a_tr_t = al.project_image(train_i), al.project_text(train_t)
     a_ho_i, a_ho_t = al.project_image(held_i), al.project_text(held_t)
@@ -136,7 +139,7 @@ def main() -> None:
             ("vl_sae unaligned", "vl_sae", raw, 3e-4, 40))
     for name, arch, (ti, tt, hi, ht), lr, epochs in runs:
         t = time.perf_counter()
-        sae = train_sae(arch, ti, tt, args.n_latents, args.k, epochs, lr)
+        sae = train_sae(arch, ti, tt, args.n_latents, args.k, epochs, lr, args.seed)
         row = {**measure(name, sae, ti, tt, hi, ht, held_concepts, wrong), "lr": lr,
                "epochs": epochs}
         rows.append(row)
@@ -144,13 +147,14 @@ def main() -> None:
     rows.append({"model": "aligned cosine (no SAE)",
                  "auroc_cosine": round(separation(cos_m, cos_w), 4)})
     for row in rows:
-        row.update(train_pairs=len(train_i), held_out_pairs=len(held_i))
+        row.update(seed=args.seed, train_pairs=len(train_i), held_out_pairs=len(held_i))
     if args.write:
         meta = {"title": "VL-SAE and SAE-V scores on offline image-text pairs (ViT-S/14 pooled "
                          "digits and scikit-image pictures, MiniLM label sentences), "
                          f"{len(held_i)} held-out digit pairs",
-                "command": "OMP_NUM_THREADS=1 python bench/vl_sae.py --write"}
-        merge_records(RESULTS, rows, ("model", "n_latents", "k", "lr"), meta, load_before)
+                "command": "OMP_NUM_THREADS=1 python bench/vl_sae.py --write --seed S (S = 0, 1)"}
+        merge_records(RESULTS, rows, ("model", "n_latents", "k", "lr", "seed"), meta,
+                      load_before)
 
 
 if __name__ == "__main__":
