@@ -18,7 +18,7 @@ from saelab.evaluate import family
 from saelab.evaluate.ood_images import OodImages, OodImagesConfig, image_rows_of, store_image_rows
 from saelab.models import load
 from saelab.pipeline import CaptureConfig, capture
-from tests.capture.vision import save_tiny_vit
+from tests.capture.vision import GRID, save_tiny_vit
 
 HP = "encoder.layer.0"
 
@@ -32,12 +32,19 @@ def vit_store(tmp_path_factory):
     return capture(cfg, load(str(folder))), folder
 
 
-def test_ood_rows_are_the_rows_the_store_takes_of_the_same_images(vit_store):
-    store, folder = vit_store
+@pytest.mark.parametrize("rows, per_image", [("cls", 1), ("pooled", 1), ("patches", GRID)])
+def test_ood_rows_are_the_rows_the_store_takes_of_the_same_images(vit_store, tmp_path, rows,
+                                                                  per_image):
+    _, folder = vit_store
+    vit = load(str(folder))
+    store = capture(CaptureConfig(out=str(tmp_path / rows), model=str(folder), dataset="digits",
+                                  hookpoints=[HP], n_images=6, norm_factor=None,
+                                  image_rows=rows, progress=False), vit)
     x, image = store_image_rows(store, HP)
-    again = image_rows_of(load(str(folder)), read_images("digits", 12), HP, "cls")
-    assert again.shape == (12, 32)
-    torch.testing.assert_close(again[image], x, rtol=1e-4, atol=1e-5)
+    again = image_rows_of(vit, read_images("digits", 6), HP, rows)
+    assert again.shape == (6 * per_image, 32) and len(x) == 6 * per_image
+    assert torch.equal(image, torch.arange(6).repeat_interleave(per_image))
+    torch.testing.assert_close(again, x, rtol=1e-4, atol=1e-5)
 
 
 def test_the_family_scores_held_out_store_images_against_ood_images(vit_store, monkeypatch):
