@@ -112,3 +112,13 @@ def test_side_of_a_map_follows_width_then_hookpoint() -> None:
     assert maps_from(stitch, "b") == (down, up)
     with pytest.raises(ConfigError, match="'a' or 'b'"):
         maps_from(stitch, "c")
+
+
+def test_a_dictionary_of_another_hookpoint_is_refused_unless_allowed() -> None:
+    up, down = maps()
+    stitch = Stitch(up, down, {"model_a": "m", "hookpoint_a": "model.layers.15"})
+    sae = saelab.create("topk", d_in=D_A, n_latents=8, k=2)
+    sae.provenance["hookpoint"] = "model.layers.10"
+    with pytest.raises(ConfigError, match="model.layers.10.*model.layers.15"):
+        side_of(sae, stitch)
+    assert side_of(sae, stitch, allow_hookpoint_mismatch=True) == "a"

@@ -7,9 +7,9 @@ pair positions by index; saelab pairs the positions of two tokenizers at the tok
 at the same character offset* of the same text. At such a position both models have read exactly
 the same prefix of the text, so their residual streams describe the same context (each model may
 have cut that prefix into a different number of tokens). Positions inside a word that one
-tokenizer splits and the other does not have no partner and are left out; on English prose
-about 80-90% of the tokens of the coarser tokenizer align (counted and reported by
-`Alignment.aligned`).
+tokenizer splits and the other does not have no partner and are left out. On the packaged
+Wikipedia summaries 95.5% of SmolLM2's tokens align with Gemma 3's (101,698 of 106,463 tokens
+of 1,081 summaries; the two tokenizers cut English words alike); `Alignment.aligned` counts them.
 
     >>> a = tokenizer_a("The Thames flows", return_offsets_mapping=True)["offset_mapping"]
     >>> b = tokenizer_b("The Thames flows", return_offsets_mapping=True)["offset_mapping"]

@@ -52,6 +52,8 @@ class TransferConfig:
                                "hookpoints.", positional=True)
     map: str = required("Map folder written by `saelab stitch`.", positional=True)
     out: str = required("Folder for the transferred dictionary.")
+    allow_hookpoint_mismatch: bool = option(False, "Transfer a dictionary whose recorded "
+                                                   "hookpoint is not the map's.")
     overwrite: bool = option(False, "Replace an existing dictionary in `out`.")
 
 
@@ -89,7 +91,7 @@ def transfer_step(cfg: TransferConfig):
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise OutputExistsError(f"{out} is not empty; pass --overwrite to replace it")
     dictionary, stitch = load(cfg.dictionary), Stitch.load(cfg.map)
-    source = side_of(dictionary, stitch)
+    source = side_of(dictionary, stitch, cfg.allow_hookpoint_mismatch)
     target = "b" if source == "a" else "a"
     up, down = maps_from(stitch, source)
     transferred = transfer_dictionary(dictionary, up, down, provenance={

@@ -19,8 +19,8 @@ space parameters (JumpReLU thresholds, ...) are kept as they are. The fold is ch
 on a sample before the dictionary is returned: an architecture whose encoder is not of this form
 (a gated SAE's two biases, per-input normalisation) is refused by name rather than transferred
 wrongly. The transferred decoder rows are not of unit norm; `init_for_training` rescales them (and
-the matching encoder rows) when the transfer is used to start training on B, as the paper does
-with its transferred initialisation.
+the matching encoder rows) when the transfer is used to start training on B (saelab's trainer
+keeps decoder rows at unit norm).
 
 A linear probe p(x) = w . x + b on A's stream becomes w' = W_d^T w, b' = w . c_d + b on B's (it
 reads B's stream through the map down). A steering vector v (a direction added to A's stream)
@@ -54,9 +54,11 @@ def maps_from(stitch: Stitch, source: str) -> tuple[AffineMap, AffineMap]:
                       f"got {source!r}")
 
 
-def side_of(dictionary, stitch: Stitch) -> str:
+def side_of(dictionary, stitch: Stitch, allow_hookpoint_mismatch: bool = False) -> str:
     """The side ("a" or "b") of `stitch` whose width and hookpoint the dictionary reads: by its
-    recorded hookpoint when the widths are equal, else by width. ConfigError when neither fits."""
+    recorded hookpoint when the widths are equal, else by width. ConfigError when no side has
+    its width, or (unless `allow_hookpoint_mismatch`) when the dictionary records a hookpoint
+    and the side of its width was fitted at another one."""
     d_a, d_b = stitch.a_to_b.d_in, stitch.b_to_a.d_in
     hookpoint = getattr(dictionary, "provenance", {}).get("hookpoint")
     fits = [s for s, d in (("a", d_a), ("b", d_b)) if d == dictionary.d_in]
@@ -67,7 +69,14 @@ def side_of(dictionary, stitch: Stitch) -> str:
                           f"joins a {d_a}-wide stream ({stitch.info.get('model_a', 'a')}) and a "
                           f"{d_b}-wide one ({stitch.info.get('model_b', 'b')}): it was trained "
                           f"on another model or hookpoint")
-    return fits[0]
+    side = fits[0]
+    fitted = stitch.info.get(f"hookpoint_{side}")
+    if hookpoint and fitted and hookpoint != fitted and not allow_hookpoint_mismatch:
+        raise ConfigError(f"the dictionary reads hookpoint {hookpoint!r} but the map was fitted "
+                          f"at {fitted!r} of {stitch.info.get('model_' + side, side)}: fit a map "
+                          f"at the dictionary's hookpoint (saelab stitch), or allow the "
+                          f"mismatch if the two streams are the same")
+    return side
 
 
 @torch.no_grad()
