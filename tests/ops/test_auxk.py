@@ -58,3 +58,39 @@ def test_no_dead_latent_gives_zero():
     x = torch.randn(8, 4)
     W = torch.randn(10, 4)
     assert auxk_loss(x, x, W, None, W, torch.zeros(10, dtype=torch.bool), 3) == 0
+
+
+def test_topk_picks_auxk_codes_from_its_own_encoder_product():
+    """TopK's loss with dead latents: the AuxK codes picked in the main encoder pass give the
+    loss and gradients of picking them in a second pass (`dead_topk`)."""
+    from saelab.dictionaries import StepState
+    from saelab.ops.auxk import dead_topk
+    from saelab.ops.sparse import topk_encode, topk_encode_with_aux
+    import saelab
+
+    torch.manual_seed(0)
+    sae = saelab.create("topk", d_in=16, n_latents=600, k=4, auxk_k=8)
+    x = torch.randn(300, 16)  # more than one 256-row chunk of the encoder
+    dead = torch.rand(600) < 0.4
+    xc = x - sae.b_dec
+    codes, aux = topk_encode_with_aux(xc, sae.W_enc, sae.b_enc, 4, dead, 8)
+    want = topk_encode(xc, sae.W_enc, sae.b_enc, 4)
+    assert torch.equal(codes.indices.sort(1).values, want.indices.sort(1).values)
+    values, indices = dead_topk(xc, sae.W_enc, sae.b_enc, dead.nonzero().squeeze(1), 8)
+    assert dead[aux.indices].all()
+    assert torch.equal(aux.indices.sort(1).values, indices.sort(1).values)
+    torch.testing.assert_close(aux.values.sort(1).values, values.sort(1).values)
+
+    state = StepState(step=0, total_steps=10, dead_mask=dead)
+    grads = []
+    for fused in (True, False):
+        sae.zero_grad(set_to_none=True)
+        if fused:
+            out = sae.loss(x, state)
+        else:
+            out = sae.loss_of_codes(xc, x, topk_encode(xc, sae.W_enc, sae.b_enc, 4), state)
+        out.total.backward()
+        assert "auxk" in out.terms
+        grads.append({n: p.grad.clone() for n, p in sae.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)

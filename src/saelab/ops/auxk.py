@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from saelab.ops.sparse import linear, selected_encoder_grads, sparse_decode
+from saelab.ops.sparse import SparseCodes, linear, selected_encoder_grads, sparse_decode
 
 CODES = ("relu", "signed", "magnitude")
 """How the dead latents' codes are taken (`auxk_loss`)."""
@@ -27,7 +27,8 @@ class AuxKSettings(Protocol):
 
 
 def auxk_loss(x_centered: Tensor, residual: Tensor, W_enc: Tensor, b_enc: Tensor | None,
-              W_dec: Tensor, dead_mask: Tensor, k_aux: int, codes: str = "relu") -> Tensor:
+              W_dec: Tensor, dead_mask: Tensor, k_aux: int, codes: str = "relu",
+              chosen: SparseCodes | None = None) -> Tensor:
     """Normalised MSE of the dead latents' TopK reconstruction of `residual` [B, d_out].
 
     Only the dead rows of W_enc are multiplied, and the top k_aux are chosen among those alone
@@ -39,14 +40,20 @@ def auxk_loss(x_centered: Tensor, residual: Tensor, W_enc: Tensor, b_enc: Tensor
     - "signed": the k_aux largest, kept signed (SAELens' form), so a latent whose
       pre-activations are all negative still gets a gradient;
     - "magnitude": the k_aux largest in magnitude, signed (for signed codes, AbsTopK).
-    `b_enc` None: an encoder without bias. Returns 0 when no latent is dead.
+    `b_enc` None: an encoder without bias. `chosen`: the auxiliary codes already picked with
+    the main ones from one encoder product (`saelab.ops.sparse.topk_encode_with_aux`, TopK's
+    path). Returns 0 when no latent is dead.
     """
     dead = dead_mask.nonzero().squeeze(1)
     if dead.numel() == 0:
         return x_centered.new_zeros(())
     if codes not in CODES:
         raise ValueError(f"unknown AuxK codes {codes!r}; choose one of {', '.join(CODES)}")
-    values, indices = dead_topk(x_centered, W_enc, b_enc, dead, min(k_aux, dead.numel()), codes)
+    if chosen is not None:
+        values, indices = chosen
+    else:
+        values, indices = dead_topk(x_centered, W_enc, b_enc, dead, min(k_aux, dead.numel()),
+                                    codes)
     e_hat = sparse_decode(values, indices, W_dec)
     residual = residual.detach()
     scale = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
@@ -99,12 +106,14 @@ def auxk_term(coeff: float, k_aux: int, dead_mask: Tensor | None, x_centered: Te
 
 def add_auxk(terms: dict[str, Tensor], total: Tensor, cfg: AuxKSettings,
              dead_mask: Tensor | None, x_centered: Tensor, target: Tensor, x_hat: Tensor,
-             W_enc: Tensor, b_enc: Tensor | None, W_dec: Tensor, codes: str = "relu") -> Tensor:
+             W_enc: Tensor, b_enc: Tensor | None, W_dec: Tensor, codes: str = "relu",
+             chosen: SparseCodes | None = None) -> Tensor:
     """`total` + cfg.auxk_coeff x AuxK of the residual `target - x_hat` (detached), recording the
     term as terms["auxk"], when AuxK is on this step (see `auxk_term`); `total` otherwise. The
-    dead latents are read through the encoder (W_enc, b_enc) from `x_centered`."""
+    dead latents are read through the encoder (W_enc, b_enc) from `x_centered`, or given as
+    `chosen` codes."""
     if cfg.auxk_coeff <= 0 or dead_mask is None or not dead_mask.any():
         return total
     terms["auxk"] = auxk_loss(x_centered, target - x_hat.detach(), W_enc, b_enc, W_dec,
-                              dead_mask, cfg.auxk_k, codes)
+                              dead_mask, cfg.auxk_k, codes, chosen)
     return total + cfg.auxk_coeff * terms["auxk"]
