@@ -134,3 +134,51 @@ def test_a_store_of_cls_rows_shows_top_images_without_heat_maps(setup, tmp_path)
     page = (out / "features" / f"{f:05d}.html").read_text()
     assert [f"digits#{i} " in page for i in best] == [True] * 3
     assert not (out / "heat").exists() and "heat map" not in page.split("<figure>")[1]
+
+
+def test_the_interactive_viewer_lists_searches_and_shows_image_features(setup, tmp_path):
+    """`saelab view` on an image dashboard: the feature list with search (by a label of the
+    top images) and sorting, each feature's page with its top images and heat maps."""
+    import re
+    import threading
+    import urllib.parse
+    import urllib.request
+
+    from saelab.interpret.viewer import serve
+
+    store, sae, vit = setup
+    out = image_dashboard(sae, store, tmp_path / "dash", n_features=6, n_top=3,
+                          processor=vit.processor, progress=False)
+    data = json.loads((out / "data" / "images.json").read_text())
+    server = serve(out, port=0)
+    assert type(server).__name__ == "AppServer"  # the feature browser, not the static pages
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def get(path: str) -> str:
+        return urllib.request.urlopen(base + path, timeout=10).read().decode()
+
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        listed = [int(f) for f in re.findall(r'href="/feature/(\d+)"', get("/"))]
+        assert sorted(listed) == sorted(r["id"] for r in data["features"])
+        by_images = [int(f) for f in re.findall(r'href="/feature/(\d+)"',
+                                                get("/?sort=images&desc=1"))]
+        counts = {r["id"]: r["images"] for r in data["features"]}
+        assert [counts[f] for f in by_images] == sorted(counts.values(), reverse=True)
+        rec = data["features"][0]
+        label = str(rec["examples"][0]["label"])
+        found = {int(f) for f in re.findall(r'href="/feature/(\d+)"',
+                                             get("/?q=" + urllib.parse.quote(label)))}
+        want = {r["id"] for r in data["features"]
+                if any(str(e["label"]) == label or label in str(e["title"])
+                       for e in r["examples"])}
+        assert rec["id"] in found and found == want
+        page = get(f"/feature/{rec['id']}")
+        shown = re.findall(r'src="/images/([^"]+)"', page)
+        assert shown == [e["image"] for e in rec["examples"]]
+        assert re.findall(r'src="/heat/([^"]+)"', page) == [e["heat"] for e in rec["examples"]]
+        png = urllib.request.urlopen(f"{base}/heat/{rec['examples'][0]['heat']}", timeout=10)
+        assert png.read().startswith(b"\x89PNG")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -33,6 +33,7 @@ from typing import Any
 from saelab.capture.exclude import Exclusion
 from saelab.errors import MissingDependencyError, SaelabError
 from saelab.interpret.html import TokenText, templates
+from saelab.interpret.image_dashboard import IMAGE_DATA
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,29 @@ def prompt_rows(tokens: list[str], codes, shown: set[int], feature: int | None,
     return rows
 
 
+class ImageBoard:
+    """An image dashboard's records (`data/images.json`, written by `image_dashboard`)."""
+
+    SORTS = ("id", "density", "images", "max")
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder).resolve()
+        data = json.loads((self.folder / DATA / IMAGE_DATA).read_text(encoding="utf-8"))
+        self.meta = {"title": data["title"]}
+        self.summary = data["summary"]
+        self.features = {r["id"]: r for r in data["features"]}
+
+    def listing(self, q: str, sort: str, desc: bool) -> list[dict]:
+        """The features matching `q` (its number, or a label or title of one of its top
+        images; case-insensitive), sorted."""
+        q = q.strip().lower()
+        rows = [r for r in self.features.values() if not q or q == str(r["id"])
+                or any(q in str(e["label"]).lower() or q in str(e["title"]).lower()
+                       for e in r["examples"])]
+        key = sort if sort in self.SORTS else "density"
+        return sorted(rows, key=lambda r: r[key], reverse=desc)
+
+
 def create_app(folder: str | Path, load_dictionary: Callable[[str], Any] | None = None):
     """The Starlette app of dashboard `folder` (its `data/` written by `saelab dashboard`);
     `load_dictionary` (e.g. saelab.load) lets the prompt page load the dictionary."""
@@ -220,7 +244,8 @@ def create_app(folder: str | Path, load_dictionary: Callable[[str], Any] | None 
     from starlette.routing import Route
     from starlette.templating import Jinja2Templates
 
-    board = Dashboard(folder, load_dictionary)
+    images = (Path(folder) / DATA / IMAGE_DATA).is_file()
+    board = ImageBoard(folder) if images else Dashboard(folder, load_dictionary)
     env = templates()  # autoescaping every template
     env.globals.update(meta=board.meta, static=False, home="/",
                        feature_url=lambda f: f"/feature/{f}")
@@ -231,6 +256,15 @@ def create_app(folder: str | Path, load_dictionary: Callable[[str], Any] | None 
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
+
+    def static(request):
+        path = safe_file(board.folder, request.path_params["path"])
+        if path is None:
+            return PlainTextResponse("not found", status_code=404)
+        return FileResponse(path, headers={"Content-Security-Policy": CSP})
+
+    if images:
+        return Starlette(routes=image_routes(board, render, static))
 
     def index(request):
         q = request.query_params.get("q", "")
@@ -267,16 +301,37 @@ def create_app(folder: str | Path, load_dictionary: Callable[[str], Any] | None 
         return render(request, "prompt.html", text=text, rows=rows, error=error, cut=cut,
                       chosen=chosen)
 
-    def static(request):
-        path = safe_file(board.folder, request.path_params["path"])
-        if path is None:
-            return PlainTextResponse("not found", status_code=404)
-        return FileResponse(path, headers={"Content-Security-Policy": CSP})
-
     routes = [Route("/", index), Route("/feature/{n:int}", feature), Route("/prompt", prompt),
               Route("/browse", lambda r: RedirectResponse("/")),
               Route("/{path:path}", static)]
     return Starlette(routes=routes)
+
+
+def image_routes(board: ImageBoard, render, static) -> list:
+    """The routes of an image dashboard: the feature list (search, sorting), a page per feature
+    with its top images and heat maps, and the folder's files (images/, heat/)."""
+    from starlette.responses import RedirectResponse
+    from starlette.routing import Route
+
+    def index(request):
+        q = request.query_params.get("q", "")
+        sort = request.query_params.get("sort", "density")
+        desc = request.query_params.get("desc", "1") != "0"
+        return render(request, "image_list.html", records=board.listing(q, sort, desc),
+                      summary=board.summary, per_row=4, prefix="/", q=q, sort=sort, desc=desc,
+                      total=len(board.features))
+
+    def feature(request):
+        f = request.path_params["n"]
+        if f not in board.features:
+            return render(request, "missing.html", 404, feature=f)
+        order = list(board.features)
+        i = order.index(f)
+        nav = (order[i - 1] if i > 0 else None, order[i + 1] if i + 1 < len(order) else None)
+        return render(request, "image_feature.html", rec=board.features[f], nav=nav, prefix="/")
+
+    return [Route("/", index), Route("/feature/{n:int}", feature),
+            Route("/browse", lambda r: RedirectResponse("/")), Route("/{path:path}", static)]
 
 
 def safe_file(root: Path, relative: str) -> Path | None:

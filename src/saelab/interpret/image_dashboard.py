@@ -13,7 +13,8 @@ images), `features/NNNNN.html` (the top images, activation, title and label), `i
 image shown once, as PNG) and `heat/` (one small RGBA PNG per feature and image: the patch grid,
 darkening the patches where the feature is silent and tinting those where it is active; the
 browser scales it over the image), and
-`dashboard.json`. No JavaScript, no external URL: the pages open from file://.
+`dashboard.json`, and `data/images.json` (the features' records, for `saelab view`, which serves
+them with search and sorting). No JavaScript, no external URL: the pages open from file://.
 
 Memory: the first pass holds a float32 [n_images, n_latents] matrix (1,797 digits x 1,536
 latents: 11 MB).
@@ -42,6 +43,8 @@ from saelab.interpret.html import templates
 from saelab.store import ActivationStore
 
 log = logging.getLogger(__name__)
+IMAGE_DATA = "images.json"
+"""The image dashboard's records under `data/`, what `saelab view` serves."""
 
 SHADE = 190
 """Opacity (of 255) of the dark veil over a patch where the feature is silent."""
@@ -209,11 +212,16 @@ def _write_pages(root: Path, records: list[dict], title: str, meta: dict, extra:
                ("rows", f"{store.n_rows:,} ({meta['rows']}; grid {meta['grid'][0]} x "
                         f"{meta['grid'][1]})"), ("features shown", len(records)),
                *extra.items()]
-    env.globals.update(meta={"title": title}, static=True, home="index.html")
+    env.globals.update(meta={"title": title}, static=True, home="index.html",
+                       feature_url=lambda f: f"features/{f:05d}.html")
     (root / "index.html").write_text(env.get_template("image_list.html").render(
         records=records, summary=summary, per_row=PER_ROW_ON_INDEX, prefix=""),
         encoding="utf-8")
-    env.globals.update(home="../index.html")
+    (root / "data").mkdir()
+    (root / "data" / IMAGE_DATA).write_text(json.dumps(
+        {"title": title, "summary": [[k, str(v)] for k, v in summary], "features": records},
+        indent=1), encoding="utf-8")
+    env.globals.update(home="../index.html", feature_url=lambda f: f"{f:05d}.html")
     template = env.get_template("image_feature.html")
     (root / "features").mkdir()
     for i, rec in enumerate(records):

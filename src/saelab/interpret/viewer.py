@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from saelab.errors import SaelabError
+from saelab.interpret.image_dashboard import IMAGE_DATA
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def serve(folder: str | Path, port: int = 8000, static: bool = False,
     folder = dashboard_folder(folder)
     if not (folder / "index.html").is_file():
         raise SaelabError(f"{folder} holds no index.html; build one with `saelab dashboard`")
-    has_data = (folder / "data" / "features.json").is_file()
+    has_data = any((folder / "data" / name).is_file() for name in ("features.json", IMAGE_DATA))
     has_server = all(importlib.util.find_spec(m) for m in ("starlette", "uvicorn"))
     if has_data and not static and not has_server:
         log.warning("serving the static pages: the feature browser needs starlette and "
