@@ -21,7 +21,9 @@ def _loss_and_grads(sae, x, dense_fraction, monkeypatch):
 
 @pytest.mark.parametrize("arch,fields", [("jumprelu", {"sparsity": "step"}),
                                           ("jumprelu", {"sparsity": "tanh"}),
-                                          ("relu", {}), ("relu", {"l1_form": "decoder_norm"})])
+                                          ("relu", {}), ("relu", {"l1_form": "decoder_norm"}),
+                                          ("gated", {}), ("gated", {"l1_form": "decoder_norm",
+                                                                   "aux_decoder": "trained"})])
 def test_dense_and_listed_paths_agree(arch, fields, monkeypatch):
     torch.manual_seed(0)
     sae = saelab.create(arch, d_in=24, n_latents=96, **fields)

@@ -81,6 +81,7 @@ from saelab.dictionaries._base import (
 from saelab.dictionaries._formats import SaeLensMapping
 from saelab.dictionaries._registry import register
 from saelab.ops import linear
+from saelab.ops.listed import decode_above, encode_above, fired_latents
 from saelab.ops.auxk import add_auxk
 
 L1_FORMS = ("plain", "decoder_norm")
@@ -183,21 +184,27 @@ class Gated(Dictionary):
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
         xc = self.centered(x)
-        pre = self.pre_activations(x)
-        codes = self._codes(pre)
-        x_hat = self.decode(codes)
+        # Every term lives where the gate is open (codes, ReLU(gate) in the penalty and the
+        # auxiliary task, and their gradients): the gate pre-activations above 0, as lists once
+        # training has made them sparse (`encode_above`), the magnitudes from the same product.
+        above = encode_above(xc, self.W_enc, self.b_gate, 0.0)
+        gate_pre = above.values
+        shared = gate_pre - above.at(self.b_gate)  # W_gate (x - b_dec)
+        magnitude = torch.addcmul(above.at(self.b_mag), shared, above.at(self.r_mag.exp()))
+        codes = torch.where(gate_pre > 0, magnitude.relu(), 0.0)
+        x_hat = decode_above(codes, above, self.W_dec) + self.b_dec
         mse = squared_error(x_hat, target).mean()
-        gate = pre.gate.relu()  # [B, n_latents]
+        gate = gate_pre.relu()
         W_dec, b_dec = self.W_dec, self.b_dec  # as the penalty and the auxiliary term see them
         if self.cfg.aux_decoder == "frozen":
             W_dec, b_dec = W_dec.detach(), b_dec.detach()
         if self.cfg.l1_form == "decoder_norm":
-            l1 = gate @ W_dec.norm(dim=1)  # [B]: norms frozen where the aux decoder is
+            l1 = (gate * above.at(W_dec.norm(dim=1))).sum(-1)  # norms frozen with the decoder
         else:
             l1 = gate.sum(-1)
         l1 = l1.mean()
         # the auxiliary task: ReLU(gate) alone must reconstruct through the decoder
-        aux = squared_error(torch.addmm(b_dec, gate, W_dec), target).mean()
+        aux = squared_error(decode_above(gate, above, W_dec) + b_dec, target).mean()
         warm = self.cfg.l1_warmup * state.total_steps
         ramp = min(1.0, (state.step + 1) / warm) if warm > 0 else 1.0
         terms = {"mse": mse, "l1": l1, "aux": aux}
@@ -208,6 +215,6 @@ class Gated(Dictionary):
         fired = codes > 0
         metrics = {"fvu": fvu(x_hat.detach(), target).item(),
                    "l0": fired.sum(-1).float().mean().item(),
-                   "l0_gate": (pre.gate > 0).sum(-1).float().mean().item(),
+                   "l0_gate": (gate_pre > 0).sum(-1).float().mean().item(),
                    "l1_weight": ramp * self.cfg.l1_coeff}
-        return Loss(total, terms, metrics, fired.any(0))
+        return Loss(total, terms, metrics, fired_latents(fired, above, self.n_latents))

@@ -174,7 +174,7 @@ class JumpReLU(Dictionary):
         threshold = self.threshold
         floor = (threshold - self.cfg.bandwidth / 2).detach()  # [n_latents]
         above = encode_above(xc, self.W_enc, self.b_enc, floor, fill=float("-inf"))
-        return above, threshold if above.dense else threshold[above.indices]
+        return above, above.at(threshold)
 
     def sparsity_penalty(self, pre: Tensor, codes: Tensor, threshold: Tensor,
                          indices: Tensor | None) -> Tensor:

@@ -114,8 +114,7 @@ class ReLU(Dictionary):
         x_hat = decode_above(codes, above, self.W_dec) + self.b_dec
         mse = squared_error(x_hat, target).mean()
         if self.cfg.l1_form == "decoder_norm":
-            norms = self.W_dec.norm(dim=1)
-            l1 = (codes * (norms if above.dense else norms[above.indices])).sum(-1).mean()
+            l1 = (codes * above.at(self.W_dec.norm(dim=1))).sum(-1).mean()
         else:
             l1 = codes.sum(-1).mean()
         warm = self.cfg.l1_warmup * state.total_steps

@@ -101,6 +101,10 @@ class Above(NamedTuple):
     def dense(self) -> bool:
         return self.indices is None
 
+    def at(self, per_latent: Tensor) -> Tensor:
+        """A per-latent vector [n] shaped like `values`: whole, or at the listed latents."""
+        return per_latent if self.dense else per_latent[self.indices]
+
 
 class _EncodeAbove(torch.autograd.Function):
     """x W_enc^T + b_enc, listed above a floor or whole, with the matching backward: sparse
