@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
@@ -106,31 +107,53 @@ def log_edges(lo: float, hi: float, n_bins: int) -> Tensor:
     return torch.logspace(math.log10(lo), math.log10(hi), n_bins + 1, dtype=torch.float64)
 
 
-def _merge_top(state: _State, codes_BL: Tensor, row_ids_B: Tensor) -> None:
-    """Merge one batch's positive codes into the running top-n per latent and its maximum."""
-    n_top = state.values.shape[1]
-    k = min(n_top, codes_BL.shape[0])
-    batch_vals_KL, batch_idx_KL = codes_BL.topk(k, dim=0)
-    state.max_act = torch.maximum(state.max_act, batch_vals_KL[0])
-    # Non-firing codes (<= 0) must never fill a slot: they become -inf with row id -1.
-    empty_KL = batch_vals_KL <= 0
-    batch_vals_KL = batch_vals_KL.masked_fill(empty_KL, -math.inf)
-    batch_ids_KL = row_ids_B[batch_idx_KL].masked_fill(empty_KL, -1)
-    cand_vals = torch.cat([state.values, batch_vals_KL.t()], dim=1)  # [L, n_top + k]
-    cand_ids = torch.cat([state.row_ids, batch_ids_KL.t()], dim=1)
-    state.values, order = cand_vals.topk(n_top, dim=1)
-    state.row_ids = cand_ids.gather(1, order)
-
-
-def _update_hist(state: _State, codes_BL: Tensor, n_bins: int) -> None:
-    """Count the positive codes of a batch: firing counts and histogram."""
+def _positive(codes_BL: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The positive codes of a batch as (row, latent, value) triples."""
     rows, lats = (codes_BL > 0).nonzero(as_tuple=True)
+    return rows, lats, codes_BL[rows, lats]
+
+
+def _by_latent(lats: Tensor, vals: Tensor) -> Tensor:
+    """The order of the entries grouped by latent, each latent's values descending."""
+    if lats.device.type == "cpu":  # numpy's sort: see saelab.ops.sparse on torch's CPU sorts
+        return torch.from_numpy(np.lexsort((-vals.numpy(), lats.numpy())))
+    order = torch.argsort(vals, descending=True, stable=True)
+    return order[torch.argsort(lats[order], stable=True)]
+
+
+def _merge_top(state: _State, rows: Tensor, lats: Tensor, vals: Tensor,
+               row_ids_B: Tensor) -> None:
+    """Merge one batch's positive codes (row, latent, value) into the running top-n per latent
+    and its maximum: each latent's best n of the batch are taken from the positive entries
+    alone (the codes of a sparse dictionary are mostly zero), then merged with the running
+    ones."""
+    n_latents, n_top = state.values.shape
+    order = _by_latent(lats, vals)
+    lats, rows, vals = lats[order], rows[order], vals[order]
+    counts = torch.bincount(lats, minlength=n_latents)
+    rank = torch.arange(lats.numel(), device=lats.device) - (torch.cumsum(counts, 0)
+                                                             - counts)[lats]
+    keep = rank < n_top
+    lats, rank = lats[keep], rank[keep]
+    batch_vals = torch.full_like(state.values, -math.inf)
+    batch_ids = torch.full_like(state.row_ids, -1)
+    batch_vals[lats, rank] = vals[keep].to(batch_vals.dtype)
+    batch_ids[lats, rank] = row_ids_B[rows[keep]]
+    state.max_act = torch.maximum(state.max_act, batch_vals[:, 0])
+    cand_vals = torch.cat([state.values, batch_vals], dim=1)  # [L, 2 n_top]
+    cand_ids = torch.cat([state.row_ids, batch_ids], dim=1)
+    state.values, best = cand_vals.topk(n_top, dim=1)
+    state.row_ids = cand_ids.gather(1, best)
+
+
+def _update_hist(state: _State, lats: Tensor, vals: Tensor, n_bins: int) -> None:
+    """Count the positive codes of a batch (latent, value pairs): firing counts and
+    histogram."""
     if lats.numel() == 0:
         return
-    vals = codes_BL[rows, lats]
     if state.edges is None:
         hi = 10.0 * vals.max().item()
-        state.edges = log_edges(hi / 10**DEFAULT_DECADES, hi, n_bins).to(codes_BL.device)
+        state.edges = log_edges(hi / 10**DEFAULT_DECADES, hi, n_bins).to(vals.device)
     state.fire_counts += torch.bincount(lats, minlength=state.fire_counts.numel())
     # Bin i holds edges[i] <= v < edges[i+1]; out-of-range codes go to the end bins.
     bins = torch.bucketize(vals.double(), state.edges[1:-1], right=True)
@@ -175,8 +198,9 @@ def collect_top_examples(dictionary, batches: Iterable[tuple[Tensor, Tensor]], n
     for acts, row_ids in tqdm(batches, disable=not progress, desc="top examples", unit="batch"):
         _check_batch(acts, row_ids, dictionary.d_in)
         codes_BL = dictionary.encode(acts.to(device=device, dtype=dtype)).float()
-        _merge_top(state, codes_BL, row_ids.to(device=device, dtype=torch.int64))
-        _update_hist(state, codes_BL, n_bins)
+        rows, lats, vals = _positive(codes_BL)
+        _merge_top(state, rows, lats, vals, row_ids.to(device=device, dtype=torch.int64))
+        _update_hist(state, lats, vals, n_bins)
         state.n_rows += acts.shape[0]
     return _finish(state, n_bins)
 
