@@ -5,18 +5,15 @@ One spawn of two ranks runs every scenario (process start-up dominates the cost)
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import socket
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from saelab.store import ActivationStore
 from saelab.store.reader import acts_name
+from tests.spawn import free_port, run_ranks
 
 WORLD = 2
 HP = "model.layers.1"
@@ -27,12 +24,6 @@ TEXT = " ".join(f"Sentence number {i} tells of the river, the hill and the town 
 def _settings(folder: str, data: str, model: str) -> dict:
     return dict(out=folder, model=model, dataset=data, hookpoints=[HP], context_len=16,
                 n_tokens=16 * 40, batch_contexts=4, shard_rows=48, progress=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, ports: list[int], tmp: str, data: str, model: str) -> None:
@@ -95,16 +86,8 @@ def ranks(model_dir, tmp_path_factory):
     data = tmp / "text.txt"
     data.write_text(TEXT)
     capture(CaptureConfig(**_settings(str(tmp / "single"), str(data), str(model_dir))))
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    ports = [_free_port() for _ in range(3)]
-    ctx = mp.start_processes(_worker, args=(ports, str(tmp), str(data), str(model_dir)),
-                             nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + 240
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the two ranks did not finish in 240 s (a collective hung?)")
+    ports = [free_port() for _ in range(3)]
+    run_ranks(_worker, (ports, str(tmp), str(data), str(model_dir)), WORLD)
     facts = [json.loads((tmp / f"facts_rank{r}.json").read_text()) for r in range(WORLD)]
     return tmp, facts
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import socket
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import saelab
 from saelab.train import TrainConfig
 from saelab.train import distributed as D
+from tests.spawn import free_port, run_ranks
 
 HP = ["model.layers.1", "model.layers.2"]
 WORLD = 2
@@ -124,12 +122,6 @@ def _worker(rank: int, ports: list[int], tmp: str, store: str, small: str) -> No
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def store(tiny_lm, tmp_path_factory):
     from saelab.store import capture_to_store
@@ -157,17 +149,8 @@ def small_store(tiny_lm, tmp_path_factory):
 def ranks(store, small_store, tmp_path_factory):
     """Run the scenarios on two gloo ranks; returns (folder, facts of each rank)."""
     tmp = tmp_path_factory.mktemp("ranks")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    ports = [_free_port() for _ in range(3)]
-    ctx = mp.start_processes(_worker, args=(ports, str(tmp), str(store), str(small_store)),
-                             nprocs=WORLD,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + 240
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the two ranks did not finish in 240 s (a collective hung?)")
+    ports = [free_port() for _ in range(3)]
+    run_ranks(_worker, (ports, str(tmp), str(store), str(small_store)), WORLD)
     facts = [json.loads((tmp / f"facts_rank{r}.json").read_text()) for r in range(WORLD)]
     return tmp, facts
 

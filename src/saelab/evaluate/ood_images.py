@@ -24,7 +24,7 @@ from torch import Tensor
 from saelab.errors import ConfigError, DataError
 from saelab.evaluate._base import Context, Family
 from saelab.evaluate._registry import register
-from saelab.evaluate.ood import ood_detection, sample_rows
+from saelab.evaluate.ood import Ood, ood_detection, sample_rows
 
 IMAGE_BATCH = 16
 """OOD images per forward of the model."""
@@ -102,11 +102,8 @@ class OodImages(Family):
     """
 
     needs = frozenset({"activations", "images"})
-    figures = ("auroc_reconstruction_error", "auroc_mahalanobis_codes", "auroc_rare_latents",
-               "auroc_pca_error", "auroc_mahalanobis_raw", "auroc_rare_dims", "rows_fit",
-               "rows_in", "rows_ood", "pca_components", "rare_latent_fraction")
-    headline = ("auroc_reconstruction_error", "auroc_mahalanobis_codes", "auroc_rare_latents",
-                "auroc_mahalanobis_raw")
+    figures = Ood.figures  # the text family's scores, on images
+    headline = Ood.headline
     config: ClassVar[OodImagesConfig] = OodImagesConfig()
     """The OOD images and the sizes (replace with another OodImagesConfig to change them)."""
 
