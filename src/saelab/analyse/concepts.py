@@ -80,12 +80,12 @@ class ClusterConfig(EmbedOptions):
     out: str | None = option(None, "Write the result as JSON here.")
 
 
-def _session(cfg) -> tuple[Session, Embeddings]:
+def _embeddings(cfg) -> Embeddings:
+    """The corpus's embeddings: read, reused or made (as `saelab embed`)."""
     if not is_embeddings(cfg.corpus):  # a typo is named before the dictionary loads
         check_spec(cfg.corpus)
-    session = Session(cfg.dictionary, options_of(cfg))
-    emb, _, _ = session.embeddings(cfg.corpus)
-    return session, emb
+    emb, _, _ = Session(cfg.dictionary, options_of(cfg)).embeddings(cfg.corpus)
+    return emb
 
 
 def latent_labels(path: str | None) -> dict[int, str]:
@@ -130,7 +130,7 @@ class CorrelateResult:
 def correlate_step(cfg: CorrelateConfig) -> CorrelateResult:
     """Embed the corpus (reusing saved embeddings) and test every pair of eligible latents."""
     labels = latent_labels(cfg.explanations)
-    _, emb = _session(cfg)
+    emb = _embeddings(cfg)
     result = cooccurrences(emb, latents=cfg.latents, top=cfg.top,
                            min_together=cfg.min_together, max_frequency=cfg.max_frequency,
                            alpha=cfg.alpha, correction=cfg.correction,
@@ -170,7 +170,7 @@ def cluster_step(cfg: ClusterConfig) -> ClusterResult:
     """Embed the corpus (reusing saved embeddings), filter it to the chosen latents and
     cluster it; scored against the documents' labels when every document has one."""
     labels = latent_labels(cfg.explanations)
-    _, emb = _session(cfg)
+    emb = _embeddings(cfg)
     doc_labels = [d.label for d in emb.documents]
     has_labels = all(doc_labels) and len(set(doc_labels)) > 1
     features = chosen_features(cfg, emb, doc_labels if has_labels else None)
