@@ -34,7 +34,6 @@ from saelab.dictionaries._formats import SaeLensMapping, SparsifyMapping
 from saelab.dictionaries._registry import register
 from saelab.ops import SparseCodes, sparse_decode, to_dense, topk_encode, topk_relu
 from saelab.ops.auxk import add_auxk
-from saelab.ops.sparse import topk_encode_with_aux
 
 
 @dataclass
@@ -79,25 +78,18 @@ class TopK(Dictionary):
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
         xc = self.centered(x)
-        dead = state.dead_mask
-        if self.cfg.auxk_coeff > 0 and dead is not None and dead.any():
-            # AuxK's codes picked from the same encoder product as the main ones
-            codes, aux = topk_encode_with_aux(xc, self.W_enc, self.b_enc, self.cfg.k, dead,
-                                              self.cfg.auxk_k)
-            return self.loss_of_codes(xc, target, codes, state, aux)
         return self.loss_of_codes(xc, target, topk_encode(xc, self.W_enc, self.b_enc, self.cfg.k),
                                   state)
 
     def loss_of_codes(self, xc: Tensor, target: Tensor, codes: SparseCodes,
-                      state: StepState, aux: SparseCodes | None = None) -> Loss:
-        """MSE of the sparse `codes` of centred inputs `xc`, plus AuxK (with its codes `aux` when
-        they were picked with the main ones; shared with the variants that only change the
-        selection)."""
+                      state: StepState) -> Loss:
+        """MSE of the sparse `codes` of centred inputs `xc`, plus AuxK (shared with the variants
+        that only change the selection)."""
         x_hat = sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
         mse = squared_error(x_hat, target).mean()
         terms = {"mse": mse}
         total = add_auxk(terms, mse, self.cfg, state.dead_mask, xc, target, x_hat, self.W_enc,
-                         self.b_enc, self.W_dec, chosen=aux)
+                         self.b_enc, self.W_dec)
         fired = codes.values > 0
         # latents that fired: count each selected latent weighted by whether it was positive
         active = torch.bincount(codes.indices.reshape(-1), weights=fired.reshape(-1).float(),

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import torch
 from torch import Tensor
 
-from saelab.ops.sparse import SparseCodes, linear, selected_encoder_grads, sparse_decode
+from saelab.ops.sparse import sparse_decode
 
 CODES = ("relu", "signed", "magnitude")
 """How the dead latents' codes are taken (`auxk_loss`)."""
@@ -27,71 +26,35 @@ class AuxKSettings(Protocol):
 
 
 def auxk_loss(x_centered: Tensor, residual: Tensor, W_enc: Tensor, b_enc: Tensor | None,
-              W_dec: Tensor, dead_mask: Tensor, k_aux: int, codes: str = "relu",
-              chosen: SparseCodes | None = None) -> Tensor:
+              W_dec: Tensor, dead_mask: Tensor, k_aux: int, codes: str = "relu") -> Tensor:
     """Normalised MSE of the dead latents' TopK reconstruction of `residual` [B, d_out].
 
-    Only the dead rows of W_enc are multiplied, and the top k_aux are chosen among those alone
-    (no full-width top-k); the backward touches only the k_aux chosen latents of each row, and
-    the decode reads W_dec's rows in place (`dead_topk` and `sparse_decode`: no dense [B, n_dead]
-    gradient, no copy of the dead rows of W_dec). The loss is divided by the residual's
-    variance so its scale does not shrink with the main loss. `codes`:
+    Only the dead rows of W_enc are multiplied (a small product when few latents are dead);
+    the loss is divided by the residual's variance so its scale does not shrink with the main
+    loss. `codes`:
     - "relu": the k_aux largest pre-activations through a ReLU, as in Gao et al.'s reference code;
     - "signed": the k_aux largest, kept signed (SAELens' form), so a latent whose
       pre-activations are all negative still gets a gradient;
     - "magnitude": the k_aux largest in magnitude, signed (for signed codes, AbsTopK).
-    `b_enc` None: an encoder without bias. `chosen`: the auxiliary codes already picked with
-    the main ones from one encoder product (`saelab.ops.sparse.topk_encode_with_aux`, TopK's
-    path). Returns 0 when no latent is dead.
+    `b_enc` None: an encoder without bias. Returns 0 when no latent is dead.
     """
     dead = dead_mask.nonzero().squeeze(1)
     if dead.numel() == 0:
         return x_centered.new_zeros(())
-    if codes not in CODES:
-        raise ValueError(f"unknown AuxK codes {codes!r}; choose one of {', '.join(CODES)}")
-    if chosen is not None:
-        values, indices = chosen
+    pre = x_centered @ W_enc[dead].t()  # [B, n_dead]
+    if b_enc is not None:
+        pre = pre + b_enc[dead]
+    k = min(k_aux, dead.numel())
+    if codes == "magnitude":
+        indices = pre.abs().topk(k, dim=-1, sorted=False).indices
+        values = pre.gather(1, indices)
     else:
-        values, indices = dead_topk(x_centered, W_enc, b_enc, dead, min(k_aux, dead.numel()),
-                                    codes)
-    e_hat = sparse_decode(values, indices, W_dec)
+        values, indices = pre.topk(k, dim=-1, sorted=False)
+        values = values.relu() if codes == "relu" else values
+    e_hat = sparse_decode(values, indices, W_dec[dead])
     residual = residual.detach()
     scale = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
     return (e_hat - residual).pow(2).sum(-1).mean() / scale
-
-
-class _DeadTopK(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor | None, dead: Tensor, k: int,
-                codes: str):
-        pre = linear(x, W_enc[dead], None if b_enc is None else b_enc[dead])  # [B, n_dead]
-        if codes == "magnitude":
-            local = pre.abs().topk(k, dim=-1, sorted=False).indices
-            values = pre.gather(1, local)
-        else:
-            values, local = pre.topk(k, dim=-1, sorted=False)
-            if codes == "relu":
-                values = values.relu_()
-        indices = dead[local]  # latent ids of the whole dictionary
-        ctx.relu = codes == "relu"
-        ctx.save_for_backward(x, W_enc, values, indices)
-        ctx.mark_non_differentiable(indices)
-        return values, indices
-
-    @staticmethod
-    def backward(ctx, grad_values: Tensor, _grad_indices):
-        return (*selected_encoder_grads(ctx, grad_values, relu=ctx.relu), None, None, None)
-
-
-def dead_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor | None, dead: Tensor, k: int,
-              codes: str = "relu") -> tuple[Tensor, Tensor]:
-    """The k auxiliary codes of each row among the `dead` latents (ids into the whole
-    dictionary): values [B, k] as `codes` says, and their latent ids [B, k]. The forward
-    multiplies only the dead rows of W_enc; the backward only the chosen latents."""
-    return _dead_topk(x, W_enc, b_enc, dead, k, codes)
-
-
-_dead_topk = _DeadTopK.apply
 
 
 def auxk_term(coeff: float, k_aux: int, dead_mask: Tensor | None, x_centered: Tensor,
@@ -106,14 +69,12 @@ def auxk_term(coeff: float, k_aux: int, dead_mask: Tensor | None, x_centered: Te
 
 def add_auxk(terms: dict[str, Tensor], total: Tensor, cfg: AuxKSettings,
              dead_mask: Tensor | None, x_centered: Tensor, target: Tensor, x_hat: Tensor,
-             W_enc: Tensor, b_enc: Tensor | None, W_dec: Tensor, codes: str = "relu",
-             chosen: SparseCodes | None = None) -> Tensor:
+             W_enc: Tensor, b_enc: Tensor | None, W_dec: Tensor, codes: str = "relu") -> Tensor:
     """`total` + cfg.auxk_coeff x AuxK of the residual `target - x_hat` (detached), recording the
     term as terms["auxk"], when AuxK is on this step (see `auxk_term`); `total` otherwise. The
-    dead latents are read through the encoder (W_enc, b_enc) from `x_centered`, or given as
-    `chosen` codes."""
+    dead latents are read through the encoder (W_enc, b_enc) from `x_centered`."""
     if cfg.auxk_coeff <= 0 or dead_mask is None or not dead_mask.any():
         return total
     terms["auxk"] = auxk_loss(x_centered, target - x_hat.detach(), W_enc, b_enc, W_dec,
-                              dead_mask, cfg.auxk_k, codes, chosen)
+                              dead_mask, cfg.auxk_k, codes)
     return total + cfg.auxk_coeff * terms["auxk"]

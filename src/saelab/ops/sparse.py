@@ -196,11 +196,8 @@ _CHUNK_ROWS = 256
 _CHUNK_MAX_BYTES = 16 << 20
 
 
-def _top_pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int,
-                         dead: Tensor | None = None, k_aux: int = 0) -> tuple[Tensor, ...]:
-    """The k largest entries of each row of x W_enc^T + b_enc: values and indices, [B, k]; with
-    a `dead` mask [n_latents], also the k_aux largest among the dead latents (AuxK's, from the
-    same product), [B, k_aux] each.
+def _top_pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest entries of each row of x W_enc^T + b_enc: values and indices, [B, k].
 
     The [B, n_latents] product is made 256 rows at a time where such a chunk is at most 16 MB:
     the top k are then picked from the cache instead of from memory, the allocator reuses one
@@ -209,30 +206,18 @@ def _top_pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int,
     a GPU the product is made whole: one large matrix product keeps it busy.
     """
     b, n = x.shape[0], W_enc.shape[0]
-    alive = None if dead is None else ~dead
-
-    def pick(pre: Tensor, out: tuple | None = None, out_aux: tuple | None = None) -> tuple:
-        main = torch.topk(pre, k, dim=-1, sorted=False, out=out)
-        if alive is None:
-            return tuple(main)
-        aux = torch.topk(pre.masked_fill(alive, float("-inf")), k_aux, dim=-1, sorted=False,
-                         out=out_aux)
-        return (*main, *aux)
-
     if (x.device.type != "cpu" or b <= _CHUNK_ROWS
             or _CHUNK_ROWS * n * x.element_size() > _CHUNK_MAX_BYTES):
-        return pick(linear(x, W_enc, b_enc))
-    outs = None
+        return linear(x, W_enc, b_enc).topk(k, dim=-1, sorted=False)
+    values = indices = None
     for start in range(0, b, _CHUNK_ROWS):
         rows = slice(start, start + _CHUNK_ROWS)
         pre = linear(x[rows], W_enc, b_enc)  # [<= 256, n_latents] (bf16 under autocast)
-        if outs is None:
-            widths = (k,) if alive is None else (k, k_aux)
-            outs = [t for w in widths for t in (pre.new_empty(b, w), torch.empty(
-                b, w, dtype=torch.int64, device=x.device))]
-        pick(pre, (outs[0][rows], outs[1][rows]),
-             None if alive is None else (outs[2][rows], outs[3][rows]))
-    return tuple(outs)
+        if values is None:
+            values = pre.new_empty(b, k)
+            indices = torch.empty(b, k, dtype=torch.int64, device=x.device)
+        torch.topk(pre, k, dim=-1, sorted=False, out=(values[rows], indices[rows]))
+    return values, indices
 
 
 class _TopKEncode(torch.autograd.Function):
@@ -249,52 +234,20 @@ class _TopKEncode(torch.autograd.Function):
         return (*selected_encoder_grads(ctx, grad_values), None)
 
 
-def selected_encoder_grads(ctx, grad_values: Tensor, relu: bool = True) -> tuple:
-    """Gradients (x, W_enc, b_enc) of codes ReLU(x W_enc[i]^T + b_enc[i]) at selected latents i
-    (without the ReLU when `relu` is False), from an autograd context that saved (x, W_enc,
-    values, indices) and whose first three inputs are x, W_enc, b_enc: touches only the selected
-    latents."""
+def selected_encoder_grads(ctx, grad_values: Tensor) -> tuple:
+    """Gradients (x, W_enc, b_enc) of codes ReLU(x W_enc[i]^T + b_enc[i]) at selected latents i,
+    from an autograd context that saved (x, W_enc, values, indices) and whose first three inputs
+    are x, W_enc, b_enc: touches only the selected latents."""
     x, W_enc, values, indices = ctx.saved_tensors
     # ReLU's gradient on the selected latents, in the inputs' precision (bf16 values under
     # autocast: the weight gradients are summed in float32)
-    g = grad_values.to(torch.promote_types(grad_values.dtype, x.dtype))
-    if relu:
-        g = g * (values > 0)
+    g = grad_values.to(torch.promote_types(grad_values.dtype, x.dtype)) * (values > 0)
     g_x = gather_rows(indices, g, W_enc) if ctx.needs_input_grad[0] else None
     g_W = scatter_rows(indices, g, x, W_enc.shape[0]) if ctx.needs_input_grad[1] else None
     g_b = None
     if ctx.needs_input_grad[2]:
         g_b = g.new_zeros(W_enc.shape[0]).index_add_(0, indices.reshape(-1), g.reshape(-1))
     return g_x, g_W, g_b
-
-
-class _TopKEncodeWithAux(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, dead: Tensor, k_aux: int):
-        values, indices, aux_values, aux_indices = _top_pre_activations(x, W_enc, b_enc, k, dead,
-                                                                        k_aux)
-        values, aux_values = values.relu_(), aux_values.relu_()
-        ctx.k = k
-        ctx.save_for_backward(x, W_enc, torch.cat([values, aux_values], 1),
-                              torch.cat([indices, aux_indices], 1))
-        ctx.mark_non_differentiable(indices, aux_indices)
-        return values, indices, aux_values, aux_indices
-
-    @staticmethod
-    def backward(ctx, grad_values: Tensor, _gi, grad_aux: Tensor, _gai):
-        return (*selected_encoder_grads(ctx, torch.cat([grad_values, grad_aux], 1)), None, None,
-                None)
-
-
-def topk_encode_with_aux(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, dead: Tensor,
-                         k_aux: int) -> tuple[SparseCodes, SparseCodes]:
-    """`topk_encode`'s codes, and AuxK's: ReLU of the k_aux largest pre-activations among the
-    `dead` latents (at most their number), picked from the same encoder product (no second
-    product over the dead latents); one backward through both, touching only the chosen
-    latents."""
-    k_aux = min(k_aux, int(dead.sum()))
-    values, indices, aux_values, aux_indices = _encode_with_aux(x, W_enc, b_enc, k, dead, k_aux)
-    return SparseCodes(values, indices), SparseCodes(aux_values, aux_indices)
 
 
 def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> SparseCodes:
@@ -305,7 +258,6 @@ def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> SparseCodes:
 
 
 _decode, _encode = _SparseDecode.apply, _TopKEncode.apply
-_encode_with_aux = _TopKEncodeWithAux.apply
 
 
 def keep_eager_under_compile() -> None:
