@@ -13,7 +13,7 @@ k / n_latents (the level of random latent sets of the same sizes).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -56,18 +56,46 @@ def embed_images(items: Sequence, loaded) -> Tensor:
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
+def _features(output) -> Tensor:
+    """What a model's get_*_features returns: the tensor, or its pooled output."""
+    return output if isinstance(output, Tensor) else output.pooler_output
+
+
+def image_text_encoders(loaded) -> tuple[Callable[[Sequence], Tensor],
+                                         Callable[[list[str]], Tensor]]:
+    """(images, texts) encoders into the shared space of an image-text model loaded by
+    saelab.models.load_image_text (CLIP, SigLIP): the two sides need no alignment step there.
+    Pass them to `embed_pairs` as `vision` and `text_encoder`."""
+    from saelab.data.pixels import pixel_values
+
+    @torch.no_grad()
+    def images(items: Sequence) -> Tensor:
+        return torch.cat([_features(loaded.model.get_image_features(
+            pixel_values=pixel_values(items[s:s + IMAGE_BATCH], loaded.processor))).float()
+            for s in range(0, len(items), IMAGE_BATCH)])
+
+    @torch.no_grad()
+    def texts(batch: list[str]) -> Tensor:
+        tokens = loaded.tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+        return _features(loaded.model.get_text_features(**tokens)).float()
+
+    return images, texts
+
+
 def embed_pairs(pairs: Sequence, vision, text_encoder) -> PairEmbeddings:
-    """Embed saelab.data.paired pairs: images through the loaded `vision` model, texts through
-    `text_encoder` (a callable texts -> [N, d], e.g. saelab.interpret.explain.embedding.Encoder;
-    each distinct text is embedded once)."""
+    """Embed saelab.data.paired pairs: images through the loaded `vision` model (or a callable
+    images -> [N, d], e.g. the first of `image_text_encoders`), texts through `text_encoder` (a
+    callable texts -> [N, d], e.g. saelab.interpret.explain.embedding.Encoder; each distinct
+    text is embedded once)."""
     if not pairs:
         raise DataError("no pairs to embed")
     texts = sorted({p.text for p in pairs})
     vectors = text_encoder(texts).float()
     row = {t: i for i, t in enumerate(texts)}
     text = vectors[torch.tensor([row[p.text] for p in pairs])]
-    return PairEmbeddings(embed_images([p.image for p in pairs], vision), text,
-                          [p.concept for p in pairs])
+    items = [p.image for p in pairs]
+    image = embed_images(items, vision) if hasattr(vision, "kind") else vision(items).float()
+    return PairEmbeddings(image, text, [p.concept for p in pairs])
 
 
 @torch.no_grad()

@@ -30,7 +30,8 @@ from saelab.models._hub import hub_id
 from saelab.models._packaged import PACKAGED, packaged_folder, resolve_alias, tokenizer_source
 from saelab.models import _gemma  # noqa: F401,E402  (registers the packaged alias "gemma3-270m")
 
-__all__ = ["PACKAGED", "LoadedModel", "hub_id", "load", "load_processor", "load_tokenizer"]
+__all__ = ["PACKAGED", "ImageTextModel", "LoadedModel", "hub_id", "load", "load_image_text",
+           "load_processor", "load_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,43 @@ def load(name_or_path: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
             processor=_load_processor(folder, name, kwargs))
     tokenizer = _load_tokenizer(folder, name, kwargs, required=False)
     return _describe(model, tokenizer, name, causal)._replace(hub_id=hub_id(name_or_path))
+
+
+class ImageTextModel(NamedTuple):
+    """An image-text model whole (CLIP, SigLIP): both towers and their projections into the
+    space they share, with its image processor and tokenizer."""
+
+    model: nn.Module
+    """The model (eval mode, no gradients): `get_image_features` and `get_text_features` give
+    the two sides in the shared space."""
+    processor: Any
+    """Its image processor (AutoImageProcessor)."""
+    tokenizer: Any
+    """Its tokenizer."""
+    name: str
+
+
+def load_image_text(name_or_path: str) -> ImageTextModel:
+    """Load an image-text model (CLIP, SigLIP, ...) by local folder or Hub name, both towers:
+    what VL-SAE and SAE-V pair images and texts with. (`load` gives only its vision tower, the
+    one images are captured from.) A model without image and text features is a ConfigError;
+    none of the packaged models is one."""
+    if resolve_alias(name_or_path) is not None:
+        raise ConfigError(f"{name_or_path!r} is a packaged single-modality model; an image-text "
+                          f"model (e.g. openai/clip-vit-base-patch32) loads by Hub name or "
+                          f"folder")
+    kwargs = _hub.from_pretrained_kwargs(name_or_path)
+    folder = _hub.local_path(name_or_path)
+    config = _load_config(folder, name_or_path, kwargs)
+    model = _load_weights(folder, name_or_path, config, False, torch.float32, kwargs)
+    if not all(hasattr(model, f) for f in ("get_image_features", "get_text_features")):
+        raise ConfigError(f"{name_or_path!r} ({type(model).__name__}) is not an image-text model "
+                          f"(it has no get_image_features / get_text_features); pass a CLIP- or "
+                          f"SigLIP-like model")
+    model.eval().requires_grad_(False)
+    return ImageTextModel(model, _load_processor(folder, name_or_path, kwargs),
+                          _load_tokenizer(folder, name_or_path, kwargs, required=True),
+                          name_or_path)
 
 
 def load_tokenizer(name_or_path: str) -> Any:
