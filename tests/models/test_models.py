@@ -189,7 +189,7 @@ def test_missing_folder_and_bad_names_are_config_errors(tmp_path) -> None:
 
 
 def test_packaged_aliases_are_described() -> None:
-    assert set(models.PACKAGED) == {"smollm2-135m", "minilm-l6", "vit-s14"}
+    assert set(models.PACKAGED) == {"smollm2-135m", "minilm-l6", "vit-s14", "gemma3-270m"}
     assert all(isinstance(d, str) and d for d in models.PACKAGED.values())
 
 
