@@ -5,6 +5,7 @@ summaries), its `DemoConfig` composed of the steps' own configs."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -65,8 +66,9 @@ class CaptureConfig:
                                 "available). Under torchrun with cuda, each process uses the GPU "
                                 "of its local rank.")
     model_dtype: Literal["float32", "float16", "bfloat16"] = option(
-        "float32", "Dtype of the model's weights during capture (bfloat16 halves its memory "
-                   "on a GPU; activations are stored in `dtype`).")
+        "float32", "Dtype of the model's weights during capture (bfloat16 halves its memory, "
+                   "and ran SmolLM2 2.8x faster on a CPU with AVX-512 BF16; activations are "
+                   "stored in `dtype`).")
     norm_factor: float | None = option(NORM_FACTOR, "Leave out rows whose norm exceeds this "
                                                     "multiple of the median (massive "
                                                     "activations); None keeps all.")
@@ -359,9 +361,12 @@ class DemoConfig:
     """The built-in end-to-end run: capture, train, evaluate, dashboard."""
 
     out: str = option("demo_out", "Folder for everything the demo writes.")
-    capture: CaptureConfig = option(CaptureConfig(), "What is captured for training (its "
-                                    "`n_tokens`); the held-out store follows it in the text. "
-                                    "Both stores go under OUT/ (`out` is not used).")
+    capture: CaptureConfig = option(CaptureConfig(model_dtype="bfloat16"),
+                                    "What is captured for training (its `n_tokens`); the "
+                                    "held-out store follows it in the text. Both stores go under "
+                                    "OUT/ (`out` is not used). The model runs in its "
+                                    "`model_dtype` for the capture only (bfloat16: 2.8x faster "
+                                    "on this CPU); evaluation and dashboard use it in float32.")
     eval_tokens: int = option(16_384, "Held-out tokens for the reconstruction metrics.")
     architecture: str = option("topk", "Dictionary architecture.", choices=_architectures)
     n_latents: int = option(4608, "Number of latents.")
@@ -401,7 +406,11 @@ def _claim_out(cfg: DemoConfig) -> Path:
 
 def _demo_stores(cfg: DemoConfig, lm, out: Path, hookpoint: str):
     """The training store (cfg.capture's tokens) and the held-out one right after it."""
+    from saelab.store.writer import DTYPES
+
     common = dict(hookpoints=[hookpoint], progress=cfg.progress, overwrite=False)
+    if cfg.capture.model_dtype != "float32":  # a copy of the model in that dtype captures
+        lm = lm._replace(model=copy.deepcopy(lm.model).to(DTYPES[cfg.capture.model_dtype]))
     train = capture(dataclasses.replace(cfg.capture, out=str(out / "store_train"), **common), lm)
     held_out = max(cfg.eval_tokens, cfg.eval.splice_tokens)
     evals = capture(dataclasses.replace(cfg.capture, out=str(out / "store_eval"),
