@@ -29,20 +29,16 @@ from saelab.analyse.correlate import (MIN_TOGETHER, Cooccurrences, cooccurrences
 from saelab.analyse.corpora import check_spec
 from saelab.analyse.embeddings import Embeddings, is_embeddings
 from saelab.analyse.select import cluster, latents_for_labels
-from saelab.analyse.session import EmbedOptions, Session, options_of
+from saelab.analyse.session import OnCorpus, Session, options_of
 from saelab.analyse.stats import Correction
-from saelab.config import option, required
+from saelab.config import option
 from saelab.errors import ConfigError, DataError
 
 
 @dataclass(kw_only=True)
-class CorrelateConfig(EmbedOptions):
+class CorrelateConfig(OnCorpus):
     """Find pairs of latents that fire in the same documents more often than chance."""
 
-    dictionary: str = required("Dictionary folder (any known format) or hf://owner/repo/path.",
-                               positional=True)
-    corpus: str = required("Corpus (as for `saelab embed`), or a folder of embeddings it "
-                           "wrote.", positional=True)
     top: int = option(20, "Pairs shown (highest NPMI among the significant ones).")
     latents: list[int] | None = option(None, "Only pairs with one of these latents.")
     min_together: int = option(MIN_TOGETHER, "Pairs seen together in fewer documents are not "
@@ -59,13 +55,9 @@ class CorrelateConfig(EmbedOptions):
 
 
 @dataclass(kw_only=True)
-class ClusterConfig(EmbedOptions):
+class ClusterConfig(OnCorpus):
     """Cluster a corpus's documents along chosen latents (filter the embedding, then k-means)."""
 
-    dictionary: str = required("Dictionary folder (any known format) or hf://owner/repo/path.",
-                               positional=True)
-    corpus: str = required("Corpus (as for `saelab embed`), or a folder of embeddings it "
-                           "wrote.", positional=True)
     features: list[int] | None = option(None, "Latents to cluster along (default: "
                                               "--per-label latents of each document label).")
     per_label: int = option(5, "Without --features: latents taken per document label (those "

@@ -21,7 +21,7 @@ from saelab._paths import cache_dir
 from saelab.analyse.corpora import PACKAGED, read_corpus
 from saelab.analyse.embed import BATCH_SIZE, MAX_TOKENS, embed_documents, fingerprint
 from saelab.analyse.embeddings import Embeddings, is_embeddings
-from saelab.config import option
+from saelab.config import option, required
 from saelab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,22 @@ class EmbedOptions:
     allow_mismatch: bool = option(False, "Run a model or read a hookpoint other than the ones "
                                          "the dictionary records (widths must still fit).")
     progress: bool = option(True, "Show a progress bar while embedding.")
+
+
+@dataclass(kw_only=True)
+class OnDictionary(EmbedOptions):
+    """A command over one dictionary (its first positional argument)."""
+
+    dictionary: str = required("Dictionary folder (any known format) or hf://owner/repo/path.",
+                               positional=True)
+
+
+@dataclass(kw_only=True)
+class OnCorpus(OnDictionary):
+    """A command over one dictionary and one corpus (embedded as by `saelab embed`)."""
+
+    corpus: str = required("Corpus (as for `saelab embed`), or a folder of embeddings it "
+                           "wrote.", positional=True)
 
 
 class Session:

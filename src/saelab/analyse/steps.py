@@ -9,17 +9,15 @@ from pathlib import Path
 from saelab.analyse.corpora import check_spec
 from saelab.analyse.diff import ALPHA, DiffResult, diff
 from saelab.analyse.embeddings import Embeddings
-from saelab.analyse.session import EmbedOptions, Session, options_of
+from saelab.analyse.session import OnDictionary, Session, options_of
 from saelab.analyse.stats import Correction
 from saelab.config import option, required
 
 
 @dataclass(kw_only=True)
-class EmbedConfig(EmbedOptions):
+class EmbedConfig(OnDictionary):
     """Embed each document of a corpus as the pooled activations of a dictionary's latents."""
 
-    dictionary: str = required("Dictionary folder (any known format) or hf://owner/repo/path.",
-                               positional=True)
     corpus: str = required("A .txt file (documents separated by blank lines), a .jsonl file, "
                            "a folder of .txt files, or a packaged name: wikipedia, bible, "
                            "shakespeare.", positional=True)
@@ -28,11 +26,9 @@ class EmbedConfig(EmbedOptions):
 
 
 @dataclass(kw_only=True)
-class DiffConfig(EmbedOptions):
+class DiffConfig(OnDictionary):
     """Find the latents whose document frequency differs most between two corpora."""
 
-    dictionary: str = required("Dictionary folder (any known format) or hf://owner/repo/path.",
-                               positional=True)
     corpus_a: str = required("First corpus (as for `saelab embed`), or a folder of embeddings "
                              "it wrote.", positional=True)
     corpus_b: str = required("Second corpus, likewise.", positional=True)
