@@ -22,7 +22,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ from saelab.steer.diffusion_store import capture_deltas_to_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_records import merge_records  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "diffusion_mechanics.json"
 BLOCK = "down_blocks.0.attentions.0"
@@ -74,14 +74,7 @@ def main() -> None:
             model, sae, [add(3, 4.0)], cond, latents, STEPS),
     }
     names = list(runs)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for fn in runs.values():  # warm-up
-        fn()
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            t = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - t)
+    times = interleaved(runs, args.rounds)
     load_after = os.getloadavg()
     med = {name: statistics.median(ts) for name, ts in times.items()}
     bare_s = med[names[0]]

@@ -36,6 +36,7 @@ from saelab.store.images import capture_images_to_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_records import merge_records  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vision_capture.json"
 
@@ -90,15 +91,8 @@ def main() -> None:
         runs[f"capture stopped after layer {layer} (pixels ready)"] = stopped(layer)
         runs[f"saelab capture of layer {layer} into a store"] = to_store(layer)
     names = list(runs)
-    times = {name: [] for name in names}
     with torch.no_grad():
-        for fn in runs.values():  # warm-up
-            fn()
-        for r in range(args.rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                t = time.perf_counter()
-                runs[name]()
-                times[name].append(time.perf_counter() - t)
+        times = interleaved(runs, args.rounds)
     load_after = os.getloadavg()
     med = {name: statistics.median(ts) for name, ts in times.items()}
     bare_s = med[names[0]]
