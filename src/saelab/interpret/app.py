@@ -240,8 +240,7 @@ def create_app(folder: str | Path, load_dictionary: Callable[[str], Any] | None 
     `load_dictionary` (e.g. saelab.load) lets the prompt page load the dictionary."""
     require_server()
     from starlette.applications import Starlette
-    from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse
-    from starlette.routing import Route
+    from starlette.responses import FileResponse, PlainTextResponse
     from starlette.templating import Jinja2Templates
 
     images = (Path(folder) / DATA / IMAGE_DATA).is_file()
@@ -263,26 +262,40 @@ def create_app(folder: str | Path, load_dictionary: Callable[[str], Any] | None 
             return PlainTextResponse("not found", status_code=404)
         return FileResponse(path, headers={"Content-Security-Policy": CSP})
 
-    if images:
-        return Starlette(routes=image_routes(board, render, static))
+    routes = (image_routes if images else text_routes)(board, render, static)
+    return Starlette(routes=routes)
+
+
+def listing_params(request) -> tuple[str, str, bool]:
+    """The feature list's query: search text, sort key, descending."""
+    params = request.query_params
+    return params.get("q", ""), params.get("sort", "density"), params.get("desc", "1") != "0"
+
+
+def neighbours(order: list[int], f: int) -> tuple[int | None, int | None]:
+    """The features before and after `f` in `order` (None at the ends)."""
+    i = order.index(f)
+    return (order[i - 1] if i > 0 else None, order[i + 1] if i + 1 < len(order) else None)
+
+
+def text_routes(board: Dashboard, render, static) -> list:
+    """The routes of a text dashboard: the feature list (search, sorting), a page per feature,
+    the prompt page, and the folder's files."""
+    from starlette.responses import RedirectResponse
+    from starlette.routing import Route
 
     def index(request):
-        q = request.query_params.get("q", "")
-        sort = request.query_params.get("sort", "density")
-        desc = request.query_params.get("desc", "1") != "0"
-        rows = board.listing(q, sort, desc)
-        return render(request, "list.html", rows=rows, q=q, sort=sort, desc=desc,
-                      density=board.density_svg(), total=len(board.features))
+        q, sort, desc = listing_params(request)
+        return render(request, "list.html", rows=board.listing(q, sort, desc), q=q, sort=sort,
+                      desc=desc, density=board.density_svg(), total=len(board.features))
 
     def feature(request):
         f = request.path_params["n"]
         rec = board.feature(f)
         if rec is None:
             return render(request, "missing.html", 404, feature=f)
-        order = list(board.features)
-        i = order.index(f)
-        nav = (order[i - 1] if i > 0 else None, order[i + 1] if i + 1 < len(order) else None)
-        return render(request, "feature.html", rec=rec, nav=nav, shown=board.features)
+        return render(request, "feature.html", rec=rec, nav=neighbours(list(board.features), f),
+                      shown=board.features)
 
     def prompt(request):
         text = request.query_params.get("text", "")
@@ -301,10 +314,8 @@ def create_app(folder: str | Path, load_dictionary: Callable[[str], Any] | None 
         return render(request, "prompt.html", text=text, rows=rows, error=error, cut=cut,
                       chosen=chosen)
 
-    routes = [Route("/", index), Route("/feature/{n:int}", feature), Route("/prompt", prompt),
-              Route("/browse", lambda r: RedirectResponse("/")),
-              Route("/{path:path}", static)]
-    return Starlette(routes=routes)
+    return [Route("/", index), Route("/feature/{n:int}", feature), Route("/prompt", prompt),
+            Route("/browse", lambda r: RedirectResponse("/")), Route("/{path:path}", static)]
 
 
 def image_routes(board: ImageBoard, render, static) -> list:
@@ -314,9 +325,7 @@ def image_routes(board: ImageBoard, render, static) -> list:
     from starlette.routing import Route
 
     def index(request):
-        q = request.query_params.get("q", "")
-        sort = request.query_params.get("sort", "density")
-        desc = request.query_params.get("desc", "1") != "0"
+        q, sort, desc = listing_params(request)
         return render(request, "image_list.html", records=board.listing(q, sort, desc),
                       summary=board.summary, per_row=4, prefix="/", q=q, sort=sort, desc=desc,
                       total=len(board.features))
@@ -325,10 +334,8 @@ def image_routes(board: ImageBoard, render, static) -> list:
         f = request.path_params["n"]
         if f not in board.features:
             return render(request, "missing.html", 404, feature=f)
-        order = list(board.features)
-        i = order.index(f)
-        nav = (order[i - 1] if i > 0 else None, order[i + 1] if i + 1 < len(order) else None)
-        return render(request, "image_feature.html", rec=board.features[f], nav=nav, prefix="/")
+        return render(request, "image_feature.html", rec=board.features[f],
+                      nav=neighbours(list(board.features), f), prefix="/")
 
     return [Route("/", index), Route("/feature/{n:int}", feature),
             Route("/browse", lambda r: RedirectResponse("/")), Route("/{path:path}", static)]
