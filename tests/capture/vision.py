@@ -4,6 +4,7 @@ that loads through the same path as any Hub vision model, fast enough for every 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -26,4 +27,14 @@ def save_tiny_vit(folder: Path) -> Path:
                  "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3,
                  "image_std": [0.25] * 3, "do_convert_rgb": True}
     (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    return folder
+
+
+def without_images(store, folder: Path) -> Path:
+    """A copy of an image store at `folder` whose manifest no longer says it holds images (what
+    an image-only family must refuse like a text store)."""
+    shutil.copytree(store.path, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["images"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder

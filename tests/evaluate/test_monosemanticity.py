@@ -6,9 +6,7 @@ and refuses data without image ids."""
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from saelab.evaluate.monosemanticity import (image_embeddings, image_maxima, ima
                                              ms_scores, summarize)
 from saelab.models import load
 from saelab.pipeline import CaptureConfig, capture
-from tests.capture.vision import save_tiny_vit
+from tests.capture.vision import save_tiny_vit, without_images
 
 HP = "encoder.layer.0"
 
@@ -145,11 +143,7 @@ def test_the_family_reads_per_image_maxima_and_the_models_pooled_embedding(vit_s
 def test_data_without_image_ids_is_refused_before_any_work(vit_store, tmp_path):
     store, _ = vit_store
     sae = saelab.create("topk", d_in=32, n_latents=64, k=4, seed=0)
-    text_like = tmp_path / "text_like"
-    shutil.copytree(store.path, text_like)
-    manifest = json.loads((text_like / "manifest.json").read_text())
-    del manifest["images"]
-    (text_like / "manifest.json").write_text(json.dumps(manifest))
+    text_like = without_images(store, tmp_path / "text_like")
     for data in (text_like, torch.randn(64, 32)):
         with pytest.raises(ConfigError, match="'monosemanticity' needs images.*image activation "
                                               "store"):

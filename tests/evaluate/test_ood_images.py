@@ -4,9 +4,7 @@ refuses data that is not one."""
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from saelab.evaluate import family
 from saelab.evaluate.ood_images import OodImages, OodImagesConfig, image_rows_of, store_image_rows
 from saelab.models import load
 from saelab.pipeline import CaptureConfig, capture
-from tests.capture.vision import GRID, save_tiny_vit
+from tests.capture.vision import GRID, save_tiny_vit, without_images
 
 HP = "encoder.layer.0"
 
@@ -61,11 +59,7 @@ def test_the_family_scores_held_out_store_images_against_ood_images(vit_store, m
 def test_text_data_is_refused_before_any_work(vit_store, tmp_path):
     store, _ = vit_store
     sae = saelab.create("topk", d_in=32, n_latents=64, k=4, seed=0)
-    text_like = tmp_path / "text_like"
-    shutil.copytree(store.path, text_like)
-    manifest = json.loads((text_like / "manifest.json").read_text())
-    del manifest["images"]
-    (text_like / "manifest.json").write_text(json.dumps(manifest))
+    text_like = without_images(store, tmp_path / "text_like")
     for data in (text_like, torch.randn(64, 32)):
         with pytest.raises(ConfigError, match="'ood_images' needs images.*image activation store"):
             saelab.evaluate(sae, data, metrics=("ood_images",))
