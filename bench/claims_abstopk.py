@@ -42,9 +42,11 @@ LAYER, K, LATENTS, BATCH, LR = 15, 58, 2304, 1024, 2e-3
 TRAIN_TOKENS, HELD_TOKENS, EPOCHS, DEAD_BATCHES = 250_000, 16_384, 4, 20
 
 
-def real_data(quick: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def real_data(quick: bool = False,
+              n_train: int = TRAIN_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     """SmolLM2-135M layer-15 residuals, training and held-out rows (captured once into the
-    saelab cache)."""
+    saelab cache). The held-out tokens follow the first TRAIN_TOKENS training tokens; training
+    tokens beyond those are captured after the held-out range, so the two never overlap."""
     from saelab._paths import cache_dir
     from saelab.models import load
     from saelab.pipeline import CaptureConfig, capture
@@ -52,13 +54,18 @@ def real_data(quick: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     lm = load("smollm2-135m")
     hp = lm.layer_template.format(LAYER)
     root = cache_dir() / "bench" / "claims_abstopk"
-    n_train = 50_000 if quick else TRAIN_TOKENS
+    first = 50_000 if quick else min(n_train, TRAIN_TOKENS)
     common = {"model": "smollm2-135m", "hookpoints": [hp], "progress": False}
     held = capture(CaptureConfig(out=str(root / f"eval_{HELD_TOKENS}"), n_tokens=HELD_TOKENS,
                                  skip_tokens=TRAIN_TOKENS, **common), lm)
-    train = capture(CaptureConfig(out=str(root / f"train_{n_train}"), n_tokens=n_train,
-                                  **common), lm)
-    x = torch.cat([a for a, _ in train.iter_rows(hp, 8192)]).float()
+    stores = [capture(CaptureConfig(out=str(root / f"train_{first}"), n_tokens=first,
+                                    **common), lm)]
+    if n_train > first and not quick:
+        after = TRAIN_TOKENS + HELD_TOKENS
+        stores.append(capture(CaptureConfig(
+            out=str(root / f"train_{n_train - first}_after_{after}"), n_tokens=n_train - first,
+            skip_tokens=after, **common), lm))
+    x = torch.cat([a for s in stores for a, _ in s.iter_rows(hp, 8192)]).float()
     h = torch.cat([a for a, _ in held.iter_rows(hp, 8192)]).float()
     return x, h
 
@@ -103,9 +110,10 @@ def fit_row(name: str, train, held, seed: int, epochs: int) -> dict:
     return row
 
 
-def abstopk_vs_batchtopk(seed: int, quick: bool = False) -> list[dict]:
-    x, h = real_data(quick)
-    epochs = 1 if quick else EPOCHS
+def abstopk_vs_batchtopk(seed: int, quick: bool = False, n_train: int = TRAIN_TOKENS,
+                         epochs: int = EPOCHS) -> list[dict]:
+    x, h = real_data(quick, n_train)
+    epochs = 1 if quick else epochs
     rows = [fit_row(name, x, h, seed, epochs) for name in ("batchtopk", "abstopk")]
     base, abs_row = rows
     base["verdict"] = "baseline"
@@ -137,30 +145,36 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--train-tokens", type=int, default=TRAIN_TOKENS,
+                   help="distinct training tokens (beyond the first 250k, captured after the "
+                        "held-out range)")
+    p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--json", default=None, help="results file to write (JSON)")
     args = p.parse_args()
     load_before, t = os.getloadavg()[0], time.time()
     rows = []
     for seed in args.seeds:
-        for row in abstopk_vs_batchtopk(seed, args.quick):
+        for row in abstopk_vs_batchtopk(seed, args.quick, args.train_tokens, args.epochs):
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
         write_results(args.json, "AbsTopK (batch form) against BatchTopK on SmolLM2-135M",
                       "OMP_NUM_THREADS=1 .venv/bin/python bench/claims_abstopk.py --seeds "
                       + " ".join(map(str, args.seeds)) + (" --quick" if args.quick else "")
-                      + f" --json {args.json}", NOTES, rows, load_before,
+                      + f" --train-tokens {args.train_tokens} --epochs {args.epochs}"
+                      + f" --json {args.json}", notes(args.train_tokens, args.epochs), rows, load_before,
                       (time.time() - t) / 60)
 
 
-NOTES = (f"Residual stream after block {LAYER} (d_model 576); {TRAIN_TOKENS:,} training tokens "
-         f"read for {EPOCHS} epochs (train_vectors), {HELD_TOKENS:,} held-out tokens (the "
-         f"store's exclusion rule applied to both); k {K} (0.1 x d_model), {LATENTS} latents, "
-         f"batch {BATCH}, lr {LR}, the same seed for both; AuxK after {DEAD_BATCHES} batches "
-         "without firing. Figures on the held-out rows in eval mode (per row: BatchTopK's "
-         "threshold, AbsTopK's threshold on |pre|); fvu_batch: with the training-time batch "
-         "selection in batches of 1,024 (L0 exactly k on average for both); negative: share of "
-         "AbsTopK's active codes below 0; curve: training FVU every 200 steps.")
+def notes(n_train: int, epochs: int) -> str:
+    return (f"Residual stream after block {LAYER} (d_model 576); {n_train:,} training tokens "
+             f"read for {epochs} epochs (train_vectors), {HELD_TOKENS:,} held-out tokens (the "
+             f"store's exclusion rule applied to both); k {K} (0.1 x d_model), {LATENTS} latents, "
+             f"batch {BATCH}, lr {LR}, the same seed for both; AuxK after {DEAD_BATCHES} batches "
+             "without firing. Figures on the held-out rows in eval mode (per row: BatchTopK's "
+             "threshold, AbsTopK's threshold on |pre|); fvu_batch: with the training-time batch "
+             "selection in batches of 1,024 (L0 exactly k on average for both); negative: share of "
+             "AbsTopK's active codes below 0; curve: training FVU every 200 steps.")
 
 
 if __name__ == "__main__":
