@@ -61,10 +61,11 @@ def test_shared_forward_gives_the_figures_of_separate_forwards(lm, tokens, monke
     shared, seen = _run(lm, tokens, HP, sae, False, monkeypatch, exclusion=exclusion, mean=mean)
     apart, seen_apart = _run(lm, tokens, HP, sae, True, monkeypatch, exclusion=exclusion,
                              mean=mean)
-    # first one plain forward (the yardstick of the speed), then: before the hookpoint once per
-    # batch of 4 contexts, after it on 4 stacked copies
-    assert seen[0] == seen[1] == [4, 4, 4, 4] and seen[2] == seen[3] == [4, 16, 16, 16]
-    assert seen_apart[0] == [4] * 13  # clean + 3 conditions, 3 batches, each whole
+    # the first batch's clean forward alone (the yardstick of the speed) and its 3 conditions
+    # stacked after the hookpoint; then, per batch of 4 contexts, before the hookpoint once,
+    # after it on 4 stacked copies
+    assert seen[0] == seen[1] == [4, 4, 4, 4] and seen[2] == seen[3] == [4, 12, 16, 16]
+    assert seen_apart[0] == [4] * 12  # clean + 3 conditions, 3 batches, each whole
     assert shared.keys() == apart.keys()
     for key in (k for k in shared if not k.endswith("_per_s")):  # speeds differ
         assert shared[key] == pytest.approx(apart[key], rel=1e-5, abs=1e-6), key
@@ -81,3 +82,25 @@ def test_a_module_inside_a_residual_block_falls_back_to_separate_forwards(lm, to
     assert max(seen[3]) == 4  # never stacked: the residual add cannot take it
     for key in (k for k in res if not k.endswith("_per_s")):
         assert res[key] == pytest.approx(apart[key], rel=1e-6, abs=1e-7, nan_ok=True), key
+
+
+def test_ablated_ce_and_kl_equal_the_formula_by_hand(lm, tokens):
+    """CE of the next token and KL(clean || ablated) per predicted token, written out from two
+    plain forwards (the clean one and one with the layer's output zeroed), against the figures
+    of spliced_loss (every position kept)."""
+    from saelab.capture import resolve
+    from saelab.capture.patch import patch
+
+    sae = saelab.create("topk", d_in=32, n_latents=64, k=4).eval()
+    res = spliced_loss(lm, tokens, HP, sae, batch_contexts=5)
+    with torch.no_grad():
+        clean = torch.log_softmax(lm(input_ids=tokens).logits[:, :-1].float(), -1)
+        with patch(lm, resolve(lm, [HP])[0], torch.zeros_like):
+            ablated = torch.log_softmax(lm(input_ids=tokens).logits[:, :-1].float(), -1)
+    nxt = tokens[:, 1:, None]
+    ce = -ablated.gather(-1, nxt).mean()
+    kl = (clean.exp() * (clean - ablated)).sum(-1).mean()
+    assert res["ce_loss_clean"] == pytest.approx(float(-clean.gather(-1, nxt).mean()), rel=1e-5)
+    assert res["ce_loss_ablated"] == pytest.approx(float(ce), rel=1e-5)
+    assert res["kl_ablated"] == pytest.approx(float(kl), rel=1e-4)
+    assert float(kl) > 1e-3  # the ablation changes the predictions: the check can fail
