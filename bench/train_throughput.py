@@ -145,19 +145,30 @@ def _import_sparsify():
 
 
 def sparsify_runner(d_in: int, n_latents: int, k: int, device: str = "cpu",
-                    autocast: bool = True):
+                    autocast: bool = True, transcode: bool = False,
+                    dead_mask: Tensor | None = None):
     """sparsify's step; on CUDA its forward runs under bf16 autocast (its default), or in
-    float32 with `autocast=False` (the undecorated forward)."""
+    float32 with `autocast=False` (the undecorated forward). `transcode`: its transcoder (zero
+    decoder, no unit-norm rows), trained on step(x, i, total, y) with y the target. `dead_mask`:
+    the latents counted dead, so that its AuxK term acts, at weight 1/32 (Gao et al.'s and
+    saelab's; sparsify's trainer takes it as `auxk_alpha`, default 0)."""
+    if not device.startswith("cuda"):  # its Triton decoder needs a GPU; read at its import
+        os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
     coder, config = _import_sparsify()
-    sae = coder.SparseCoder(d_in, config.SparseCoderConfig(num_latents=n_latents, k=k),
-                            device=device)
+    sae = coder.SparseCoder(d_in, config.SparseCoderConfig(num_latents=n_latents, k=k,
+                                                           transcode=transcode), device=device)
     opt = torch.optim.Adam(sae.parameters(), lr=LR)
     forward = coder.SparseCoder.forward if autocast else coder.SparseCoder.forward.__wrapped__
+    unit_norm = not transcode
 
-    def step(x: Tensor, i: int, total: int) -> None:  # as sparsify's Trainer does it
-        sae.set_decoder_norm_to_unit_norm()
-        forward(sae, x, dead_mask=None).fvu.backward()
-        sae.remove_gradient_parallel_to_decoder_directions()
+    def step(x: Tensor, i: int, total: int, y: Tensor | None = None) -> None:
+        # as sparsify's Trainer does it
+        if unit_norm:
+            sae.set_decoder_norm_to_unit_norm()
+        out = forward(sae, x, y, dead_mask=dead_mask)
+        (out.fvu + out.auxk_loss / 32 if dead_mask is not None else out.fvu).backward()
+        if unit_norm:
+            sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
         opt.zero_grad()
 

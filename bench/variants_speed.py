@@ -10,7 +10,12 @@ the density stays where it was set during the timed steps (the work of a step do
 the rate). Steps of the two libraries are interleaved (2
 warm-up, then `--steps` timed each), on the same batches; L0 is what each had in its timed
 steps. SAELens's step is its own trainer's (`SAETrainer._train_step`, with gradient clipping
-and dead-latent counting); saelab's is `saelab.train.step.train_step`.
+and dead-latent counting); saelab's is `saelab.train.step.train_step`. MP runs k 16 pursuit
+steps (each one a full [B, n] product, for both libraries). SAELens trains no transcoder, so
+saelab's TopK transcoder is timed against EleutherAI sparsify's (`transcode=True`, its own step
+as its trainer takes it). The AuxK rows time TopK with a fixed share of the latents counted dead
+beside the plain step, and the same pair for sparsify (its AuxK at saelab's weight 1/32), all
+four interleaved.
 
     OMP_NUM_THREADS=2 python bench/variants_speed.py --write      # alone on the machine
 
@@ -34,14 +39,15 @@ from saelab.dictionaries import StepState
 from saelab.train.optim import make_optimizer
 from saelab.train.step import train_step
 from references import saelens_step  # noqa: E402
-from train_throughput import make_data  # noqa: E402
+from train_throughput import make_data, sparsify_runner  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SHAPE = {"d_in": 768, "latents": 16384, "batch": 4096}
 TARGET_L0 = 64
 LR = 1e-7
 VARIANTS = {"relu": {}, "gated": {}, "jumprelu": {}, "topk": {"k": 64},
-            "batchtopk": {"k": 64}, "matryoshka": {"k": 64}}
+            "batchtopk": {"k": 64}, "matryoshka": {"k": 64}, "mp": {"k": 16}}
+EXTRA = ("transcoder",)  # against sparsify's transcoder (SAELens trains none)
 THRESHOLD_VARIANTS = ("relu", "gated", "jumprelu")
 
 
@@ -86,7 +92,7 @@ def timed(runners: dict, data: torch.Tensor, steps: int) -> dict:
     names = list(runners)
     for r in range(2 + steps):
         x = data[r % data.shape[0]]
-        for name in names[r % 2:] + names[:r % 2]:
+        for name in names[r % len(names):] + names[:r % len(names)]:
             start = time.perf_counter()
             got = runners[name](x)
             if r >= 2:
@@ -95,10 +101,70 @@ def timed(runners: dict, data: torch.Tensor, steps: int) -> dict:
     return {n: (statistics.median(times[n]), statistics.mean(l0[n])) for n in runners}
 
 
+def transcoder_row(data: torch.Tensor, steps: int) -> dict:
+    """saelab's TopK transcoder against sparsify's (`transcode=True`), k 64, d_in = d_out; the
+    target is the batch shifted by one row (what it is does not change the work)."""
+    k = 64
+    torch.manual_seed(0)
+    sae = saelab.create("transcoder", d_in=SHAPE["d_in"], d_out=SHAPE["d_in"],
+                        n_latents=SHAPE["latents"], k=k)
+    opt = make_optimizer(sae.parameters(), lr=LR)
+    theirs = sparsify_runner(SHAPE["d_in"], SHAPE["latents"], k, transcode=True)
+
+    def ours(x, i=[0]):
+        out = train_step(sae, opt, x, StepState(step=50 + i[0], total_steps=1000),
+                         target=x.roll(1, 0))
+        i[0] += 1
+        return out.metrics["l0"]
+
+    def sparsify(x, i=[0]):
+        theirs(x, 50 + i[0], 1000, x.roll(1, 0))
+        i[0] += 1
+        return k
+
+    got = timed({"saelab": ours, "sparsify": sparsify}, data, steps)
+    return {"variant": "transcoder (k 64; against sparsify)", "state": "trained",
+            "saelab_ms": round(1e3 * got["saelab"][0]),
+            "sparsify_ms": round(1e3 * got["sparsify"][0]),
+            "sparsify/saelab": round(got["sparsify"][0] / got["saelab"][0], 2),
+            "saelab_l0": round(got["saelab"][1], 1), "sparsify_l0": k}
+
+
+def auxk_row(data: torch.Tensor, steps: int, dead_fraction: float) -> dict:
+    """TopK (k 64) with AuxK acting on `dead_fraction` of the latents beside the plain step, for
+    saelab and for sparsify (its AuxK at the same weight), all four interleaved."""
+    k = VARIANTS["topk"]["k"]
+    torch.manual_seed(0)
+    _, plain = saelab_step("topk", VARIANTS["topk"])
+    _, aux = saelab_step("topk", VARIANTS["topk"], dead_fraction=dead_fraction)
+    dead = torch.rand(SHAPE["latents"], generator=torch.Generator().manual_seed(1)) \
+        < dead_fraction
+    their_plain = sparsify_runner(SHAPE["d_in"], SHAPE["latents"], k)
+    their_aux = sparsify_runner(SHAPE["d_in"], SHAPE["latents"], k, dead_mask=dead)
+
+    def sparsify(step):
+        def run(x, i=[0]):
+            step(x, 50 + i[0], 1000)
+            i[0] += 1
+            return k
+        return run
+
+    got = timed({"plain": plain, "auxk": aux, "sparsify plain": sparsify(their_plain),
+                 "sparsify auxk": sparsify(their_aux)}, data, steps)
+    return {"variant": f"topk, AuxK active ({dead_fraction:.0%} of the latents dead)",
+            "state": "trained", "saelab_ms": round(1e3 * got["auxk"][0]),
+            "plain_ms": round(1e3 * got["plain"][0]),
+            "auxk/plain": round(got["auxk"][0] / got["plain"][0], 2),
+            "sparsify_ms": round(1e3 * got["sparsify auxk"][0]),
+            "sparsify auxk/plain": round(got["sparsify auxk"][0] / got["sparsify plain"][0], 2),
+            "sparsify/saelab": round(got["sparsify auxk"][0] / got["auxk"][0], 2)}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument("--variants", nargs="*", default=[*VARIANTS, *EXTRA],
+                   choices=[*VARIANTS, *EXTRA])
     p.add_argument("--write", action="store_true")
     args = p.parse_args(argv)
     load = os.getloadavg()
@@ -107,7 +173,7 @@ def main(argv=None) -> None:
     data = make_data(2, SHAPE["batch"], SHAPE["d_in"])
     data = data / data.pow(2).sum(-1).mean().sqrt()  # unit mean squared norm, as the trainer
     rows = []
-    for variant in args.variants:
+    for variant in [v for v in args.variants if v in VARIANTS]:
         fields = VARIANTS[variant]
         torch.manual_seed(0)
         ours, ours_step = saelab_step(variant, fields)
@@ -126,18 +192,13 @@ def main(argv=None) -> None:
                    "saelens_l0": round(got["saelens"][1], 1)}
             rows.append(row)
             print(row, flush=True)
+    if "transcoder" in args.variants:
+        rows.append(transcoder_row(data, args.steps))
+        print(rows[-1], flush=True)
     if "topk" in args.variants:
-        for dead in (0.05, 0.5):
-            torch.manual_seed(0)
-            _, plain = saelab_step("topk", VARIANTS["topk"])
-            _, aux = saelab_step("topk", VARIANTS["topk"], dead_fraction=dead)
-            got = timed({"plain": plain, "auxk": aux}, data, args.steps)
-            row = {"variant": f"topk, AuxK active ({dead:.0%} of the latents dead)",
-                   "state": "trained", "saelab_ms": round(1e3 * got["auxk"][0]),
-                   "plain_ms": round(1e3 * got["plain"][0]),
-                   "auxk/plain": round(got["auxk"][0] / got["plain"][0], 2)}
-            rows.append(row)
-            print(row, flush=True)
+        for dead in (0.02, 0.05, 0.5):
+            rows.append(auxk_row(data, args.steps, dead))
+            print(rows[-1], flush=True)
     if args.write:
         merge_records(RESULTS / "variants_speed.json", rows, ("variant", "state"), {
             "title": "Training step, saelab vs SAELens (d_in 768, 16,384 latents, batch 4,096)",
