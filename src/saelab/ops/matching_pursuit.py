@@ -33,8 +33,10 @@ from saelab.ops.sparse import SparseCodes, linear
 
 CHUNK_ROWS = 256
 """Rows pursued together on the CPU."""
-GRAM_MAX = 1 << 26
-"""Largest Gram matrix (entries) used to update the scores."""
+GRAM_MAX = 1 << 28
+"""Largest Gram matrix (entries) used to update the scores: 1 GiB in float32, 16,384 atoms.
+Measured at 16,384 atoms, d 768, 4,096 rows and 16 steps (one thread): 9.3 s with the Gram
+matrix against 20.3 s recomputing the scores, the same atoms and codes."""
 
 
 def use_gram(rows: int, n_atoms: int, steps: int) -> bool:
