@@ -34,8 +34,6 @@ from saelab.evaluate._registry import register
 
 UNITS_PER_CHUNK = 2048
 """Units scored at once (their [images, units] weights are held in float64)."""
-EMBED_BATCH = 32
-"""Images per forward of the embedding model."""
 
 
 def image_maxima(acts: Tensor, image: Tensor, n_images: int) -> Tensor:
@@ -137,7 +135,7 @@ def image_embeddings(store, model=None) -> Tensor:
     (saelab.models.LoadedModel) to use instead of loading the store's by name. The images are
     read again from the source the store names; a source whose images changed is refused."""
     from saelab.data.images import read_images
-    from saelab.data.pixels import pixel_values
+    from saelab.evaluate.vl_pairs import embed_images
     from saelab.models import load
 
     meta = store.manifest["images"]
@@ -146,14 +144,7 @@ def image_embeddings(store, model=None) -> Tensor:
     if [i.title for i in items] != titles:
         raise DataError(f"the images of {meta['dataset']!r} are not those {store.path} was "
                         f"captured from (titles differ): capture the store again")
-    loaded = model if model is not None else load(store.model)
-    out = []
-    for s in range(0, len(items), EMBED_BATCH):
-        output = loaded.model(pixel_values=pixel_values(items[s:s + EMBED_BATCH],
-                                                        loaded.processor))
-        pooled = getattr(output, "pooler_output", None)
-        out.append((pooled if pooled is not None else output.last_hidden_state[:, 0]).float())
-    return torch.cat(out)
+    return embed_images(items, model if model is not None else load(store.model))
 
 
 @register("monosemanticity")
