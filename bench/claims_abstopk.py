@@ -12,10 +12,10 @@ weight 1/32; the claim is a lower reconstruction error at the same L0.
 Here (`abstopk_batch`): SmolLM2-135M, residual stream after block 15 (d_model 576), k 58,
 2,304 latents (4 x d_model), both dictionaries with the same data, seed, steps, batch (1,024)
 and lr (2e-3); a latent counts as dead for AuxK after 20 batches (20,480 vectors) without
-firing, so AuxK acts in both. The training set is 250k captured tokens (the store's exclusion
-rule applied) read for 4 epochs, about 1M training vectors, half the 2M the issue asks for: on
-this machine's 2 CPU cores shared by about 8 jobs, 2M vectors take about 12 minutes per
-dictionary, and capturing 2M distinct tokens over an hour (250k took 17 minutes). Held out: the
+firing, so AuxK acts in both. The training set is by default 250k captured tokens (the store's
+exclusion rule applied) read for 4 epochs, about 1M training vectors; `--train-tokens 500000
+--epochs 5` reads 500k distinct tokens (the next 250k captured after the held-out range) for
+2.45M vectors, about 5 minutes per dictionary on one quiet thread. Held out: the
 next 16k tokens. Both are evaluated
 in eval mode, per row (BatchTopK with its learned threshold, AbsTopK with its threshold on
 |pre|), so the held-out L0 of each is reported next to its FVU; `fvu_batch` is the held-out
