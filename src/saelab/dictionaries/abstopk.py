@@ -56,7 +56,7 @@ from saelab.dictionaries._base import (
 )
 from saelab.dictionaries._registry import register
 from saelab.ops import linear, sparse_decode
-from saelab.ops.allocation import batch_topk_chosen
+from saelab.ops.allocation import batch_topk_chosen, update_running
 from saelab.ops.auxk import add_auxk
 from saelab.ops.listed import listed_encode
 
@@ -145,9 +145,7 @@ class AbsTopK(Dictionary):
         kept = values[values != 0].abs()
         if kept.numel() == 0:
             return
-        self.threshold_batches += 1
-        weight = max(1.0 - self.cfg.threshold_decay, 1.0 / int(self.threshold_batches))
-        self.threshold.lerp_(kept.min(), weight)
+        update_running(self.threshold, self.threshold_batches, kept.min(), self.cfg.threshold_decay)
 
     def loss(self, x: Tensor, state: StepState, target: Tensor | None = None) -> Loss:
         target = x if target is None else target
