@@ -20,15 +20,17 @@ from saelab.errors import ConfigError
 from saelab.evaluate import family
 from saelab.evaluate.absorption import (
     FIGURES,
-    LETTERS,
     Absorption,
-    AbsorptionConfig,
     absorption_from_activations,
     absorption_of_words,
     first_letter_absorption,
+    select_main_latents,
+)
+from saelab.evaluate.first_letter import (
+    LETTERS,
+    AbsorptionConfig,
     first_letter_words,
     prompt_prefixes,
-    select_main_latents,
     word_activations,
 )
 from tests.conftest import tiny_llama
