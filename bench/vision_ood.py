@@ -40,7 +40,7 @@ from saelab.evaluate.ood import ood_detection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_records import merge_records  # noqa: E402
-from vl_embed import image_embeddings, pair_embeddings  # noqa: E402
+from vl_embed import digits_split, image_embeddings  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vision_ood.json"
 SCORES = (("reconstruction_error", "pca_error"), ("mahalanobis_codes", "mahalanobis_raw"),
@@ -128,11 +128,8 @@ def main() -> None:
     load_before = os.getloadavg()
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    digits, _ = pair_embeddings("digits")
-    pictures, _ = pair_embeddings("skimage")
+    digits, pictures, tr, ho = digits_split(args.train)
     lfw = image_embeddings("lfw")
-    order = torch.randperm(len(digits.concepts), generator=torch.Generator().manual_seed(0))
-    tr, ho = order[:args.train], order[args.train:]
     sae = topk(digits.image[tr], args.n_latents, args.k, args.epochs)
     print(f"embeddings and SAE: {time.perf_counter() - t0:.0f} s", flush=True)
     sets = {"skimage pictures": pictures.image, "lfw faces": lfw[:100],

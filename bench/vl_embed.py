@@ -37,6 +37,15 @@ def pair_embeddings(source: str, templates: int = 4):
     return emb, [p.text for p in pairs]
 
 
+def digits_split(train: int, seed: int = 0):
+    """(digits, skimage pictures, train indices, held-out indices): the paired digit and picture
+    embeddings, and the digits split by a seeded permutation into `train` and the rest."""
+    digits, _ = pair_embeddings("digits")
+    pictures, _ = pair_embeddings("skimage")
+    order = torch.randperm(len(digits.concepts), generator=torch.Generator().manual_seed(seed))
+    return digits, pictures, order[:train], order[train:]
+
+
 def image_embeddings(source: str) -> torch.Tensor:
     """The ViT-S/14 pooled output of every image of an image source, cached."""
     from saelab.data.images import read_images

@@ -42,7 +42,7 @@ from saelab.evaluate.vl_pairs import codes_of, concept_consistency
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_records import merge_records  # noqa: E402
-from vl_embed import pair_embeddings  # noqa: E402
+from vl_embed import digits_split  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vl_sae.json"
 
@@ -111,11 +111,7 @@ def main() -> None:
     load_before = os.getloadavg()
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    digits, _ = pair_embeddings("digits")
-    pictures, _ = pair_embeddings("skimage")
-    order = torch.randperm(len(digits.concepts),
-                           generator=torch.Generator().manual_seed(args.seed))
-    tr, ho = order[:args.train], order[args.train:]
+    digits, pictures, tr, ho = digits_split(args.train, args.seed)
     concepts_tr = [digits.concepts[i] for i in tr] + pictures.concepts
     train_i = torch.cat([digits.image[tr], pictures.image])
     train_t = torch.cat([digits.text[tr], pictures.text])
