@@ -9,7 +9,6 @@ from typing import Literal
 import torch
 
 from saelab.config import check, check_device, option, torch_device
-from saelab.errors import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 ORDERS = ("shuffle", "sequential")
